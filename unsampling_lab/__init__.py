@@ -1,0 +1,41 @@
+"""unsampling_lab: diffusion inversion ("unsampling") outside ComfyUI, on diffusers models.
+
+    import unsampling_lab as ul
+    model = ul.load_model()                       # the bundled shapes model
+    latent = model.encode(images)                 # ComfyUI LATENT dict
+    noise = ul.unsample(model, latent, steps=20)  # ComfyUI's Unsampler
+    out = ul.resample(model, noise, steps=20)     # ComfyUI's KSamplerAdvanced
+
+Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used.
+"""
+from __future__ import annotations
+
+from .engine import NORMALIZE_MODES, resample, unsample, unsample_sigmas, unsample_trajectory, unsampled
+from .errors import UnsamplingError
+from .model_sampling import ModelSampling
+from .models.base import Conditioning, DiffusionModel, LatentFormat
+from .models.loading import load_model
+from .samplers import INVERTIBLE_SAMPLERS, SAMPLERS
+from .schedulers import SCHEDULERS, calculate_sigmas
+from .trajectory import Trajectory
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # lazy: the bundled model's path and heavier submodules
+    if name == "BUNDLED_MODEL":
+        from .bundled import BUNDLED_MODEL
+
+        return BUNDLED_MODEL
+    if name in ("metrics", "plots", "sweeps", "widgets", "analytic", "detector", "shapes"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'unsampling_lab' has no attribute {name!r}")
+
+
+__all__ = [
+    "BUNDLED_MODEL", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
+    "Conditioning", "DiffusionModel", "LatentFormat", "ModelSampling", "Trajectory", "UnsamplingError",
+    "calculate_sigmas", "load_model", "resample", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
+]

@@ -218,6 +218,16 @@ class ModelSampling:
         scale = (1.0 + s**2) ** 0.5 if max_denoise else s
         return noise * scale + latent
 
+    def inverse_noise_scaling(self, sigma: Tensor, x: Tensor) -> Tensor:
+        """ComfyUI's `inverse_noise_scaling`: identity for VP models, `x / (1 - sigma)` for flow models.
+
+        For flow models this turns a state at sigma into its VE form x0 + sigma/(1-sigma) * noise;
+        at the Unsampler's final sigma 1 + 1e-4 it divides by -1e-4 (ComfyUI's flow-model failure).
+        """
+        if self.prediction == "flow":
+            return x / (1.0 - _view(sigma, x))
+        return x
+
     def is_max_denoise(self, sigma: float) -> bool:
         """ComfyUI's test for starting from pure noise: sigma is (close to) sigma_max or above it."""
         return math.isclose(self.sigma_max, float(sigma), rel_tol=1e-5) or float(sigma) > self.sigma_max

@@ -1,0 +1,329 @@
+"""`unsample` (ComfyUI's Unsampler) and `resample` (ComfyUI's KSamplerAdvanced), outside ComfyUI.
+
+unsample, for steps N and end_at_step k (SPEC §3):
+    end = min(k, N - 1);  sigmas = flip(schedule(N)) + 1e-4;  keep sigmas[: N - end + 1]
+    x = latent (zero noise);  run the sampler up the ascending sigmas;  optional normalize.
+resample: sigmas = schedule(N)[start_at_step : end_at_step + 1] (last set to 0 unless leftover
+noise is kept); start from latent (+ seeded noise with add_noise). unsample(N, k) pairs with
+resample(N, start_at_step=k, add_noise=False).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal, Union
+
+import torch
+from torch import Tensor
+
+from .conditioning import Prompt, to_conditioning
+from .errors import UnsamplingError, check_choice
+from .guidance import EvalCounter, GuidedDenoiser
+from .models.base import DiffusionModel
+from .samplers import Step, get_sampler
+from .samplers.base import SamplerSpec
+from .schedulers import sigma_schedule
+from .trajectory import Trajectory, TrajectoryRecorder
+
+Latent = Union[dict[str, Any], Tensor]
+Normalize = Literal["disable", "enable", "per_sample", "sigma"]
+NORMALIZE_MODES: tuple[str, ...] = ("disable", "enable", "per_sample", "sigma")
+
+#: ComfyUI's Unsampler adds this to every sigma of the flipped schedule.
+UNSAMPLE_SIGMA_OFFSET = 1e-4
+
+
+# -- public API -------------------------------------------------------------------------------------
+def unsample(
+    model: DiffusionModel,
+    latent: Latent,
+    steps: int = 20,
+    end_at_step: int = 0,
+    cfg: float = 1.0,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
+    normalize: Normalize | bool = "disable",
+    positive: Prompt = "",
+    negative: Prompt = "",
+    *,
+    callback: Callable[[Step], None] | None = None,
+    progress: bool = True,
+) -> Latent:
+    """Run the sampler backwards from `latent` to the noise that regenerates it (ComfyUI's Unsampler).
+
+    Returns the same type as `latent` (a LATENT dict copy with `samples` replaced, or a tensor).
+    `callback(step)` sees every step (index, sigma, sigma_next, state x, denoised estimate).
+    """
+    return _unsample(model, latent, steps=steps, end_at_step=end_at_step, cfg=cfg, sampler_name=sampler_name,
+                     scheduler=scheduler, normalize=normalize, positive=positive, negative=negative,
+                     callback=callback, progress=progress, record=False)[0]
+
+
+def unsample_trajectory(
+    model: DiffusionModel,
+    latent: Latent,
+    steps: int = 20,
+    cfg: float = 1.0,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
+    positive: Prompt = "",
+    negative: Prompt = "",
+    *,
+    end_at_step: int = 0,
+    progress: bool = True,
+) -> Trajectory:
+    """The whole inversion, every step kept: `unsampled(traj, k)` equals `unsample(end_at_step=k)`."""
+    return _unsample(model, latent, steps=steps, end_at_step=end_at_step, cfg=cfg, sampler_name=sampler_name,
+                     scheduler=scheduler, normalize="disable", positive=positive, negative=negative,
+                     callback=None, progress=progress, record=True)[1]  # type: ignore[return-value]
+
+
+def unsampled(
+    model: DiffusionModel, trajectory: Trajectory, end_at_step: int = 0, normalize: Normalize | bool = "disable",
+    *, like: Latent | None = None,
+) -> Latent:
+    """What `unsample(end_at_step=end_at_step, normalize=normalize)` returns, read off a recorded trajectory."""
+    steps = int(trajectory.params["steps"])
+    _check_int("end_at_step", end_at_step, minimum=0)
+    state = trajectory.state_at(end_at_step)
+    index = steps - min(end_at_step, steps - 1)
+    out = _finish_unsample(model, state, sigma_final=float(trajectory.sigmas[index]), normalize=_normalize_mode(normalize))
+    return _wrap(out, like if like is not None else out)
+
+
+def resample(
+    model: DiffusionModel,
+    latent: Latent,
+    steps: int = 20,
+    start_at_step: int = 0,
+    end_at_step: int = 10000,
+    cfg: float = 1.0,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
+    positive: Prompt = "",
+    negative: Prompt = "",
+    add_noise: bool | Literal["enable", "disable"] = False,
+    noise_seed: int = 0,
+    return_with_leftover_noise: bool | Literal["enable", "disable"] = False,
+    *,
+    callback: Callable[[Step], None] | None = None,
+    progress: bool = True,
+) -> Latent:
+    """Sample forward from `latent` (ComfyUI's KSamplerAdvanced); stochastic samplers are seeded by `noise_seed`."""
+    add_noise = _on_off("add_noise", add_noise)
+    leftover = _on_off("return_with_leftover_noise", return_with_leftover_noise)
+    samples, mask = _read_latent(latent, model)
+    spec = get_sampler(sampler_name)
+    _check_common(steps=steps, cfg=cfg)
+    _check_int("start_at_step", start_at_step, minimum=0)
+    _check_int("end_at_step", end_at_step, minimum=0)
+    _check_int("noise_seed", noise_seed, minimum=0)
+    ms = model.model_sampling
+    sigmas = sigma_schedule(ms, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
+    if end_at_step < len(sigmas) - 1:
+        sigmas = sigmas[: end_at_step + 1].clone()
+        if not leftover:
+            sigmas[-1] = 0.0
+    if start_at_step >= len(sigmas) - 1:
+        return _wrap(samples.clone(), latent)  # nothing to do: ComfyUI returns the input latent
+    sigmas = sigmas[start_at_step:]
+
+    latent_in = model.latent_format.process_in(samples.to(model.device, torch.float32))
+    noise = _seeded_randn(samples.shape, noise_seed).to(model.device) if add_noise else torch.zeros_like(latent_in)
+    x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise=ms.is_max_denoise(float(sigmas[0])))
+    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative)
+    x = _run(spec, denoiser, x, sigmas.to(model.device), callback=callback, progress=progress,
+             noise_seed=noise_seed if not spec.deterministic else None, desc="resample")
+    x = ms.inverse_noise_scaling(sigmas[-1], x)
+    return _wrap(model.latent_format.process_out(x).cpu(), latent)
+
+
+# -- the inversion ----------------------------------------------------------------------------------
+def unsample_sigmas(model: DiffusionModel, *, steps: int, end_at_step: int, sampler_name: str, scheduler: str) -> Tensor:
+    """The ascending sigmas the Unsampler integrates: flip(schedule) + 1e-4, cut at end_at_step."""
+    spec = get_sampler(sampler_name, invertible=True)
+    end = min(end_at_step, steps - 1)
+    sigmas = sigma_schedule(model.model_sampling, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
+    sigmas = sigmas.flip(0) + UNSAMPLE_SIGMA_OFFSET
+    return sigmas[: steps - end + 1]
+
+
+def _unsample(
+    model: DiffusionModel, latent: Latent, *, steps: int, end_at_step: int, cfg: float, sampler_name: str,
+    scheduler: str, normalize: Normalize | bool, positive: Prompt, negative: Prompt,
+    callback: Callable[[Step], None] | None, progress: bool, record: bool,
+) -> tuple[Latent, Trajectory | None]:
+    samples, mask = _read_latent(latent, model)
+    spec = get_sampler(sampler_name, invertible=True)
+    _check_common(steps=steps, cfg=cfg)
+    _check_int("end_at_step", end_at_step, minimum=0)
+    mode = _normalize_mode(normalize)
+    sigmas = unsample_sigmas(model, steps=steps, end_at_step=end_at_step, sampler_name=sampler_name, scheduler=scheduler)
+
+    latent_in = model.latent_format.process_in(samples.to(model.device, torch.float32))
+    x = model.model_sampling.noise_scaling(sigmas[0], torch.zeros_like(latent_in), latent_in)
+    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative)
+    recorder = TrajectoryRecorder() if record else None
+    hooks = [h for h in (callback, recorder) if h is not None]
+    x = _run(spec, denoiser, x, sigmas.to(model.device), callback=_fanout(hooks), progress=progress,
+             noise_seed=None, desc="unsample")
+    traj = None
+    if recorder is not None:
+        params = dict(steps=steps, end_at_step=end_at_step, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                      positive=_describe(positive), negative=_describe(negative),
+                      prefix_consistent=spec.prefix_consistent, evals_per_step=spec.evals_per_step)
+        traj = recorder.finish(x, sigmas, params, nfe=denoiser.counter.nfe)
+    out = _finish_unsample(model, x, sigma_final=float(sigmas[-1]), normalize=mode)
+    return _wrap(out, latent), traj
+
+
+def _finish_unsample(model: DiffusionModel, x: Tensor, *, sigma_final: float, normalize: str) -> Tensor:
+    """State at the last sigma -> the node's output: back to raw latents, then normalize (ComfyUI order)."""
+    if normalize == "sigma":
+        return (x / sigma_final).cpu()
+    samples = model.latent_format.process_out(model.model_sampling.inverse_noise_scaling(torch.tensor(sigma_final), x))
+    return normalize_latent(samples, normalize).cpu()
+
+
+def normalize_latent(samples: Tensor, mode: str) -> Tensor:
+    """ComfyUI's normalize ("enable": one mean/std over the whole batch tensor) and our per-sample mode."""
+    if mode == "enable":
+        return (samples - samples.mean()) / samples.std()
+    if mode == "per_sample":
+        dims = tuple(range(1, samples.ndim))
+        return (samples - samples.mean(dim=dims, keepdim=True)) / samples.std(dim=dims, keepdim=True)
+    return samples
+
+
+# -- pieces ---------------------------------------------------------------------------------------
+def _run(spec: SamplerSpec, denoiser: GuidedDenoiser, x: Tensor, sigmas: Tensor, *,
+         callback: Callable[[Step], None] | None, progress: bool, noise_seed: int | None, desc: str) -> Tensor:
+    from tqdm.auto import tqdm
+
+    n = len(sigmas) - 1
+    with tqdm(total=n, desc=f"{desc} ({spec.name})", disable=not progress, leave=False) as bar:
+        def hook(step: Step) -> None:
+            if callback is not None:
+                callback(step)
+            bar.update(1)
+
+        noise = None
+        if noise_seed is not None:
+            from .samplers.base import seeded_noise
+
+            noise = seeded_noise(x, noise_seed)
+        with torch.inference_mode():
+            out = spec.fn(denoiser, x, sigmas, callback=hook, noise=noise)
+    if not torch.isfinite(out).all():
+        raise UnsamplingError(
+            f"sampler {spec.name!r} produced NaN/Inf on this input; try another sampler or scheduler and report it"
+        )
+    return out
+
+
+def _denoiser(model: DiffusionModel, latent_in: Tensor, mask: Tensor | None, *, cfg: float,
+              positive: Prompt, negative: Prompt) -> GuidedDenoiser:
+    b = latent_in.shape[0]
+    pos = to_conditioning(model, positive, batch_size=b, name="positive").to(model.device)
+    neg = None
+    if not math.isclose(cfg, 1.0):  # at cfg == 1 the negative pass is skipped
+        neg = to_conditioning(model, negative, batch_size=b, name="negative").to(model.device)
+    return GuidedDenoiser(model, pos, neg, cfg, latent=latent_in, mask=mask, counter=EvalCounter())
+
+
+def _fanout(hooks: list[Callable[[Step], None]]) -> Callable[[Step], None] | None:
+    if not hooks:
+        return None
+    if len(hooks) == 1:
+        return hooks[0]
+    return lambda step: [h(step) for h in hooks] and None
+
+
+def _read_latent(latent: Latent, model: DiffusionModel) -> tuple[Tensor, Tensor | None]:
+    """Validate a LATENT dict or tensor; return (samples, prepared mask or None). Never mutates it."""
+    if isinstance(latent, dict):
+        if "samples" not in latent:
+            raise UnsamplingError("a LATENT dict needs a 'samples' tensor [B, C, H, W] (ComfyUI's convention)")
+        samples, raw_mask = latent["samples"], latent.get("noise_mask")
+    elif isinstance(latent, Tensor):
+        samples, raw_mask = latent, None
+    else:
+        raise UnsamplingError(f"latent must be a LATENT dict {{'samples': Tensor}} or a tensor, got {type(latent).__name__}")
+    if not isinstance(samples, Tensor) or samples.ndim != 4:
+        shape = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
+        raise UnsamplingError(f"latent samples must be a [B, C, H, W] tensor, got {shape}")
+    channels = model.latent_format.channels
+    if samples.shape[1] != channels:
+        raise UnsamplingError(
+            f"latent has {samples.shape[1]} channels but this model's latents have {channels}; encode the image "
+            "with this model's VAE (model.encode(images))"
+        )
+    if not samples.is_floating_point():
+        raise UnsamplingError(f"latent samples must be floating point, got {samples.dtype}")
+    if not torch.isfinite(samples).all():
+        raise UnsamplingError("latent contains NaN or Inf values; check the encoder output or the previous node")
+    mask = None if raw_mask is None else prepare_mask(raw_mask, samples.shape).to(model.device)
+    return samples, mask
+
+
+def prepare_mask(mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """ComfyUI's prepare_mask: [H, W], [B, H, W] or [B, 1, H, W] -> bilinear to the latent size, every channel."""
+    if not isinstance(mask, Tensor) or mask.ndim not in (2, 3, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
+        got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise UnsamplingError(f"noise_mask must be [H, W], [B, H, W] or [B, 1, H, W], got {got}")
+    if not torch.isfinite(mask).all():
+        raise UnsamplingError("noise_mask contains NaN or Inf")
+    b, c, h, w = shape
+    m = mask.float().reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+    if m.shape[0] not in (1, b):
+        raise UnsamplingError(f"noise_mask has batch {m.shape[0]} but the latent has batch {b}; use 1 or {b}")
+    if min(m.shape[-2:]) < 1:
+        raise UnsamplingError(f"noise_mask is empty (shape {tuple(mask.shape)})")
+    m = torch.nn.functional.interpolate(m, size=(h, w), mode="bilinear")
+    return m.expand(b, c, h, w).contiguous()
+
+
+def _seeded_randn(shape: torch.Size, seed: int) -> Tensor:
+    """ComfyUI's prepare_noise: the whole batch drawn at once on the CPU from manual_seed(seed)."""
+    return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+def _wrap(samples: Tensor, like: Latent) -> Latent:
+    if isinstance(like, dict):
+        out = dict(like)
+        out["samples"] = samples
+        return out
+    return samples
+
+
+def _normalize_mode(normalize: Normalize | bool) -> str:
+    if isinstance(normalize, bool):
+        return "enable" if normalize else "disable"
+    return check_choice(normalize, NORMALIZE_MODES, what="normalize mode")
+
+
+def _on_off(name: str, value: bool | str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("enable", "disable"):
+        return value == "enable"
+    raise UnsamplingError(f"{name} must be True/False or 'enable'/'disable', got {value!r}")
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UnsamplingError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise UnsamplingError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_common(*, steps: int, cfg: float) -> None:
+    _check_int("steps", steps, minimum=1)
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
+        raise UnsamplingError(f"cfg must be a finite number >= 0 (1.0 = no guidance), got {cfg!r}")
+
+
+def _describe(prompt: Prompt) -> Any:
+    if isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt)):
+        return prompt
+    return f"<{type(prompt).__name__}>"

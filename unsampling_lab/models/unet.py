@@ -1,0 +1,156 @@
+"""diffusers UNet models: SD1.x, SD2.x (eps or v-prediction) and SDXL, on the same code path.
+
+The network sees ComfyUI's inputs: `x / sqrt(sigma^2 + 1)` and the timestep of the nearest entry of
+the model's sigma table; the sampler state stays float32 whatever the network's dtype.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import UnsamplingError
+from ..model_sampling import ModelSampling
+from .base import Conditioning, LatentFormat
+
+#: ComfyUI's latent scale when the VAE config does not say (SD1.x/2.x; SDXL is 0.13025).
+SD_LATENT_SCALE = 0.18215
+
+
+class UNetModel:
+    """A diffusers `UNet2DConditionModel` with its scheduler's sigma table and optional VAE / text encoders."""
+
+    def __init__(
+        self,
+        unet: Any,
+        scheduler_config: Mapping[str, Any] | ModelSampling,
+        *,
+        vae: Any | None = None,
+        text_encoder: Any | None = None,
+        tokenizer: Any | None = None,
+        text_encoder_2: Any | None = None,
+        tokenizer_2: Any | None = None,
+        latent_scale: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else next(unet.parameters()).device
+        self.dtype = dtype if dtype is not None else next(unet.parameters()).dtype
+        self.unet = unet.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.vae = None if vae is None else vae.to(self.device).eval().requires_grad_(False)
+        self.text_encoder = None if text_encoder is None else text_encoder.to(self.device).eval().requires_grad_(False)
+        self.text_encoder_2 = None if text_encoder_2 is None else text_encoder_2.to(self.device).eval().requires_grad_(False)
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self.model_sampling = (
+            scheduler_config if isinstance(scheduler_config, ModelSampling)
+            else ModelSampling.from_scheduler_config(scheduler_config)
+        )
+        self.is_sdxl = getattr(unet.config, "addition_embed_type", None) == "text_time"
+        if latent_scale is None:
+            latent_scale = float(getattr(getattr(vae, "config", None), "scaling_factor", 0) or 0) or (
+                0.13025 if self.is_sdxl else SD_LATENT_SCALE
+            )
+        shift = float(getattr(getattr(vae, "config", None), "shift_factor", None) or 0.0)
+        self.latent_format = LatentFormat(channels=int(unet.config.in_channels), scale=latent_scale, shift=shift)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+
+    # -- conditioning -----------------------------------------------------------------------------
+    @property
+    def embed_width(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        """CLIP embeddings as the diffusers SD/SDXL pipelines make them (SDXL: penultimate layers + pooled)."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise UnsamplingError(
+                "this model has no text encoder/tokenizer, so prompts cannot be given as strings; pass prompt "
+                f"embeddings instead (a [B, L, {self.embed_width}] tensor or ComfyUI CONDITIONING)"
+            )
+        with torch.no_grad():
+            if not self.is_sdxl:
+                ids = self._tokenize(self.tokenizer, prompts)
+                embeds = self.text_encoder(ids)[0]
+                return Conditioning(embeds.float())
+            hidden, pooled = [], None
+            for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+                if tok is None or enc is None:
+                    continue
+                out = enc(self._tokenize(tok, prompts), output_hidden_states=True)
+                hidden.append(out.hidden_states[-2])
+                pooled = out[0] if out[0].ndim == 2 else pooled
+            return Conditioning(torch.cat(hidden, dim=-1).float(), None if pooled is None else pooled.float())
+
+    def _tokenize(self, tokenizer: Any, prompts: Sequence[str]) -> Tensor:
+        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        return ids.to(self.device)
+
+    def check_conditioning(self, cond: Conditioning) -> None:
+        width = int(cond.embeds.shape[-1])
+        if width != self.embed_width:
+            raise UnsamplingError(
+                f"prompt embeddings have width {width} but this UNet's cross-attention expects {self.embed_width}; "
+                "encode the prompt with this model's text encoder(s)"
+            )
+        if self.is_sdxl:
+            expected = self._pooled_width()
+            if cond.pooled is None:
+                raise UnsamplingError(
+                    "an SDXL model needs a pooled text embedding; pass a prompt string or ComfyUI CONDITIONING "
+                    "[[embeds, {'pooled_output': pooled}]]"
+                )
+            if expected is not None and int(cond.pooled.shape[-1]) != expected:
+                raise UnsamplingError(f"pooled embedding has width {cond.pooled.shape[-1]}, expected {expected}")
+
+    def _pooled_width(self) -> int | None:
+        c = self.unet.config
+        if c.projection_class_embeddings_input_dim is None or c.addition_time_embed_dim is None:
+            return None
+        return int(c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim)
+
+    # -- the network ------------------------------------------------------------------------------
+    def forward(self, x: Tensor, timestep: Tensor, cond: Conditioning) -> Tensor:
+        kwargs: dict[str, Any] = {}
+        if self.is_sdxl:
+            h, w = x.shape[-2] * self.vae_scale_factor, x.shape[-1] * self.vae_scale_factor
+            # SDXL micro-conditioning: original size, crop top-left, target size.
+            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype).repeat(x.shape[0], 1)
+            kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(self.device, self.dtype), "time_ids": time_ids}
+        out = self.unet(
+            x.to(self.device, self.dtype),
+            timestep.to(self.device).float(),
+            encoder_hidden_states=cond.embeds.to(self.device, self.dtype),
+            return_dict=False,
+            **kwargs,
+        )[0]
+        return out.float()
+
+    # -- images <-> latents -----------------------------------------------------------------------
+    def encode(self, images: Tensor) -> dict[str, Tensor]:
+        """Images float [B, H, W, 3] in 0..1 (ComfyUI IMAGE) -> LATENT dict of raw VAE latents (the mean)."""
+        vae = self._need_vae()
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise UnsamplingError(f"images must be float [B, H, W, 3] in 0..1, got shape {tuple(images.shape)}")
+        pixels = images.permute(0, 3, 1, 2).to(self.device, vae.dtype) * 2 - 1
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mean
+        return {"samples": latents.float().cpu()}
+
+    def decode(self, latent: dict[str, Tensor] | Tensor) -> Tensor:
+        """LATENT dict or raw latent tensor -> images float [B, H, W, 3] in 0..1."""
+        vae = self._need_vae()
+        samples = latent["samples"] if isinstance(latent, dict) else latent
+        with torch.no_grad():
+            pixels = vae.decode(samples.to(self.device, vae.dtype)).sample
+        return ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+    def _need_vae(self) -> Any:
+        if self.vae is None:
+            raise UnsamplingError("this model has no VAE; encode/decode need one (load a full pipeline)")
+        return self.vae
+
+    def __repr__(self) -> str:
+        kind = "SDXL" if self.is_sdxl else "SD"
+        return (f"UNetModel({kind}, prediction={self.model_sampling.prediction!r}, "
+                f"latent_scale={self.latent_format.scale}, device={self.device}, dtype={self.dtype})")

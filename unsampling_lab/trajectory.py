@@ -1,0 +1,75 @@
+"""A recorded inversion: every step's state, denoised estimate and sigma.
+
+One full unsample (end_at_step = 0) passes through the state that `unsample(end_at_step=k)`
+returns for every k (for prefix-consistent samplers), so a sweep over end_at_step needs one
+inversion, not one per value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import UnsamplingError
+
+
+@dataclass
+class Trajectory:
+    """States in the model's (processed) latent space, on the CPU in float32.
+
+    sigmas: [n+1] the sigmas the sampler visited, in order (ascending for an inversion).
+    xs: [n+1, B, C, H, W] the state at each sigma; xs[0] is the starting latent.
+    denoised: [n, B, C, H, W] the model's x0 estimate at step i (at sigmas[i], xs[i]).
+    params: the call's parameters (steps, cfg, sampler_name, scheduler, prompts as text, ...).
+    """
+
+    sigmas: Tensor
+    xs: Tensor
+    denoised: Tensor
+    params: dict[str, Any] = field(default_factory=dict)
+    nfe: int = 0
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.sigmas.shape[0]) - 1
+
+    def state_at(self, end_at_step: int) -> Tensor:
+        """The processed-space state that `unsample(..., end_at_step=end_at_step)` stops at."""
+        steps = int(self.params["steps"])
+        end = min(int(end_at_step), steps - 1)
+        index = steps - end
+        if index > self.n_steps:
+            raise UnsamplingError(f"the trajectory has {self.n_steps} steps; it does not reach end_at_step={end_at_step}")
+        if not self.params.get("prefix_consistent", True) and index != self.n_steps:
+            raise UnsamplingError(
+                f"sampler {self.params.get('sampler_name')!r} changes its rule with the number of steps, so a partial "
+                "unsample is not a prefix of the full one; call unsample(..., end_at_step=k) for this sampler"
+            )
+        return self.xs[index]
+
+    def __repr__(self) -> str:
+        p = self.params
+        return (f"Trajectory({self.n_steps} steps, sampler={p.get('sampler_name')!r}, scheduler={p.get('scheduler')!r}, "
+                f"cfg={p.get('cfg')}, sigma {float(self.sigmas[0]):.4g} -> {float(self.sigmas[-1]):.4g}, nfe={self.nfe})")
+
+
+class TrajectoryRecorder:
+    """A sampler callback that keeps every step on the CPU."""
+
+    def __init__(self) -> None:
+        self.sigmas: list[float] = []
+        self.xs: list[Tensor] = []
+        self.denoised: list[Tensor] = []
+
+    def __call__(self, step: Any) -> None:
+        self.sigmas.append(step.sigma)
+        self.xs.append(step.x.detach().float().cpu())
+        self.denoised.append(step.denoised.detach().float().cpu())
+        self._last_sigma = step.sigma_next
+
+    def finish(self, x_final: Tensor, sigmas: Tensor, params: dict[str, Any], nfe: int) -> Trajectory:
+        xs = self.xs + [x_final.detach().float().cpu()]
+        den = torch.stack(self.denoised) if self.denoised else x_final.new_zeros((0, *x_final.shape)).cpu()
+        return Trajectory(sigmas=sigmas.detach().float().cpu(), xs=torch.stack(xs), denoised=den, params=params, nfe=nfe)
