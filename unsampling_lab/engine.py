@@ -128,8 +128,8 @@ def resample(
         return _wrap(samples.clone(), latent)  # nothing to do: ComfyUI returns the input latent
     sigmas = sigmas[start_at_step:]
 
-    latent_in = model.latent_format.process_in(samples.to(model.device, torch.float32))
-    noise = _seeded_randn(samples.shape, noise_seed).to(model.device) if add_noise else torch.zeros_like(latent_in)
+    latent_in = model.latent_format.process_in(samples.to(model.device, _state_dtype(samples)))
+    noise = _seeded_randn(samples.shape, noise_seed).to(model.device, latent_in.dtype) if add_noise else torch.zeros_like(latent_in)
     x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise=ms.is_max_denoise(float(sigmas[0])))
     denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative)
     x = _run(spec, denoiser, x, sigmas.to(model.device), callback=callback, progress=progress,
@@ -160,7 +160,7 @@ def _unsample(
     mode = _normalize_mode(normalize)
     sigmas = unsample_sigmas(model, steps=steps, end_at_step=end_at_step, sampler_name=sampler_name, scheduler=scheduler)
 
-    latent_in = model.latent_format.process_in(samples.to(model.device, torch.float32))
+    latent_in = model.latent_format.process_in(samples.to(model.device, _state_dtype(samples)))
     x = model.model_sampling.noise_scaling(sigmas[0], torch.zeros_like(latent_in), latent_in)
     denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative)
     recorder = TrajectoryRecorder() if record else None
@@ -281,6 +281,11 @@ def prepare_mask(mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
         raise UnsamplingError(f"noise_mask is empty (shape {tuple(mask.shape)})")
     m = torch.nn.functional.interpolate(m, size=(h, w), mode="bilinear")
     return m.expand(b, c, h, w).contiguous()
+
+
+def _state_dtype(samples: Tensor) -> torch.dtype:
+    """The sampler state is float32 (as in ComfyUI) whatever the network's dtype; float64 stays float64."""
+    return torch.float64 if samples.dtype == torch.float64 else torch.float32
 
 
 def _seeded_randn(shape: torch.Size, seed: int) -> Tensor:
