@@ -19,6 +19,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from ..errors import UnsamplingError
+
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -91,3 +93,44 @@ def batch_sigma(sigma: Tensor, x: Tensor) -> Tensor:
 def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
     """The probability-flow ODE's derivative dx/dsigma = (x - denoised) / sigma."""
     return (x - denoised) / sigma.to(x.dtype)
+
+
+# -- helpers shared by the samplers (additions; the interfaces above are fixed) -------------------------
+
+
+def sigma_list(sigmas: Tensor) -> list[float]:
+    """The sigmas as Python floats, for the scalar coefficient algebra (exact for float32 and float64)."""
+    return [float(s) for s in sigmas.detach().cpu().reshape(-1)]
+
+
+def denoise_at(model: Denoiser, x: Tensor, sigma: float) -> Tensor:
+    """The model's denoised estimate at a scalar `sigma` (given to the model as a [B] tensor in x's dtype)."""
+    return model(x, x.new_full([x.shape[0]], sigma))
+
+
+def derivative(x: Tensor, sigma: float, denoised: Tensor) -> Tensor:
+    """dx/dsigma = (x - denoised) / sigma at a scalar sigma (k-diffusion's `to_d`)."""
+    return (x - denoised) / sigma
+
+
+def require_noise(noise: NoiseSampler | None, name: str) -> NoiseSampler:
+    """Stochastic samplers draw all their randomness from `noise`; refuse to run without it."""
+    if noise is None:
+        raise UnsamplingError(
+            f"sampler {name!r} injects noise at every step and needs a noise sampler: pass "
+            f"noise=seeded_noise(x, seed) (unsampling_lab.samplers.base.seeded_noise) to make the run reproducible"
+        )
+    return noise
+
+
+def seeded_noise(x: Tensor, seed: int) -> NoiseSampler:
+    """Reproducible noise for stochastic samplers: standard normals drawn on the CPU in float32 from
+    `torch.Generator().manual_seed(seed)`, then moved to x's device and dtype, so CPU and CUDA runs agree.
+    Each call draws the next tensor of the stream (one generator for the whole run)."""
+    generator = torch.Generator().manual_seed(int(seed))
+    shape, device, dtype = x.shape, x.device, x.dtype
+
+    def sample(sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+
+    return sample

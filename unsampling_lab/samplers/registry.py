@@ -2,22 +2,77 @@
 from __future__ import annotations
 
 from ..errors import UnsamplingError, check_choice
-from . import ode
+from . import ddim_inverse, ode, stochastic, unipc
 from .base import SamplerSpec
 
+# ComfyUI's KSampler.SAMPLERS (comfy/samplers.py: KSAMPLER_NAMES + ["ddim", "uni_pc", "uni_pc_bh2"]), in its order.
+COMFYUI_SAMPLERS: tuple[str, ...] = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "exp_heun_2_x0",
+    "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
+    "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+)
+
+_ODE = dict(deterministic=True)
+_SDE = dict(deterministic=False)
+
 _SPECS: tuple[SamplerSpec, ...] = (
-    SamplerSpec("euler", ode.sample_euler, deterministic=True, order=1),
+    SamplerSpec("euler", ode.sample_euler, order=1, **_ODE),
+    SamplerSpec("euler_ancestral", stochastic.sample_euler_ancestral, order=1, **_SDE),
+    SamplerSpec("heun", ode.sample_heun, order=2, evals_per_step=2, **_ODE,
+                note="a plain Euler step (one call) into sigma 0"),
+    SamplerSpec("exp_heun_2_x0", ode.sample_exp_heun_2_x0, order=2, evals_per_step=2, **_ODE,
+                note="lambda = -log sigma (ComfyUI's VP form; ComfyUI uses the flow half-logSNR for flow models)"),
+    SamplerSpec("dpm_2", ode.sample_dpm_2, order=2, evals_per_step=2, discard_penultimate_sigma=True, **_ODE),
+    SamplerSpec("dpm_2_ancestral", stochastic.sample_dpm_2_ancestral, order=2, evals_per_step=2,
+                discard_penultimate_sigma=True, **_SDE),
+    SamplerSpec("lms", ode.sample_lms, order=4, **_ODE, note="coefficients by quadrature of the Lagrange basis"),
+    SamplerSpec("dpmpp_2s_ancestral", stochastic.sample_dpmpp_2s_ancestral, order=2, evals_per_step=2, **_SDE),
+    SamplerSpec("dpmpp_sde", stochastic.sample_dpmpp_sde, order=2, evals_per_step=2, **_SDE),
+    SamplerSpec("dpmpp_2m", ode.sample_dpmpp_2m, order=2, **_ODE),
+    SamplerSpec("dpmpp_2m_sde", stochastic.sample_dpmpp_2m_sde, order=2, **_SDE),
+    SamplerSpec("dpmpp_3m_sde", stochastic.sample_dpmpp_3m_sde, order=3, **_SDE),
+    SamplerSpec("ddpm", stochastic.sample_ddpm, order=1, **_SDE),
+    SamplerSpec("lcm", stochastic.sample_lcm, order=1, **_SDE),
+    SamplerSpec("ipndm", ode.sample_ipndm, order=2, **_ODE,
+                note="fourth-order Adams-Bashforth weights for equal steps; on smoothly varying sigmas it converges at order 2"),
+    SamplerSpec("ipndm_v", ode.sample_ipndm_v, order=1, **_ODE,
+                note="ComfyUI's variable-step weights: order 3 is exact only to first order on unequal steps and the "
+                     "order-4 weights do not sum to 1 there, so the error stalls (~1e-4 relative) instead of converging"),
+    SamplerSpec("deis", ode.sample_deis, order=3, **_ODE, note="tAB weights, max_order 3"),
+    SamplerSpec("res_multistep", ode.sample_res_multistep, order=2, **_ODE),
+    SamplerSpec("gradient_estimation", ode.sample_gradient_estimation, order=1, **_ODE,
+                note="ge_gamma 2; the extrapolated slope 2 d_i - d_(i-1) keeps it first order"),
     # ComfyUI's "ddim" is euler (plus an inpainting-noise seed the Unsampler never passes).
-    SamplerSpec("ddim", ode.sample_euler, deterministic=True, order=1, note="ComfyUI's ddim is euler"),
+    SamplerSpec("ddim", ode.sample_euler, order=1, note="ComfyUI's ddim is euler", **_ODE),
+    SamplerSpec("uni_pc", unipc.sample_uni_pc, order=3, discard_penultimate_sigma=True, prefix_consistent=False,
+                note="order and final steps depend on the number of sigmas; ends at sigma 0.001 when sampling to 0",
+                **_ODE),
+    SamplerSpec("uni_pc_bh2", unipc.sample_uni_pc_bh2, order=3, discard_penultimate_sigma=True,
+                prefix_consistent=False,
+                note="order and final steps depend on the number of sigmas; ends at sigma 0.001 when sampling to 0",
+                **_ODE),
+    SamplerSpec("ddim_inverse", ddim_inverse.sample_ddim_inverse, order=1, **_ODE,
+                note="diffusers' DDIMInverseScheduler: eps at the next timestep (VP models)"),
 )
 
 SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
-SAMPLERS: tuple[str, ...] = tuple(SAMPLER_SPECS)
+SAMPLERS: tuple[str, ...] = tuple(s.name for s in _SPECS)
 INVERTIBLE_SAMPLERS: tuple[str, ...] = tuple(s.name for s in _SPECS if s.deterministic)
+NOT_IMPLEMENTED: tuple[str, ...] = tuple(n for n in COMFYUI_SAMPLERS if n not in SAMPLER_SPECS)
 
 
 def get_sampler(name: str, *, invertible: bool = False) -> SamplerSpec:
     """The registry entry for `name`; with `invertible`, refuse samplers that inject noise."""
+    if name in NOT_IMPLEMENTED:
+        choices = INVERTIBLE_SAMPLERS if invertible else SAMPLERS
+        raise UnsamplingError(
+            f"sampler {name!r} is one of ComfyUI's but not implemented in unsampling_lab; use one of "
+            f"{', '.join(choices)}"
+        )
     check_choice(name, SAMPLERS, what="sampler")
     spec = SAMPLER_SPECS[name]
     if invertible and not spec.deterministic:
