@@ -130,21 +130,32 @@ def resample(
 
     latent_in = model.latent_format.process_in(samples.to(model.device, _state_dtype(samples)))
     noise = _seeded_randn(samples.shape, noise_seed).to(model.device, latent_in.dtype) if add_noise else torch.zeros_like(latent_in)
-    x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise=ms.is_max_denoise(float(sigmas[0])))
+    if add_noise:
+        x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise=ms.is_max_denoise(float(sigmas[0])))
+    else:  # the latent is a state in LATENT form (e.g. unsample's output): ComfyUI's zero-noise start, except
+        x = ms.latent_to_state(sigmas[0], latent_in)  # at flow sigma 1, where ComfyUI's 0 * latent loses it
     denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative)
     x = _run(spec, denoiser, x, sigmas.to(model.device), callback=callback, progress=progress,
              noise_seed=noise_seed if not spec.deterministic else None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)
-    return _wrap(model.latent_format.process_out(x).cpu(), latent)
+    return _wrap(_keep_unmasked(model.latent_format.process_out(x).cpu(), samples, mask), latent)
 
 
 # -- the inversion ----------------------------------------------------------------------------------
 def unsample_sigmas(model: DiffusionModel, *, steps: int, end_at_step: int, sampler_name: str, scheduler: str) -> Tensor:
-    """The ascending sigmas the Unsampler integrates: flip(schedule) + 1e-4, cut at end_at_step."""
+    """The ascending sigmas the Unsampler integrates: flip(schedule) + 1e-4, cut at end_at_step.
+
+    Flow models: clamped to `sigma_limit` = 1, so a full unsample ends on the pure-noise state
+    x = noise (ComfyUI ends at 1.0001, past the data/noise endpoint, and then divides by -1e-4);
+    VP models have no limit and keep ComfyUI's sigmas bit for bit.
+    """
     spec = get_sampler(sampler_name, invertible=True)
     end = min(end_at_step, steps - 1)
-    sigmas = sigma_schedule(model.model_sampling, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
+    ms = model.model_sampling
+    sigmas = sigma_schedule(ms, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
     sigmas = sigmas.flip(0) + UNSAMPLE_SIGMA_OFFSET
+    if math.isfinite(ms.sigma_limit):
+        sigmas = sigmas.clamp(max=ms.sigma_limit)
     return sigmas[: steps - end + 1]
 
 
@@ -173,16 +184,25 @@ def _unsample(
                       positive=_describe(positive), negative=_describe(negative),
                       prefix_consistent=spec.prefix_consistent, evals_per_step=spec.evals_per_step)
         traj = recorder.finish(x, sigmas, params, nfe=denoiser.counter.nfe)
-    out = _finish_unsample(model, x, sigma_final=float(sigmas[-1]), normalize=mode)
+    out = _finish_unsample(model, x, sigma_final=float(sigmas[-1]), normalize=mode, source=samples, mask=mask)
     return _wrap(out, latent), traj
 
 
-def _finish_unsample(model: DiffusionModel, x: Tensor, *, sigma_final: float, normalize: str) -> Tensor:
+def _finish_unsample(model: DiffusionModel, x: Tensor, *, sigma_final: float, normalize: str,
+                     source: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """State at the last sigma -> the node's output: back to raw latents, then normalize (ComfyUI order)."""
     if normalize == "sigma":
         return (x / sigma_final).cpu()
     samples = model.latent_format.process_out(model.model_sampling.inverse_noise_scaling(torch.tensor(sigma_final), x))
-    return normalize_latent(samples, normalize).cpu()
+    return normalize_latent(_keep_unmasked(samples.cpu(), source, mask), normalize).cpu()
+
+
+def _keep_unmasked(out: Tensor, source: Tensor | None, mask: Tensor | None) -> Tensor:
+    """Where the mask is exactly 0 the sampler never moved the latent; return the input bits there
+    (the scale in and out of the model's latent space would otherwise round them by one ulp)."""
+    if mask is None or source is None:
+        return out
+    return torch.where(mask.cpu() == 0, source.to(out.dtype), out)
 
 
 def normalize_latent(samples: Tensor, mode: str) -> Tensor:

@@ -7,6 +7,7 @@ between classes exactly as it does in a text-to-image model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -14,6 +15,9 @@ from torch import Tensor
 from ..errors import UnsamplingError
 from ..model_sampling import ModelSampling, Prediction
 from .base import Conditioning, LatentFormat
+
+if TYPE_CHECKING:
+    from ..analytic import GaussianData, GaussianMixture
 
 #: denoise(x [B, D], sigma [B], label [B] with -1 = unconditional) -> x0 [B, D]
 DenoiseFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -74,3 +78,26 @@ class AnalyticModel:
 
     def __repr__(self) -> str:
         return f"AnalyticModel(dim={self.latent_format.channels}, labels={list(self.labels)}, prediction={self.model_sampling.prediction!r})"
+
+
+def gaussian_model(data: "GaussianData", *, prediction: Prediction = "eps") -> AnalyticModel:
+    """Independent Gaussian data (exact PF-ODE known in closed form) as a model; latent [B, D, 1, 1]."""
+    if prediction == "flow":
+        fn: DenoiseFn = lambda x, sigma, label: data.denoise_flow(x, sigma[:, None])  # noqa: E731
+    else:
+        fn = lambda x, sigma, label: data.denoise(x, sigma[:, None])  # noqa: E731
+    return AnalyticModel(fn, dim=int(torch.as_tensor(data.mean).numel()), prediction=prediction)
+
+
+def mixture_model(mixture: "GaussianMixture", *, labels: Sequence[str] | None = None) -> AnalyticModel:
+    """A labelled Gaussian mixture as a text-conditioned model: prompt `labels[k]` is class k, "" the mixture."""
+    labels = tuple(labels) if labels is not None else tuple(f"class {k}" for k in range(mixture.n_classes))
+
+    def denoise(x: Tensor, sigma: Tensor, label: Tensor) -> Tensor:
+        out = torch.empty_like(x)
+        for k in label.unique().tolist():
+            rows = label == k
+            out[rows] = mixture.denoise(x[rows], sigma[rows][:, None], None if k < 0 else int(k))
+        return out
+
+    return AnalyticModel(denoise, dim=int(mixture.means.shape[-1]), labels=labels)
