@@ -17,6 +17,7 @@ from .models.base import Conditioning, DiffusionModel, LatentFormat
 from .models.loading import load_model
 from .samplers import INVERTIBLE_SAMPLERS, SAMPLERS
 from .schedulers import SCHEDULERS, calculate_sigmas
+from .sweeps import sweep
 from .trajectory import Trajectory
 
 __version__ = "0.1.0"
@@ -37,5 +38,5 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 __all__ = [
     "BUNDLED_MODEL", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "LatentFormat", "ModelSampling", "Trajectory", "UnsamplingError",
-    "calculate_sigmas", "load_model", "resample", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
+    "calculate_sigmas", "load_model", "resample", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
 ]
