@@ -7,6 +7,7 @@ inversion, not one per value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +49,54 @@ class Trajectory:
                 "unsample is not a prefix of the full one; call unsample(..., end_at_step=k) for this sampler"
             )
         return self.xs[index]
+
+    # -- analysis and storage (pandas and safetensors load only here) -----------------------------
+    def to_frame(self, *, model_sampling: Any = None) -> Any:
+        """A tidy pandas DataFrame, one row per (state index, batch item), with the per-step metrics.
+
+        Columns: step, end_at_step, item, sigma, x_mean, x_std, expected_std, std_ratio,
+        denoised_drift, denoised_mse (see `unsampling_lab.metrics.step_stats`). Pass the model's
+        `model_sampling` for its own expected std (flow models); the default is the VP formula.
+        """
+        import pandas as pd
+
+        from .metrics import step_stats
+
+        return pd.DataFrame(step_stats(self, model_sampling=model_sampling))
+
+    def save(self, path: str | Path) -> Path:
+        """Write `path` (.safetensors: sigmas, xs, denoised) and `path` with suffix .json (params, nfe)."""
+        import json
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"sigmas": self.sigmas.contiguous(), "xs": self.xs.contiguous(),
+                   "denoised": self.denoised.contiguous()}, str(path))
+        sidecar = {"params": self.params, "nfe": self.nfe, "format": "unsampling_lab.Trajectory/1"}
+        path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1, default=str), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trajectory":
+        """Read a trajectory written by `save` (the .safetensors file and its .json sidecar)."""
+        import json
+
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(".safetensors")
+        if not path.exists() or not path.with_suffix(".json").exists():
+            raise UnsamplingError(f"no saved trajectory at {path} (expected {path.name} and {path.with_suffix('.json').name}); "
+                                  "write one with Trajectory.save(path)")
+        tensors = load_file(str(path))
+        sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        return cls(sigmas=tensors["sigmas"], xs=tensors["xs"], denoised=tensors["denoised"],
+                   params=dict(sidecar.get("params", {})), nfe=int(sidecar.get("nfe", 0)))
 
     def __repr__(self) -> str:
         p = self.params
