@@ -1,0 +1,38 @@
+"""The shapes dataset: deterministic from a seed, captions match the pixels."""
+from __future__ import annotations
+
+import torch
+
+from unsampling_lab.shapes import CAPTIONS, COLOURS, SHAPES, make_shapes
+
+
+def test_vocabulary() -> None:
+    assert len(COLOURS) >= 6 and len(SHAPES) >= 4
+    assert {"circle", "square", "triangle"} <= set(SHAPES)
+    assert COLOURS["red"] == (1.0, 0.0, 0.0) and COLOURS["yellow"] == (1.0, 1.0, 0.0)
+    assert COLOURS["magenta"] == (1.0, 0.0, 1.0) and COLOURS["cyan"] == (0.0, 1.0, 1.0)
+    assert len(set(CAPTIONS)) == len(COLOURS) * len(SHAPES)
+
+
+def test_deterministic_from_seed() -> None:
+    a, b, c = make_shapes(64, seed=7), make_shapes(64, seed=7), make_shapes(64, seed=8)
+    assert torch.equal(a.images, b.images) and a.captions == b.captions
+    assert not torch.equal(a.images, c.images)
+    assert a.images.shape == (64, 32, 32, 3) and a.images.dtype == torch.float32
+
+
+def test_captions_and_colours_match_pixels() -> None:
+    batch = make_shapes(200, seed=0)
+    assert batch.captions == [f"{c} {s}" for c, s in zip(batch.colours, batch.shapes)]
+    assert set(batch.captions) <= set(CAPTIONS)
+    for img, colour in zip(batch.images, batch.colours):
+        fg = img.max(-1).values
+        assert fg.max() == 1.0  # fully covered pixels are the pure colour
+        full = img[fg == 1.0]
+        assert torch.equal(full, torch.tensor(COLOURS[colour]).expand_as(full))
+        assert img[0].abs().sum() == 0 and img[-1].abs().sum() == 0  # black margin: shape fully inside
+        assert img[:, 0].abs().sum() == 0 and img[:, -1].abs().sum() == 0
+
+
+def test_all_classes_appear() -> None:
+    assert set(make_shapes(400, seed=1).captions) == set(CAPTIONS)
