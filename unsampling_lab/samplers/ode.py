@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from scipy import integrate
 from torch import Tensor
@@ -220,26 +221,28 @@ def deis_coefficients(sigmas: Tensor, max_order: int = 3, n: int = 10000) -> lis
     dtype = torch.float64 if sigmas.dtype == torch.float64 else torch.float32
     sig = sigmas.detach().cpu().to(dtype)
     t, beta_0, beta_1 = _deis_vp_time(sig)
-    beta_0, beta_1 = beta_0.to(dtype), beta_1.to(dtype)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    t = t.to(dtype).numpy().astype(np_dtype)
+    beta_0, beta_1 = np_dtype(float(beta_0)), np_dtype(float(beta_1))
     table: list[list[float]] = []
     for i in range(len(sig) - 1):
         order = min(i + 1, max_order)
         if order == 1 or float(sig[i + 1]) <= 0:
             table.append([])
             continue
-        taus = torch.linspace(float(t[i]), float(t[i + 1]), n, dtype=dtype)
-        dtau = (t[i + 1] - t[i]) / n
-        alpha = torch.exp(-0.5 * taus**2 * (beta_1 - beta_0) - taus * beta_0)
+        taus = np.linspace(t[i], t[i + 1], n, dtype=np_dtype)
+        dtau = (t[i + 1] - t[i]) / np_dtype(n)
+        alpha = np.exp(np_dtype(-0.5) * taus**2 * (beta_1 - beta_0) - taus * beta_0)
         dlog_alpha = -(taus * (beta_1 - beta_0) + beta_0)
-        dsigma_dtau = -0.5 * dlog_alpha / torch.sqrt(alpha * (1 - alpha))
-        nodes = t[[i - k for k in range(order)]]
+        dsigma_dtau = np_dtype(-0.5) * dlog_alpha / np.sqrt(alpha * (1 - alpha))
+        nodes = [t[i - k] for k in range(order)]
         row = []
         for j in range(order):
-            basis = torch.ones_like(taus)
+            basis = np.ones_like(taus)
             for k in range(order):
                 if k != j:
                     basis = basis * (taus - nodes[k]) / (nodes[j] - nodes[k])
-            row.append(float(torch.sum(dsigma_dtau * basis) * dtau))
+            row.append(float(np.sum(dsigma_dtau * basis) * dtau))
         table.append(row)
     return table
 
@@ -338,9 +341,10 @@ def sample_exp_heun_2_x0(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback
             continue
         h = math.log(sigma / sigma_next)
         ratio = sigma_next / sigma  # e^{-h}
-        x_2 = ratio * x - math.expm1(-h) * denoised  # first-order (DDIM) step to sigma_next
+        # e^{-h} x - (e^{-h} - 1) D, written as D + e^{-h} (x - D): no cancellation when e^{-h} >> 1 (unsampling)
+        x_2 = denoised + ratio * (x - denoised)  # first-order (DDIM) step to sigma_next
         denoised_2 = denoise_at(model, x_2, sigma_next)
-        b2 = (math.expm1(-h) + h) / (-h)  # h phi_2(-h)
-        b1 = math.expm1(-h) - b2
-        x = ratio * x - (b1 * denoised + b2 * denoised_2)
+        b2 = (math.expm1(-h) + h) / (-h)  # h phi_2(-h); b1 = (e^{-h} - 1) - b2
+        # x_next = e^{-h} x - (b1 D + b2 D_2) = D + e^{-h} (x - D) - b2 (D_2 - D)
+        x = denoised + ratio * (x - denoised) - b2 * (denoised_2 - denoised)
     return x

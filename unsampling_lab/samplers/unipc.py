@@ -8,6 +8,7 @@ division by alpha: with lambda = -log sigma and the VE state x the same update r
 
     h = lambda_t - lambda_s = log(sigma_s / sigma_t)
     x_t = (sigma_t / sigma_s) x_s - expm1(-h) D_s - B(h) (sum_k rho_k D1_k)
+        = D_s + (sigma_t / sigma_s) (x_s - D_s) - B(h) (sum_k rho_k D1_k)
 
 with B(h) = -h (bh1) or expm1(-h) (bh2), D1_k = (D_{s_k} - D_s) / r_k, r_k = (lambda_{s_k} - lambda_s) / h,
 and rho solving R rho = b, R_ij = r_j^i, b_i = i! h phi_{i+1}(-h) / B(h). The same algorithm, finite.
@@ -90,7 +91,8 @@ def _sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback
         rks = [(lam[ij] - lam[i0]) / h for ij, _ in prev]
         d1s = [(mj - m0) / rk for (_, mj), rk in zip(prev, rks)]
         b_h, rhos_p, rhos_c = _coefficients(h, rks, order, variant)
-        x_base = (s[k] / s[i0]) * x - math.expm1(-h) * m0  # first-order (DDIM) step
+        # first-order (DDIM) step (sigma_t / sigma_s) x - expm1(-h) D_s, written without cancellation
+        x_base = m0 + (s[k] / s[i0]) * (x - m0)
         x_pred = x_base - b_h * sum(r * d for r, d in zip(rhos_p, d1s)) if rhos_p else x_base
         if corrected:
             m_t = denoise_at(model, x_pred, s[k])
