@@ -219,14 +219,40 @@ class ModelSampling:
         return noise * scale + latent
 
     def inverse_noise_scaling(self, sigma: Tensor, x: Tensor) -> Tensor:
-        """ComfyUI's `inverse_noise_scaling`: identity for VP models, `x / (1 - sigma)` for flow models.
+        """A state at `sigma` as a LATENT (ComfyUI `inverse_noise_scaling`): identity for VP models.
 
-        For flow models this turns a state at sigma into its VE form x0 + sigma/(1-sigma) * noise;
-        at the Unsampler's final sigma 1 + 1e-4 it divides by -1e-4 (ComfyUI's flow-model failure).
+        Flow, sigma < 1: `x / (1 - sigma)`, the VE form x0 + sigma/(1 - sigma) * noise, as ComfyUI
+        stores a partially noised flow latent. Flow, sigma >= `sigma_limit` (= 1): `x` itself. There
+        the state is pure noise (x = 1 * noise + 0 * x0), its VE form is infinite, and ComfyUI's
+        division by 1 - 1.0001 = -1e-4 flips the sign and multiplies by 1e4; the noise is the only
+        finite LATENT that still carries the state. `latent_to_state` is the exact inverse.
         """
         if self.prediction == "flow":
-            return x / (1.0 - _view(sigma, x))
+            s = _view(sigma, x)
+            below = s < self.sigma_limit
+            return torch.where(below, x / torch.where(below, 1.0 - s, torch.ones_like(s)), x)
         return x
+
+    def latent_to_state(self, sigma: Tensor, latent: Tensor) -> Tensor:
+        """The sampler state a LATENT stands for at `sigma`, no noise added (inverse of `inverse_noise_scaling`).
+
+        Equals `noise_scaling(sigma, 0, latent)` (ComfyUI's start with add_noise off) wherever that
+        is defined: VP `latent`, flow `(1 - sigma) * latent` for sigma < 1; at flow sigma >= 1 the
+        LATENT is the noise itself, so the state is `latent` (ComfyUI's `0 * latent` would lose it).
+        """
+        if self.prediction == "flow":
+            s = _view(sigma, latent)
+            return torch.where(s < self.sigma_limit, (1.0 - s) * latent, latent)
+        return latent.clone()
+
+    @property
+    def sigma_limit(self) -> float:
+        """The largest sigma a sampler state can have: 1 for flow models (pure noise), inf for VP models.
+
+        The Unsampler's sigmas (schedule + 1e-4) are clamped to it: past sigma = 1 a flow state
+        would hold a negative multiple of the data, and the network was never trained there.
+        """
+        return 1.0 if self.prediction == "flow" else math.inf
 
     def is_max_denoise(self, sigma: float) -> bool:
         """ComfyUI's test for starting from pure noise: sigma is (close to) sigma_max or above it."""
