@@ -1,6 +1,6 @@
 """Tiny seeded diffusers models for the analysis tests (metrics, sweeps, plots, CLI); no downloads.
 
-Import the fixtures into a test module with `from fixtures_analysis import *` (pytest puts tests/ on the path).
+Import the fixtures into a test module with `from fixtures_analysis import *  # noqa: F403` (pytest puts tests/ on the path).
 """
 from __future__ import annotations
 
@@ -49,19 +49,34 @@ def make_tiny_pipeline(folder: Path | None = None, *, seed: int = 0):
     return pipe
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread when the CPUs are shared; the caller's setting is restored."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
-def tiny_model():
+def tiny_pipe():
+    """The tiny StableDiffusionPipeline object (built once per session)."""
+    return make_tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_pipe):
     """The tiny pipeline wrapped as an unsampling_lab model on the CPU."""
     import unsampling_lab as ul
 
-    return ul.load_model(make_tiny_pipeline(), device="cpu")
+    return ul.load_model(tiny_pipe, device="cpu")
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline_dir(tmp_path_factory):
-    """A tiny pipeline saved with save_pretrained, for `--model PATH` in the CLI tests."""
+def tiny_pipeline_dir(tiny_pipe, tmp_path_factory):
+    """The tiny pipeline saved with save_pretrained, for `--model PATH` in the CLI tests."""
     folder = tmp_path_factory.mktemp("tiny_pipe")
-    make_tiny_pipeline(folder)
+    tiny_pipe.save_pretrained(str(folder))
     return folder
 
 

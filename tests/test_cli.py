@@ -1,0 +1,65 @@
+"""`python -m unsampling_lab sweep` end to end on a tiny pipeline folder; bad flags exit with code 2 and say why."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from fixtures_analysis import *  # noqa: F401,F403
+from unsampling_lab import cli
+
+FAST = ["--steps", "3", "--end-at-step", "0", "2", "--cfg", "2", "--normalize", "disable", "enable",
+        "--images", "2", "--no-progress", "--format", "csv"]
+
+
+def test_sweep_end_to_end_then_resume(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["sweep", "--model", str(tiny_pipeline_dir), "--device", "cpu", "--positive", "red circle",
+            "--edit", "blue square", "--out", str(out), *FAST]
+    assert cli.main(argv) == 0
+    table = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert len(table) == 2 * 2 * 2 * 2  # end_at_step x normalize x (reconstruction, edit) x images
+    assert set(table["edit"]) == {"red circle", "blue square"}
+    for name in ("summary.md", "heatmap_latent_mse.png", "heatmap_psnr.png", "noise.png", "latent_stats.png",
+                 "strip.png"):
+        assert (out / name).stat().st_size > 0, name
+    summary = (out / "summary.md").read_text()
+    assert "VAE-only ceiling" in summary and "model evaluations" in summary
+    capsys.readouterr()
+    assert cli.main([*argv, "--no-figures"]) == 0  # rerun: everything is already in the table
+    assert "0 rows computed, 16 resumed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sampler", "eulr"], "invalid choice: 'eulr'"),
+    (["--scheduler", "karas"], "invalid choice: 'karas'"),
+    (["--normalize", "yes"], "invalid choice: 'yes'"),
+    (["--steps", "0"], "expected a whole number >= 1, got 0"),
+    (["--images", "two"], "expected a whole number >= 1, got 'two'"),
+    (["--cfg", "-1"], "expected a finite number >= 0"),
+    (["--steps", "4", "--end-at-step", "4"], "must be < --steps 4"),
+])
+def test_bad_flags_exit_2_with_a_clear_message(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", "--model", str(tmp_path), *flags])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_module_entry_point_and_light_import():
+    """One interpreter: `import unsampling_lab` loads neither matplotlib nor pandas, then `-m` rejects a bad flag."""
+    code = ("import sys, runpy, unsampling_lab\n"
+            "heavy = [m for m in ('matplotlib', 'pandas') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "sys.argv = ['unsampling_lab', 'sweep', '--steps', '-3']\n"
+            "runpy.run_module('unsampling_lab', run_name='__main__')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2 and "expected a whole number >= 1" in out.stderr, out.stderr
+
+
+def test_missing_model_folder_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert e.value.code == 2 and "not a diffusers pipeline folder" in capsys.readouterr().err
