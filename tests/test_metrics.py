@@ -53,7 +53,7 @@ def test_moments_of_normal_sample_near_zero_with_small_z_scores():
     assert s["ks_z"] < 2.0 and s["ks_p"] > 0.001
     assert {"std_c0", "skew_z_c7", "ks_c3"} <= set(s)
     shifted = M.noise_stats(z * 1.2 + 0.1)
-    assert shifted["mean_z"] > 50 and shifted["std_z"] > 50
+    assert shifted["mean_z"] > 20 and shifted["std_z"] > 20
 
 
 def test_autocorrelation_iid_small_smoothed_large():
