@@ -1,0 +1,144 @@
+"""The explorer: controls set programmatically change the outputs; end_at_step reuses the inversion."""
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+pytest.importorskip("ipywidgets")
+
+import unsampling_lab as ul  # noqa: E402
+from unsampling_lab.errors import UnsamplingError  # noqa: E402
+from unsampling_lab.shapes import make_shapes  # noqa: E402
+
+
+class Counting:
+    """A model whose network calls are counted (cond and uncond go through as one call)."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self.calls = 0
+
+    def forward(self, x, timestep, cond):
+        self.calls += 1
+        return self._model.forward(x, timestep, cond)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    try:
+        return ul.load_model(device="cpu")
+    except UnsamplingError:
+        return None
+
+
+@pytest.fixture()
+def model(bundled, sd_model):
+    return Counting(bundled if bundled is not None else sd_model)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return make_shapes(1, seed=3).images
+
+
+def _prompts(model):
+    # the bundled tokenizer knows the shapes words; the tiny test tokenizer encodes any characters
+    return dict(source="red circle", edit="blue square")
+
+
+def test_end_at_step_reuses_the_inversion(model, image):
+    ex = ul.widgets.explorer(model, image, steps=6, **_prompts(model))
+    assert ex.inversions == 1 and ex.updates == 1
+    before = (ex.strip.value, ex.stats.value, ex.table.value)
+    calls = model.calls
+    ex.end_at_step.value = 3
+    assert ex.inversions == 1, "an end_at_step change must read off the cached trajectory"
+    # only the resample from step 3 (euler: one call per step; source and edit in one batch) ran
+    assert model.calls - calls == 6 - 3
+    after = (ex.strip.value, ex.stats.value, ex.table.value)
+    assert all(a != b for a, b in zip(before, after)), "strip, statistics and metrics must all change"
+    assert {r["end_at_step"] for r in ex.rows} == {3}
+
+
+def test_normalize_and_edit_reuse_the_inversion(model, image):
+    ex = ul.widgets.explorer(model, image, steps=5, **_prompts(model))
+    strip = ex.strip.value
+    ex.normalize.value = "enable"
+    assert ex.inversions == 1 and ex.strip.value != strip
+    rows = list(ex.rows)
+    ex.edit.value = "green triangle"
+    assert ex.inversions == 1
+    assert ex.rows[1]["edit"] == "green triangle" and ex.rows[1] != rows[1]
+    assert ex.rows[0]["psnr"] == pytest.approx(rows[0]["psnr"])  # the reconstruction did not change
+
+
+@pytest.mark.parametrize("control, value", [("cfg", 2.0), ("sampler_name", "heun"), ("scheduler", "karras"),
+                                            ("source", "blue circle"), ("negative", "red")])
+def test_inversion_parameters_rerun_the_inversion(model, image, control, value):
+    ex = ul.widgets.explorer(model, image, steps=4, **_prompts(model))
+    table = ex.table.value
+    getattr(ex, control).value = value
+    assert ex.inversions == 2
+    if control == "negative":  # at cfg 1 the negative pass is skipped: a new inversion, the same numbers
+        assert ex.table.value == table
+    else:
+        assert ex.table.value != table
+    assert ex.trajectory.params[{"source": "positive"}.get(control, control)] == value
+
+
+def test_steps_moves_the_end_at_step_range(model, image):
+    ex = ul.widgets.explorer(model, image, steps=8, end_at_step=6, **_prompts(model))
+    ex.steps.value = 4
+    assert ex.end_at_step.max == 3 and ex.end_at_step.value == 3
+    assert ex.inversions == 2
+    assert ex.trajectory.params["steps"] == 4 and {r["end_at_step"] for r in ex.rows} == {3}
+
+
+def test_errors_show_in_the_status_line(model, image, monkeypatch):
+    ex = ul.widgets.explorer(model, image, steps=3, **_prompts(model))
+    assert "ancestral" not in " ".join(ex.sampler_name.options), "only invertible samplers are offered"
+
+    def refuse(*args, **kwargs):
+        raise UnsamplingError("resample refused this setting")
+
+    monkeypatch.setattr(ul.engine, "resample", refuse)
+    ex.end_at_step.value = 1  # no exception escapes into the notebook: the status line says it
+    assert "resample refused this setting" in ex.status.value and ex.updates == 2
+
+
+def test_sweep_button_runs_the_grid_with_progress(model, image, tmp_path):
+    path = tmp_path / "sweep.csv"
+    ex = ul.widgets.explorer(model, image, steps=4, grid={"end_at_step": [0, 2], "normalize": ["disable", "enable"]},
+                             sweep_path=str(path), **_prompts(model))
+    calls = model.calls
+    ex.sweep_button.click()
+    df = ex.sweep_frame
+    assert df is not None and len(df) == 4
+    assert ex.progress.max == 4 and ex.progress.value == 4
+    assert path.exists() and "<table" in ex.sweep_table.value
+    # one shared inversion (4 calls) + resamples from steps 0 and 2, for each normalize (2 * (4 + 2))
+    assert model.calls - calls == 4 + 2 * (4 + 2)
+
+
+def test_update_latency_on_the_bundled_model(bundled, image):
+    if bundled is None:
+        pytest.skip("the bundled model is missing (unsampling_lab/bundled_model); the latency budget is for it")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # an 8x8 UNet gains nothing from threads, and a busy machine punishes them
+    try:
+        ex = ul.widgets.explorer(bundled, image, steps=10, source="red circle", edit="blue circle")
+        times = []
+        for k in (9, 5, 0, 3, 7, 1, 8):
+            ex.end_at_step.value = k
+            times.append(ex.last_update_s)
+        assert ex.inversions == 1
+    finally:
+        torch.set_num_threads(threads)
+    print(f"explorer end_at_step update: median {statistics.median(times) * 1000:.0f} ms, "
+          f"max {max(times) * 1000:.0f} ms (steps=10)")
+    assert statistics.median(times) <= 0.3, f"end_at_step updates took {times} s; the budget is 0.3 s"

@@ -1,0 +1,347 @@
+"""The explorer: ipywidgets controls over one image's inversion, updating live.
+
+    ex = ul.widgets.explorer(model, images, source="red circle", edit="blue circle")
+    ex                                   # in a notebook cell: controls, image strip, statistics, metrics
+    ex.end_at_step.value = 5             # the controls are attributes; tests set them like this
+
+The explorer holds state (the cached trajectory, counters), never maths. An update is what a sweep
+does for one grid point: `unsampled(model, trajectory, end_at_step, normalize)`, then `resample` from
+`start_at_step = end_at_step` with the source prompt (reconstruction) and the edit prompt, then the
+sweep's own metric rows. The inversion (`unsample_trajectory`) reruns only when a parameter that
+changes it moves: steps, cfg, sampler, scheduler, source or negative prompt. end_at_step, normalize
+and the edit prompt read off the cached trajectory. ipywidgets and matplotlib load here only.
+"""
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import engine, sweeps
+from .engine import NORMALIZE_MODES
+from .errors import UnsamplingError
+from .samplers import INVERTIBLE_SAMPLERS
+from .schedulers import SCHEDULERS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .models.base import DiffusionModel
+    from .trajectory import Trajectory
+
+#: Parameters whose change needs a new inversion (the sweep's INVERSION_KEY).
+INVERSION_KEY: tuple[str, ...] = sweeps.INVERSION_KEY
+TILE = 128  # pixels per image in the strip
+
+
+class Explorer:
+    """Controls (attributes: steps, end_at_step, cfg, normalize, sampler_name, scheduler, source, edit,
+    negative, sweep_button), outputs (strip, stats, table, sweep_table, progress) and state
+    (trajectory, inversions, updates, last_update_s, rows)."""
+
+    def __init__(
+        self,
+        model: "DiffusionModel",
+        image_or_latent: Tensor | dict[str, Any],
+        *,
+        steps: int = 10,
+        end_at_step: int = 0,
+        cfg: float = 1.0,
+        normalize: str = "disable",
+        sampler_name: str = "euler",
+        scheduler: str = "normal",
+        source: str = "",
+        edit: str = "",
+        negative: str = "",
+        grid: Mapping[str, Sequence[Any]] | None = None,
+        sweep_path: str | None = None,
+        samplers: Sequence[str] | None = None,
+    ) -> None:
+        import ipywidgets as W
+
+        self.model = model
+        self.latent, self.images = _as_latent(model, image_or_latent)
+        self.grid = dict(grid) if grid is not None else None
+        self.sweep_path = sweep_path
+        self.trajectory: Trajectory | None = None
+        self._traj_key: tuple | None = None
+        self.inversions = 0  # unsample_trajectory calls
+        self.updates = 0
+        self.last_update_s = math.nan
+        self.rows: list[dict[str, Any]] = []  # the metric rows shown (reconstruction, edit)
+        self.sweep_frame: pd.DataFrame | None = None
+        self._reference = None
+        self._stats_fig: Any = None
+
+        # -- controls ----------------------------------------------------------------------------
+        slider = dict(continuous_update=False, style={"description_width": "90px"})
+        self.steps = W.IntSlider(value=steps, min=1, max=50, description="steps", **slider)
+        self.end_at_step = W.IntSlider(value=min(end_at_step, steps - 1), min=0, max=max(steps - 1, 0),
+                                       description="end_at_step", **slider)
+        self.cfg = W.FloatSlider(value=cfg, min=0.0, max=10.0, step=0.5, description="cfg", **slider)
+        self.normalize = W.Dropdown(options=list(NORMALIZE_MODES), value=normalize, description="normalize")
+        names = list(samplers) if samplers is not None else list(INVERTIBLE_SAMPLERS)
+        self.sampler_name = W.Dropdown(options=names, value=sampler_name, description="sampler")
+        self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=scheduler, description="scheduler")
+        text = dict(continuous_update=False, layout=W.Layout(width="260px"))
+        self.source = W.Text(value=source, description="source", **text)
+        self.edit = W.Text(value=edit, description="edit", **text)
+        self.negative = W.Text(value=negative, description="negative", **text)
+        self.sweep_button = W.Button(description="run sweep", icon="table")
+
+        # -- outputs -----------------------------------------------------------------------------
+        self.strip = W.Image(format="png")
+        self.caption = W.HTML()
+        self.stats = W.Image(format="png")
+        self.table = W.HTML()
+        self.status = W.HTML()
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="sweep", layout=W.Layout(visibility="hidden"))
+        self.sweep_table = W.HTML()
+
+        controls = W.VBox([self.steps, self.end_at_step, self.cfg, self.normalize, self.sampler_name, self.scheduler,
+                           self.source, self.edit, self.negative, W.HBox([self.sweep_button, self.progress])])
+        view = W.VBox([self.caption, self.strip, W.HBox([self.stats, self.table]), self.status])
+        self.widget = W.VBox([W.HBox([controls, view]), self.sweep_table])
+
+        for c in self.controls:
+            c.observe(self._on_change, names="value")
+        self.sweep_button.on_click(lambda _: self.run_sweep())
+        self.update()
+
+    # -- public -------------------------------------------------------------------------------------
+    @property
+    def controls(self) -> list[Any]:
+        return [self.steps, self.end_at_step, self.cfg, self.normalize, self.sampler_name, self.scheduler,
+                self.source, self.edit, self.negative]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The current setting in the sweep's parameter names."""
+        return dict(steps=int(self.steps.value), end_at_step=int(self.end_at_step.value), cfg=float(self.cfg.value),
+                    normalize=self.normalize.value, sampler_name=self.sampler_name.value,
+                    scheduler=self.scheduler.value, positive=self.source.value, negative=self.negative.value,
+                    edit=self.edit.value)
+
+    def update(self) -> None:
+        """Recompute the view for the current controls (a new inversion only if its key changed)."""
+        t0 = time.perf_counter()
+        p = self.params
+        try:
+            traj = self._trajectory(p)
+            self._show(traj, p)
+            self.status.value = ""
+        except UnsamplingError as e:
+            self.status.value = f"<span style='color:#b00'>{_escape(str(e))}</span>"
+        self.updates += 1
+        self.last_update_s = time.perf_counter() - t0
+        self.status.value += f"<small>update {self.last_update_s * 1000:.0f} ms, inversions {self.inversions}</small>"
+
+    def run_sweep(self) -> "pd.DataFrame":
+        """Run `sweep` over `grid` (default: end_at_step x {1, current cfg}) at the other current values."""
+        grid = self.grid if self.grid is not None else self.default_grid()
+        p = self.params
+        fixed = {k: v for k, v in p.items() if k not in grid}
+        if fixed.get("edit") == "":
+            fixed["edit"] = None
+        n = 1
+        for v in grid.values():
+            n *= len(v)
+        self.progress.max, self.progress.value = n, 0
+        self.progress.layout.visibility = "visible"
+
+        def tick(rows: list[dict[str, Any]], outputs: Any) -> None:
+            self.progress.value += 1
+
+        df = sweeps.sweep(self.model, self.latent, grid, path=self.sweep_path, images=self.images,
+                          progress=False, callback=tick, **fixed)
+        self.progress.value = self.progress.max
+        self.sweep_frame = df
+        cols = [c for c in ("end_at_step", "cfg", "normalize", "sampler_name", "scheduler", "psnr", "ssim",
+                            "latent_mse", "noise_std", "noise_ks_z", "fg_iou", "colour_match", "shape_match", "nfe")
+                if c in df.columns]
+        self.sweep_table.value = df[cols].to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0)
+        return df
+
+    def default_grid(self) -> dict[str, list[Any]]:
+        steps = int(self.steps.value)
+        stride = max(1, steps // 5)
+        cfgs = sorted({1.0, float(self.cfg.value)})
+        return {"end_at_step": list(range(0, steps, stride)), "cfg": cfgs}
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _on_change(self, change: dict[str, Any]) -> None:
+        if change["owner"] is self.steps:
+            steps = int(self.steps.value)
+            self.end_at_step.max = max(steps - 1, 0)  # may clip end_at_step's value: that fires one more update
+            if self.end_at_step.value > steps - 1:
+                return
+        self.update()
+
+    def _trajectory(self, p: Mapping[str, Any]) -> "Trajectory":
+        key = tuple(p[k] for k in INVERSION_KEY)
+        if key != self._traj_key or self.trajectory is None:
+            self.trajectory = engine.unsample_trajectory(
+                self.model, self.latent, steps=p["steps"], cfg=p["cfg"], sampler_name=p["sampler_name"],
+                scheduler=p["scheduler"], positive=p["positive"], negative=p["negative"], progress=False,
+                end_at_step=0 if sweeps._prefix_consistent(p["sampler_name"]) else p["end_at_step"])
+            self._traj_key = key
+            self.inversions += 1
+            self._stats_fig = None
+        elif not self.trajectory.params.get("prefix_consistent", True) and \
+                self.trajectory.params.get("end_at_step") != p["end_at_step"]:
+            self._traj_key = None  # this sampler needs one inversion per end_at_step
+            return self._trajectory(p)
+        return self.trajectory
+
+    def _show(self, traj: "Trajectory", p: Mapping[str, Any]) -> None:
+        model, k = self.model, p["end_at_step"]
+        noise = engine.unsampled(model, traj, k, p["normalize"])
+        edit = p["edit"] or p["positive"]
+        pair = noise.repeat(2, *([1] * (noise.ndim - 1)))  # [reconstruction, edit] in one batch
+        result = engine.resample(model, pair, steps=p["steps"], start_at_step=k, cfg=p["cfg"],
+                                 sampler_name=p["sampler_name"], scheduler=p["scheduler"],
+                                 positive=[p["positive"], edit], negative=p["negative"], progress=False)
+        decoded = model.decode(result) if hasattr(model, "decode") and getattr(model, "vae", None) is not None else None
+        reference, ceiling = self._pixel_reference()
+        self.rows = []
+        for b, prompt in enumerate((p["positive"], edit)):
+            combo = {**sweeps.DEFAULTS, **p, "edit": prompt, "seed": 0}
+            rows = sweeps._metric_rows(model, combo, self.latent["samples"], result[b:b + 1], traj,
+                                       None if decoded is None else decoded[b:b + 1], reference, ceiling,
+                                       set(sweeps.METRIC_SETS), 1)
+            rows[0]["row"] = "reconstruction" if b == 0 else "edit"
+            self.rows.extend(rows)
+        self._draw_strip(noise, decoded, p)
+        self._draw_stats(traj, k)
+        self._draw_table()
+
+    def _pixel_reference(self) -> tuple[Tensor | None, Tensor | None]:
+        if self._reference is None:
+            self._reference = sweeps._pixel_reference(self.model, self.latent["samples"], self.images,
+                                                      set(sweeps.METRIC_SETS))
+        return self._reference
+
+    def _draw_strip(self, noise: Tensor, decoded: Tensor | None, p: Mapping[str, Any]) -> None:
+        tiles, names = [], []
+        reference = self._pixel_reference()[0]
+        if reference is not None:
+            tiles.append(reference[0])
+            names.append("input")
+        tiles.append(latent_preview(noise[0]))
+        names.append(f"noise (end_at_step {p['end_at_step']})")
+        if decoded is not None:
+            tiles += [decoded[0], decoded[1]]
+            names += [f"resampled: {p['positive'] or '(empty)'}", f"edit: {p['edit'] or p['positive'] or '(empty)'}"]
+        self.strip.value = image_strip(tiles)
+        self.caption.value = " | ".join(f"<b>{_escape(n)}</b>" for n in names)
+
+    def _draw_stats(self, traj: "Trajectory", k: int) -> None:
+        if self._stats_fig is None:
+            self._stats_fig = StatsFigure(traj, self.model.model_sampling)
+        self.stats.value = self._stats_fig.render(k)
+
+    def _draw_table(self) -> None:
+        import pandas as pd
+
+        keep = [c for c in ("row", "edit", "psnr", "ssim", "latent_mse", "noise_std", "noise_ks_z", "noise_autocorr_1",
+                            "sigma_final", "colour", "shape", "fg_iou", "colour_match", "shape_match")
+                if c in self.rows[0]]
+        frame = pd.DataFrame(self.rows)[keep].set_index("row").T
+        self.table.value = frame.to_html(float_format=lambda v: f"{v:.3g}", border=0)
+
+
+def explorer(model: "DiffusionModel", image_or_latent: Tensor | dict[str, Any], **kwargs: Any) -> Explorer:
+    """An `Explorer` on one image (float [1, H, W, 3] in 0..1) or LATENT dict; see `Explorer` for the options."""
+    return Explorer(model, image_or_latent, **kwargs)
+
+
+class StatsFigure:
+    """The trajectory's per-step latent std against the schedule's expected std (metrics.step_stats), with
+    the current end_at_step marked; drawn once per trajectory, only the marker moves."""
+
+    def __init__(self, traj: "Trajectory", model_sampling: Any) -> None:
+        from matplotlib.figure import Figure
+
+        from .metrics import step_stats
+
+        self.steps = int(traj.params["steps"])
+        rec = [r for r in step_stats(traj, model_sampling=model_sampling) if r["item"] == 0]
+        self.sigmas = [r["sigma"] for r in rec]
+        self.fig = Figure(figsize=(3.6, 2.6), dpi=72, layout="constrained")
+        ax = self.ax = self.fig.add_subplot()
+        ax.loglog(self.sigmas, [r["x_std"] for r in rec], "o-", ms=3, label="std(x)")
+        ax.loglog(self.sigmas, [r["expected_std"] for r in rec], "k--", lw=1, label="sqrt(sigma^2 + d^2)")
+        ax.set_xlabel("sigma")
+        ax.set_title("latent std along the inversion", fontsize=9)
+        ax.legend(fontsize=7)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from PIL import Image
+
+        canvas = FigureCanvasAgg(self.fig)
+        canvas.draw()  # drawn once: an update only paints the end_at_step marker on a copy (milliseconds)
+        self.base = Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+        height = self.base.height
+        self.xs = [float(ax.transData.transform((s, 1.0))[0]) for s in self.sigmas]
+        self.y0, self.y1 = height - float(ax.bbox.y1), height - float(ax.bbox.y0)
+
+    def render(self, end_at_step: int) -> bytes:
+        from PIL import ImageDraw
+
+        index = min(self.steps - min(end_at_step, self.steps - 1), len(self.sigmas) - 1)
+        im = self.base.copy()
+        x = self.xs[index]
+        ImageDraw.Draw(im).line([(x, self.y0), (x, self.y1)], fill=(214, 39, 40), width=2)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+# -- small pure helpers (pictures, not maths) --------------------------------------------------------
+def _as_latent(model: Any, x: Tensor | dict[str, Any]) -> tuple[dict[str, Tensor], Tensor | None]:
+    if isinstance(x, dict):
+        return x, None
+    if isinstance(x, Tensor) and x.ndim == 4 and x.shape[-1] == 3:
+        images = x.detach().float().cpu()[:1]
+        return model.encode(images), images
+    if isinstance(x, Tensor) and x.ndim == 4:
+        return {"samples": x[:1]}, None
+    raise UnsamplingError("the explorer takes one image float [1, H, W, 3] in 0..1, a LATENT dict or a latent "
+                          f"tensor [1, C, H, W]; got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+
+
+def latent_preview(latent: Tensor) -> Tensor:
+    """A latent [C, H, W] as an image [H, W, 3] in 0..1: channels 0-2 (or repeated), min-max scaled."""
+    x = latent.detach().float().cpu()
+    x = x[:3] if x.shape[0] >= 3 else x[:1].expand(3, *x.shape[1:])
+    x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-8)
+    return x.permute(1, 2, 0)
+
+
+def image_strip(images: Sequence[Tensor], *, tile: int = TILE, gap: int = 4) -> bytes:
+    """PNG bytes of images [H, W, 3] in 0..1 side by side, each scaled to `tile` pixels (nearest)."""
+    from PIL import Image
+
+    canvas = Image.new("RGB", (len(images) * (tile + gap) - gap, tile), (255, 255, 255))
+    for i, im in enumerate(images):
+        arr = (im.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        canvas.paste(Image.fromarray(arr).resize((tile, tile), Image.NEAREST), (i * (tile + gap), 0))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _escape(s: str) -> str:
+    import html
+
+    return html.escape(s)
