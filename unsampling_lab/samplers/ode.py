@@ -101,25 +101,27 @@ def sample_lms(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback
 
 def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                     noise: NoiseSampler | None = None) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022b): second-order multistep exponential integrator in lambda = -log sigma."""
-    s = sigma_list(sigmas)
+    """DPM-Solver++(2M) (Lu et al. 2022b): second-order multistep exponential integrator in t = -log sigma.
+
+    The step coefficients are computed as tensors in the sigmas' dtype, in ComfyUI's order
+    (sigma(t_next) / sigma(t) with t = -log sigma): on the Unsampler's first step that ratio is
+    ~3000 and multiplies a cancellation, so float32 rounding of the coefficients shows at 1e-3.
+    """
     old_denoised: Tensor | None = None
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
-        denoised = denoise_at(model, x, sigma)
+    t_prev: Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        denoised = denoise_at(model, x, sigmas[i])
         report(callback, i, sigmas, x, denoised)
-        if sigma_next == 0:
-            x = denoised  # the exponential step into sigma 0: e^{-h} -> 0
+        t, t_next = sigmas[i].log().neg(), sigmas[i + 1].log().neg()
+        h = t_next - t  # lambda_next - lambda; infinite when sampling into sigma 0
+        if old_denoised is None or sigmas[i + 1] == 0:
+            denoised_d = denoised
         else:
-            h = math.log(sigma / sigma_next)  # lambda_next - lambda
-            if old_denoised is None:
-                denoised_d = denoised
-            else:
-                r = math.log(s[i - 1] / sigma) / h  # h_last / h
-                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            # x_next = (sigma_next / sigma) x - (e^{-h} - 1) D
-            x = (sigma_next / sigma) * x - math.expm1(-h) * denoised_d
-        old_denoised = denoised
+            r = (t - t_prev) / h  # h_last / h
+            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+        # x_next = (sigma_next / sigma) x - (e^{-h} - 1) D
+        x = (t_next.neg().exp() / t.neg().exp()).to(x.dtype) * x - (-h).expm1().to(x.dtype) * denoised_d
+        old_denoised, t_prev = denoised, t
     return x
 
 
