@@ -13,7 +13,7 @@ import unsampling_lab as ul
 from unsampling_lab.analytic import GaussianData
 from unsampling_lab.models.flow import (
     compare_with_comfyui, comfyui_flow, flow_model_sampling, flux_mu, gaussian_flow_model, load_flow_model,
-    pack_latents, unpack_latents,
+    pack_latents, tiny_flow_model, unpack_latents,
 )
 
 EMBED, POOLED = 16, 8
@@ -159,24 +159,14 @@ def test_trajectory_serves_every_end_at_step_with_the_clamp():
 
 # -- tiny seeded transformers -----------------------------------------------------------------------
 def _sd3():
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-
-    torch.manual_seed(0)
-    net = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
-                                num_attention_heads=2, joint_attention_dim=EMBED, caption_projection_dim=16,
-                                pooled_projection_dim=POOLED, out_channels=4, pos_embed_max_size=16)
-    return load_flow_model({"transformer": net, "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)}, device="cpu")
+    return tiny_flow_model("sd3", embed_width=EMBED, pooled_width=POOLED)
 
 
 def _flux():
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-
-    torch.manual_seed(0)
-    net = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
-                                 num_attention_heads=2, joint_attention_dim=EMBED, pooled_projection_dim=POOLED,
-                                 guidance_embeds=True, axes_dims_rope=(2, 2, 4))
-    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
-    return ul.load_model(SimpleNamespace(transformer=net, scheduler=sched), device="cpu")  # the public loader
+    # through the public loader, as a pipeline-like object
+    parts = tiny_flow_model("flux", embed_width=EMBED, pooled_width=POOLED)
+    sched = SimpleNamespace(config={"shift": 3.0, "use_dynamic_shifting": True})
+    return ul.load_model(SimpleNamespace(transformer=parts.transformer, scheduler=sched), device="cpu")
 
 
 @pytest.fixture(scope="module", params=["sd3", "flux"])

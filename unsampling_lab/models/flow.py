@@ -140,7 +140,9 @@ class FlowTransformerModel:
         self.kind = kind
         self.device = torch.device(device) if device is not None else next(transformer.parameters()).device
         self.dtype = dtype if dtype is not None else next(transformer.parameters()).dtype
-        self.transformer = transformer.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        # cast only when asked: diffusers warns on any .to(dtype), even to the dtype it already has
+        moved = transformer.to(self.device) if dtype is None else transformer.to(device=self.device, dtype=dtype)
+        self.transformer = moved.eval().requires_grad_(False)
         self.vae = None if vae is None else vae.to(self.device).eval().requires_grad_(False)
         self.encoder = encoder
         self.model_sampling = model_sampling
@@ -361,6 +363,28 @@ def _pipeline_encoder(src: Any, kind: FlowKind) -> Encoder | None:
         return Conditioning(embeds, pooled)
 
     return encode
+
+
+def tiny_flow_model(kind: FlowKind, *, seed: int = 0, embed_width: int = 16, pooled_width: int = 8,
+                    device: torch.device | str = "cpu") -> FlowTransformerModel:
+    """A seeded, randomly initialised SD3 or Flux transformer from a tiny config (4 latent channels,
+    one block; no download), for tests and teaching. Conditioning: embeds [B, L, 16], pooled [B, 8]."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    if kind == "sd3":
+        net = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                                    num_attention_heads=2, joint_attention_dim=embed_width, caption_projection_dim=16,
+                                    pooled_projection_dim=pooled_width, out_channels=4, pos_embed_max_size=16)
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    elif kind == "flux":
+        net = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                     num_attention_heads=2, joint_attention_dim=embed_width, pooled_projection_dim=pooled_width,
+                                     guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    else:
+        raise UnsamplingError(f"unknown flow model kind {kind!r}; expected 'sd3' or 'flux'")
+    return load_flow_model({"transformer": net.eval(), "scheduler": sched}, device=device)
 
 
 # -- ComfyUI's behaviour, for comparison ------------------------------------------------------------
