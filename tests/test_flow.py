@@ -284,3 +284,10 @@ def test_prompts_delegate_to_the_pipelines_encode_prompt():
     assert calls == [["a cat"]] and torch.isfinite(out).all()
     with pytest.raises(ul.UnsamplingError, match="'transformer'"):
         load_flow_model({"scheduler": None})
+
+
+def test_a_second_sigma_pushed_past_one_is_refused_clearly():
+    model = gaussian_flow_model(DATA)  # linear_quadratic at 600 steps: sigma_1 = 0.99992, + 1e-4 > 1
+    with pytest.raises(ul.UnsamplingError, match="second sigma within 1e-4 of 1"):
+        ul.unsample(model, _x0(1), steps=600, scheduler="linear_quadratic", progress=False)
+    assert torch.isfinite(ul.unsample(model, _x0(1), steps=60, scheduler="linear_quadratic", progress=False)).all()

@@ -155,6 +155,11 @@ def unsample_sigmas(model: DiffusionModel, *, steps: int, end_at_step: int, samp
     sigmas = sigma_schedule(ms, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
     sigmas = sigmas.flip(0) + UNSAMPLE_SIGMA_OFFSET
     if math.isfinite(ms.sigma_limit):
+        if int((sigmas[:-1] >= ms.sigma_limit).sum()):  # a tie at sigma 1: a zero step, and no consistent LATENT
+            raise UnsamplingError(
+                f"scheduler {scheduler!r} with {steps} steps puts a second sigma within 1e-4 of 1 (pure noise), which "
+                "the Unsampler's +1e-4 pushes past it; use fewer steps or another scheduler (e.g. 'simple')"
+            )
         sigmas = sigmas.clamp(max=ms.sigma_limit)
     return sigmas[: steps - end + 1]
 
