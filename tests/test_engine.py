@@ -245,3 +245,25 @@ def test_load_model_errors_clearly(tmp_path):
         ul.load_model(tmp_path, device="cpu")
     with pytest.raises(ul.UnsamplingError, match="never downloads"):
         ul.load_model("nobody/not-a-model", device="cpu")
+
+
+def test_masked_resample_shows_the_network_the_noised_latent_outside_the_mask(sd2v_model):
+    """ComfyUI's KSamplerX0Inpaint: outside the mask the input is noise_scaling(sigma, noise, latent)."""
+    ms = sd2v_model.model_sampling
+    latent = _latent()
+    mask = torch.zeros(1, 8, 8)
+    mask[:, :, :4] = 1.0
+    seen = []
+    forward = sd2v_model.forward
+    sd2v_model.forward = lambda x, t, cond: (seen.append(x.clone()), forward(x, t, cond))[1]
+    try:
+        emb = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(2))
+        ul.resample(sd2v_model, {"samples": latent, "noise_mask": mask}, steps=3, add_noise=True, noise_seed=7,
+                    positive=emb, progress=False)
+    finally:
+        sd2v_model.forward = forward
+    sigma0 = ms.sigmas[-1:]  # a full resample starts at sigma_max
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(7))
+    known = ms.calculate_input(sigma0, latent * sd2v_model.latent_format.scale + noise * sigma0)
+    outside = mask.expand(1, 4, 8, 8) == 0
+    torch.testing.assert_close(seen[0][outside], known[outside], rtol=1e-5, atol=1e-6)

@@ -134,7 +134,7 @@ def resample(
         x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise=ms.is_max_denoise(float(sigmas[0])))
     else:  # the latent is a state in LATENT form (e.g. unsample's output): ComfyUI's zero-noise start, except
         x = ms.latent_to_state(sigmas[0], latent_in)  # at flow sigma 1, where ComfyUI's 0 * latent loses it
-    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative)
+    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative, noise=noise)
     x = _run(spec, denoiser, x, sigmas.to(model.device), callback=callback, progress=progress,
              noise_seed=noise_seed if not spec.deterministic else None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)
@@ -247,13 +247,13 @@ def _run(spec: SamplerSpec, denoiser: GuidedDenoiser, x: Tensor, sigmas: Tensor,
 
 
 def _denoiser(model: DiffusionModel, latent_in: Tensor, mask: Tensor | None, *, cfg: float,
-              positive: Prompt, negative: Prompt) -> GuidedDenoiser:
+              positive: Prompt, negative: Prompt, noise: Tensor | None = None) -> GuidedDenoiser:
     b = latent_in.shape[0]
     pos = to_conditioning(model, positive, batch_size=b, name="positive").to(model.device)
     neg = None
     if not math.isclose(cfg, 1.0):  # at cfg == 1 the negative pass is skipped
         neg = to_conditioning(model, negative, batch_size=b, name="negative").to(model.device)
-    return GuidedDenoiser(model, pos, neg, cfg, latent=latent_in, mask=mask, counter=EvalCounter())
+    return GuidedDenoiser(model, pos, neg, cfg, latent=latent_in, mask=mask, noise=noise, counter=EvalCounter())
 
 
 def _fanout(hooks: list[Callable[[Step], None]]) -> Callable[[Step], None] | None:

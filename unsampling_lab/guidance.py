@@ -1,7 +1,7 @@
 """The denoiser a sampler calls: network + classifier-free guidance + inpainting mask, as ComfyUI wires it.
 
     denoised(x, sigma) = uncond + cfg * (cond - uncond)        (in x0 space; at cfg == 1 only cond)
-    with a noise mask m (1 = may change):  input x*m + latent*(1-m),  output out*m + latent*(1-m)
+    with a noise mask m (1 = may change):  input x*m + noised(latent)*(1-m),  output out*m + latent*(1-m)
 
 cond and uncond go through the network as one batch, uncond first as in ComfyUI (two separate calls
 change results by ~1e-4 relative).
@@ -36,6 +36,7 @@ class GuidedDenoiser:
     cfg: float
     latent: Tensor | None = None  # the processed input latent, for the mask blend
     mask: Tensor | None = None
+    noise: Tensor | None = None  # the noise sampling started from (zeros when unsampling), for the mask blend
     counter: EvalCounter = field(default_factory=EvalCounter)
 
     def __post_init__(self) -> None:
@@ -45,7 +46,11 @@ class GuidedDenoiser:
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         m = self.mask
         if m is not None:
-            x = x * m + self.latent * (1.0 - m)
+            # outside the mask the network sees the input latent noised to this sigma (ComfyUI's
+            # scale_latent_inpaint): latent + sigma * noise (VP), (1 - sigma) latent + sigma noise (flow)
+            noise = self.noise if self.noise is not None else torch.zeros_like(self.latent)
+            known = self.model.model_sampling.noise_scaling(sigma, noise, self.latent)
+            x = x * m + known * (1.0 - m)
         self.counter.nfe += 1
         if self.use_uncond:
             both = self._run(torch.cat([x, x]), torch.cat([sigma, sigma]), self._batched)

@@ -192,6 +192,16 @@ class ModelSampling:
         log_sigma = (1 - w) * log_sigmas[low] + w * log_sigmas[high]
         return log_sigma.exp().to(timestep.device)
 
+    def timestep_to_sigma(self, timestep: Tensor) -> Tensor:
+        """The exact inverse of `timestep` (ComfyUI's `sigma(t)` is not one for shifted flow tables,
+        whose `timestep` is the unshifted sigma * multiplier); for exact models that want sigma back."""
+        timestep = torch.as_tensor(timestep)
+        if self.timestep_map == "scaled":
+            return timestep / self.multiplier
+        if self.timestep_map == "flux":
+            return timestep
+        return self.sigma(timestep)
+
     # -- network output <-> x0 --------------------------------------------------------------------
     def calculate_input(self, sigma: Tensor, x: Tensor) -> Tensor:
         """What the network sees: x / sqrt(sigma^2 + 1) for VP models, x itself for flow models."""

@@ -65,7 +65,7 @@ class AnalyticModel:
 
     def forward(self, x: Tensor, timestep: Tensor, cond: Conditioning) -> Tensor:
         ms = self.model_sampling
-        sigma = ms.sigma(timestep).to(self.dtype)
+        sigma = ms.timestep_to_sigma(timestep).to(self.dtype)
         label = cond.embeds[:, 0, :].argmax(dim=-1) - 1
         flat = x.to(self.dtype).flatten(1)
         s = sigma[:, None]
