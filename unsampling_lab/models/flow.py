@@ -34,6 +34,7 @@ from torch import Tensor
 from ..errors import UnsamplingError
 from ..model_sampling import ModelSampling, _view
 from .base import Conditioning, DiffusionModel, LatentFormat
+from .vae import VAEImages
 
 FlowKind = Literal["sd3", "flux"]
 
@@ -112,7 +113,7 @@ def _shift_params(config: Mapping[str, Any]) -> dict[str, float]:
 Encoder = Callable[[Sequence[str]], Conditioning]
 
 
-class FlowTransformerModel:
+class FlowTransformerModel(VAEImages):
     """A diffusers `SD3Transformer2DModel` or `FluxTransformer2DModel` as a DiffusionModel.
 
     Latents are [B, C, H, W] in both cases (Flux's 2 x 2 packing happens inside `forward`).
@@ -244,30 +245,6 @@ class FlowTransformerModel:
             txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype),
         )[0]
         return unpack_latents(out, h, w).float()
-
-    # -- images <-> latents -----------------------------------------------------------------------
-    def encode(self, images: Tensor) -> dict[str, Tensor]:
-        """Images float [B, H, W, 3] in 0..1 (ComfyUI IMAGE) -> LATENT dict of raw VAE latents (the mean)."""
-        vae = self._need_vae()
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise UnsamplingError(f"images must be float [B, H, W, 3] in 0..1, got shape {tuple(images.shape)}")
-        pixels = images.permute(0, 3, 1, 2).to(self.device, vae.dtype) * 2 - 1
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.mean
-        return {"samples": latents.float().cpu()}
-
-    def decode(self, latent: dict[str, Tensor] | Tensor) -> Tensor:
-        """LATENT dict or raw latent tensor -> images float [B, H, W, 3] in 0..1."""
-        vae = self._need_vae()
-        samples = latent["samples"] if isinstance(latent, dict) else latent
-        with torch.no_grad():
-            pixels = vae.decode(samples.to(self.device, vae.dtype)).sample
-        return ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu()
-
-    def _need_vae(self) -> Any:
-        if self.vae is None:
-            raise UnsamplingError("this model has no VAE; encode/decode need one (load a full pipeline)")
-        return self.vae
 
     def __repr__(self) -> str:
         ms = self.model_sampling

@@ -13,12 +13,13 @@ from torch import Tensor
 from ..errors import UnsamplingError
 from ..model_sampling import ModelSampling
 from .base import Conditioning, LatentFormat
+from .vae import VAEImages
 
 #: ComfyUI's latent scale when the VAE config does not say (SD1.x/2.x; SDXL is 0.13025).
 SD_LATENT_SCALE = 0.18215
 
 
-class UNetModel:
+class UNetModel(VAEImages):
     """A diffusers `UNet2DConditionModel` with its scheduler's sigma table and optional VAE / text encoders."""
 
     def __init__(
@@ -125,30 +126,6 @@ class UNetModel:
             **kwargs,
         )[0]
         return out.float()
-
-    # -- images <-> latents -----------------------------------------------------------------------
-    def encode(self, images: Tensor) -> dict[str, Tensor]:
-        """Images float [B, H, W, 3] in 0..1 (ComfyUI IMAGE) -> LATENT dict of raw VAE latents (the mean)."""
-        vae = self._need_vae()
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise UnsamplingError(f"images must be float [B, H, W, 3] in 0..1, got shape {tuple(images.shape)}")
-        pixels = images.permute(0, 3, 1, 2).to(self.device, vae.dtype) * 2 - 1
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.mean
-        return {"samples": latents.float().cpu()}
-
-    def decode(self, latent: dict[str, Tensor] | Tensor) -> Tensor:
-        """LATENT dict or raw latent tensor -> images float [B, H, W, 3] in 0..1."""
-        vae = self._need_vae()
-        samples = latent["samples"] if isinstance(latent, dict) else latent
-        with torch.no_grad():
-            pixels = vae.decode(samples.to(self.device, vae.dtype)).sample
-        return ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu()
-
-    def _need_vae(self) -> Any:
-        if self.vae is None:
-            raise UnsamplingError("this model has no VAE; encode/decode need one (load a full pipeline)")
-        return self.vae
 
     def __repr__(self) -> str:
         kind = "SDXL" if self.is_sdxl else "SD"
