@@ -267,24 +267,19 @@ def explorer(model: "DiffusionModel", image_or_latent: Tensor | dict[str, Any], 
 
 
 class StatsFigure:
-    """The trajectory's per-step latent std against the schedule's expected std (metrics.step_stats), with
-    the current end_at_step marked; drawn once per trajectory, only the marker moves."""
+    """`plots.latent_stats` of the trajectory with the current end_at_step marked; drawn once per
+    trajectory, an update only paints the marker."""
 
     def __init__(self, traj: "Trajectory", model_sampling: Any) -> None:
         from matplotlib.figure import Figure
 
-        from .metrics import step_stats
+        from .plots import latent_stats
 
         self.steps = int(traj.params["steps"])
-        rec = [r for r in step_stats(traj, model_sampling=model_sampling) if r["item"] == 0]
-        self.sigmas = [r["sigma"] for r in rec]
-        self.fig = Figure(figsize=(3.6, 2.6), dpi=72, layout="constrained")
-        ax = self.ax = self.fig.add_subplot()
-        ax.loglog(self.sigmas, [r["x_std"] for r in rec], "o-", ms=3, label="std(x)")
-        ax.loglog(self.sigmas, [r["expected_std"] for r in rec], "k--", lw=1, label="sqrt(sigma^2 + d^2)")
-        ax.set_xlabel("sigma")
+        self.sigmas = [float(v) for v in traj.sigmas]
+        self.fig = Figure(figsize=(3.8, 2.8), dpi=72, layout="constrained")
+        ax = latent_stats(traj, model_sampling=model_sampling, ax=self.fig.add_subplot())
         ax.set_title("latent std along the inversion", fontsize=9)
-        ax.legend(fontsize=7)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from PIL import Image
 

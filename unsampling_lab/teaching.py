@@ -1,0 +1,288 @@
+"""Helpers for the notebooks: the 2-D toy drawn in the plane, and demonstrations that need a few lines.
+
+Everything here calls the package's own functions (engine, sweeps, metrics, plots); nothing is a
+second implementation. The 2-D toy is `GaussianMixture.two_class_2d()` run as a model
+(`models.analytic.mixture_model`): a latent is a [B, 2, 1, 1] tensor and the prompts are the class
+names, "" the unconditional mixture. Points are drawn in the VP view
+
+    u = x / sqrt(1 + sigma^2)
+
+(what the network sees), so data (sigma ~ 0) and noise (sigma = 80, u ~ N(0, I)) share one frame.
+matplotlib loads only inside the plotting functions.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from . import engine
+from .conditioning import to_conditioning
+from .errors import UnsamplingError
+from .guidance import GuidedDenoiser
+from .samplers import get_sampler
+from .samplers.base import seeded_noise
+from .schedulers import sigma_schedule
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+
+    from .analytic import GaussianMixture
+    from .models.analytic import AnalyticModel
+    from .trajectory import Trajectory
+
+TOY_LABELS: tuple[str, str] = ("left", "right")
+CLASS_COLOURS: tuple[str, str] = ("tab:blue", "tab:orange")
+
+
+# -- the 2-D toy ---------------------------------------------------------------------------------------
+def toy_model() -> tuple["GaussianMixture", "AnalyticModel"]:
+    """The two-class 2-D mixture and the model the engine runs on it (prompts "left", "right", "")."""
+    from .analytic import GaussianMixture
+    from .models.analytic import mixture_model
+
+    mixture = GaussianMixture.two_class_2d()
+    return mixture, mixture_model(mixture, labels=TOY_LABELS)
+
+
+def toy_data(mixture: "GaussianMixture", n: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """n points [n, 2, 1, 1] (float64 latents) and their class labels [n]."""
+    x, labels = mixture.sample(n, generator=torch.Generator().manual_seed(seed))
+    return x[:, :, None, None], labels
+
+
+def plane(latents: Tensor) -> Tensor:
+    """[..., B, 2, 1, 1] latents as [..., B, 2] points."""
+    return latents.reshape(*latents.shape[:-3], latents.shape[-3])
+
+
+def vp_view(xs: Tensor, sigmas: Tensor) -> Tensor:
+    """States [n, B, 2, 1, 1] at sigmas [n] as points u = x / sqrt(1 + sigma^2), [n, B, 2]."""
+    return plane(xs) / torch.sqrt(1 + sigmas.double() ** 2)[:, None, None]
+
+
+def sample_path(model: Any, latent: Tensor, **resample_kwargs: Any) -> tuple[Tensor, Tensor]:
+    """`resample` with every state kept: (states [n+1, B, ...], sigmas [n+1])."""
+    xs: list[Tensor] = []
+    sigmas: list[float] = []
+
+    def keep(step: Any) -> None:
+        xs.append(step.x.detach().cpu())
+        sigmas.append(step.sigma)
+
+    out = engine.resample(model, latent, callback=keep, progress=False, **resample_kwargs)
+    sigmas.append(0.0 if not resample_kwargs.get("return_with_leftover_noise") else float("nan"))
+    return torch.stack(xs + [out.detach().cpu()]), torch.tensor(sigmas, dtype=torch.float64)
+
+
+def plot_density(mixture: "GaussianMixture", *, sigma: float = 0.0, ax: "Axes | None" = None,
+                 lim: float = 3.5, label: int | None = None) -> "Axes":
+    """Filled contours of the (noised) data density log p_sigma in the plane; class means marked."""
+    ax = _ax(ax)
+    g = torch.linspace(-lim, lim, 150, dtype=torch.float64)
+    xx, yy = torch.meshgrid(g, g, indexing="xy")
+    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
+    logp = mixture.log_prob(pts, sigma).reshape(xx.shape)
+    ax.contourf(xx.numpy(), yy.numpy(), logp.clamp_min(float(logp.max()) - 12).numpy(), levels=14, cmap="Greys")
+    for k in range(mixture.means.shape[0]):
+        c = int(mixture.classes[k])
+        ax.plot(*mixture.means[k].tolist(), "+", color=CLASS_COLOURS[c % 2], ms=9, mew=2)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    return ax
+
+
+def plot_paths(xs: Tensor, sigmas: Tensor, *, ax: "Axes | None" = None, colour: Any = "C3", alpha: float = 0.6,
+               start: str = "o", end: str = "x", label: str | None = None) -> "Axes":
+    """Paths of states [n+1, B, 2, 1, 1] at sigmas [n+1] in the VP view u = x / sqrt(1 + sigma^2)."""
+    ax = _ax(ax)
+    u = vp_view(xs, torch.nan_to_num(sigmas, nan=0.0)).numpy()
+    for b in range(u.shape[1]):
+        ax.plot(u[:, b, 0], u[:, b, 1], "-", color=colour, lw=0.8, alpha=alpha, label=label if b == 0 else None)
+    ax.plot(u[0, :, 0], u[0, :, 1], start, color=colour, ms=3)
+    ax.plot(u[-1, :, 0], u[-1, :, 1], end, color=colour, ms=4)
+    return ax
+
+
+def plot_round_trip(original: Tensor, noise: Tensor, sigma_max: float, reconstruction: Tensor, *,
+                    ax: "Axes | None" = None) -> "Axes":
+    """Originals (dots), the unsampled noise in the VP view (grey) and each reconstruction joined to its original."""
+    ax = _ax(ax)
+    a, r = plane(original).numpy(), plane(reconstruction).numpy()
+    z = (plane(noise) / math.sqrt(1 + sigma_max**2)).numpy()
+    ax.plot(z[:, 0], z[:, 1], ".", color="0.6", ms=3, label="noise u")
+    ax.plot(a[:, 0], a[:, 1], "o", color="k", ms=3, label="original")
+    ax.plot(r[:, 0], r[:, 1], "x", color="C3", ms=4, label="reconstruction")
+    for p, q in zip(a, r):
+        ax.plot([p[0], q[0]], [p[1], q[1]], "-", color="C3", lw=0.8)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7, loc="lower left")
+    return ax
+
+
+def cfg_endpoints(model: Any, noise: Tensor, cfgs: Sequence[float], *, prompt: str, steps: int = 30,
+                  sampler_name: str = "euler") -> dict[float, Tensor]:
+    """Where the same noise [B, 2, 1, 1] (at sigma_max) lands for each cfg: {cfg: points [B, 2]}."""
+    return {float(c): plane(engine.resample(model, noise, steps=steps, cfg=float(c), positive=prompt,
+                                            sampler_name=sampler_name, progress=False)) for c in cfgs}
+
+
+def plot_cfg_endpoints(mixture: "GaussianMixture", endpoints: dict[float, Tensor], *, ax: "Axes | None" = None,
+                       lim: float = 5.0) -> "Axes":
+    """The data density with each cfg's end points in its own colour."""
+    ax = plot_density(mixture, ax=ax, lim=lim)
+    for i, (c, pts) in enumerate(endpoints.items()):
+        ax.plot(pts[:, 0].numpy(), pts[:, 1].numpy(), ".", color=f"C{i + 2}", ms=4, label=f"cfg {c:g}")
+    ax.legend(fontsize=7, loc="lower left")
+    return ax
+
+
+# -- demonstrations --------------------------------------------------------------------------------------
+#: ComfyUI's ancestral samplers and what each does on one ascending step sigma -> sigma_next (see below).
+COMFYUI_ANCESTRAL: dict[str, str] = {
+    "euler_ancestral": "x <- D(x, sigma)                      (an x0 estimate)",
+    "dpm_2_ancestral": "x <- D(x, sigma) + sigma_next * n    (an x0 estimate plus fresh noise)",
+}
+
+
+def comfyui_unsample(model: Any, latent: Tensor | dict[str, Any], *, steps: int = 20,
+                     sampler_name: str = "euler_ancestral", scheduler: str = "normal", cfg: float = 1.0,
+                     positive: Any = "", negative: Any = "", seed: int = 0) -> Tensor:
+    """What ComfyUI's Unsampler silently returns for an ancestral sampler (it does not refuse them).
+
+    On the ascending sigmas flip(schedule) + 1e-4, k-diffusion's `get_ancestral_step(sigma, sigma_next)`
+    takes the square root of sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2 < 0: NaN. Python's
+    `min(sigma_next, nan)` returns sigma_next, so sigma_up = sigma_next and sigma_down = 0, and the
+    `sigma_down == 0` branch of each sampler runs (COMFYUI_ANCESTRAL). The denoiser is ours (cfg included).
+    """
+    if sampler_name not in COMFYUI_ANCESTRAL:
+        raise UnsamplingError(f"comfyui_unsample shows the ancestral samplers {list(COMFYUI_ANCESTRAL)}; "
+                              f"got {sampler_name!r} (deterministic samplers: use unsample)")
+    samples = latent["samples"] if isinstance(latent, dict) else latent
+    sigmas = sigma_schedule(model.model_sampling, scheduler, steps,
+                            discard_penultimate=get_sampler(sampler_name).discard_penultimate_sigma)
+    sigmas = (sigmas.flip(0) + engine.UNSAMPLE_SIGMA_OFFSET).tolist()
+    x = model.latent_format.process_in(samples.to(model.device, engine._state_dtype(samples)))
+    b = x.shape[0]
+    pos = to_conditioning(model, positive, batch_size=b, name="positive").to(model.device)
+    neg = None if math.isclose(cfg, 1.0) else to_conditioning(model, negative, batch_size=b, name="negative").to(model.device)
+    denoise = GuidedDenoiser(model, pos, neg, cfg, latent=x)
+    noise = seeded_noise(x, seed)
+    with torch.inference_mode():
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            x = denoise(x, x.new_full([b], sigma))
+            if sampler_name == "dpm_2_ancestral":
+                x = x + noise(torch.tensor(sigma), torch.tensor(sigma_next)) * sigma_next
+    return model.latent_format.process_out(x).cpu()
+
+
+def ddim_vs_ddim_inverse(model: Any, latent: dict[str, Any] | Tensor, *, steps: Sequence[int] = (5, 10, 20, 50),
+                         positive: Any = "", scheduler: str = "ddim_uniform") -> "pd.DataFrame":
+    """Unsample with ComfyUI's `ddim` (= euler) and with diffusers' `ddim_inverse`, resample both with `ddim`.
+
+    Columns: steps, sampler_name, latent_mse and relative_error of the round trip, nfe of the inversion,
+    and noise_gap = ||noise_ddim - noise_ddim_inverse|| / ||noise_ddim|| (the two inversions disagree).
+    """
+    import pandas as pd
+
+    from . import metrics
+
+    samples = latent["samples"] if isinstance(latent, dict) else latent
+    rows = []
+    for n in steps:
+        noises = {}
+        for name in ("ddim", "ddim_inverse"):
+            traj = engine.unsample_trajectory(model, latent, steps=n, sampler_name=name, scheduler=scheduler,
+                                              positive=positive, progress=False)
+            noise = engine.unsampled(model, traj, 0, like=samples)
+            back = engine.resample(model, noise, steps=n, sampler_name="ddim", scheduler=scheduler, positive=positive,
+                                   progress=False)
+            noises[name] = noise
+            rows.append(dict(steps=n, sampler_name=name, latent_mse=float(metrics.latent_mse(back, samples).mean()),
+                             relative_error=float(metrics.relative_error(back, samples).mean()), nfe=traj.nfe))
+        gap = float(metrics.relative_error(noises["ddim_inverse"], noises["ddim"]).mean())
+        rows[-1]["noise_gap"] = rows[-2]["noise_gap"] = gap
+    return pd.DataFrame(rows)
+
+
+def normalize_modes(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0,
+                    axes: Sequence["Axes"] | None = None) -> "pd.DataFrame":
+    """Each normalize mode's output read off one trajectory: its raw values' histogram and moments.
+
+    "disable" is the state itself (std ~ sigma_max); "enable" z-scores the whole batch tensor and
+    "per_sample" each item; "sigma" divides the processed state by the final sigma (~ eps).
+    """
+    import pandas as pd
+
+    from .engine import NORMALIZE_MODES
+    from .plots import noise_histogram
+
+    rows = []
+    for i, mode in enumerate(NORMALIZE_MODES):
+        z = engine.unsampled(model, trajectory, end_at_step, mode)
+        flat = z.double().reshape(-1)
+        rows.append(dict(normalize=mode, mean=float(flat.mean()), std=float(flat.std()),
+                         min=float(flat.min()), max=float(flat.max())))
+        if axes is not None:
+            ax = noise_histogram(z, ax=axes[i])
+            ax.set_title(f"normalize={mode!r}: std {float(flat.std()):.3g}", fontsize=9)
+    return pd.DataFrame(rows)
+
+
+def real_model_ready(model_id: str) -> tuple[bool, str]:
+    """(ready, reason): a CUDA device and the weights available offline (a local folder or the HF cache)?"""
+    from pathlib import Path
+
+    if not torch.cuda.is_available():
+        return False, "No CUDA GPU here, so this notebook stops; run it on a machine with a GPU to see a real model."
+    if Path(model_id).expanduser().exists():
+        return True, f"GPU {torch.cuda.get_device_name(0)}; weights at {model_id}."
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model_id, "model_index.json")
+    except Exception:  # an invalid id, or no huggingface_hub
+        cached = None
+    if not isinstance(cached, str):
+        return False, (f"{model_id!r} is not in the local Hugging Face cache, so this notebook stops; "
+                       f"download it once with `huggingface-cli download {model_id}`.")
+    return True, f"GPU {torch.cuda.get_device_name(0)}; {model_id} found in the local cache."
+
+
+def load_image(path: str | None, *, size: int = 512) -> Tensor:
+    """An image file as float [1, size, size, 3] in 0..1 (centre crop); None: a procedural shapes image scaled up."""
+    import numpy as np
+
+    if path is None:
+        from .shapes import make_shapes
+
+        img = make_shapes(1, seed=7).images.permute(0, 3, 1, 2)
+        img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
+        return img.permute(0, 2, 3, 1).clamp(0, 1)
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB")
+    s = min(im.size)
+    left, top = (im.width - s) // 2, (im.height - s) // 2
+    im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
+
+
+def _ax(ax: "Axes | None") -> "Axes":
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(4, 4))[1]
+
+
+__all__ = [
+    "COMFYUI_ANCESTRAL", "TOY_LABELS", "cfg_endpoints", "comfyui_unsample", "ddim_vs_ddim_inverse", "load_image", "normalize_modes",
+    "plane", "plot_cfg_endpoints", "plot_density", "plot_paths", "plot_round_trip", "real_model_ready",
+    "sample_path", "toy_data", "toy_model", "vp_view",
+]
