@@ -93,9 +93,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, nargs="+", default=[RECOMMENDED_CFG])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     parser.add_argument("--write-card", action="store_true", help="replace the quality section of MODEL_CARD.md")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     pipe, load_s = load_pipeline(args.model)
     prompts = [CAPTIONS[i % len(CAPTIONS)] for i in range(args.n)]

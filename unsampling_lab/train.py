@@ -4,6 +4,7 @@
 
 VAE:   loss = mean (x_hat - x)^2 + kl_weight * mean KL(q(z|x) || N(0, I)),  x in [-1, 1]
        scaling_factor = 1 / std(z) over the training set (as SD measured it)
+       after the UNet: decoder-only fine-tune on mean (x_hat - x)^2 (encoder frozen, latents unchanged)
 UNet:  x_t = sqrt(abar_t) * z0 + sqrt(1 - abar_t) * eps,  loss = mean (eps_theta(x_t, t, c) - eps)^2
        SD1.5 betas: beta_t = linspace(sqrt(0.00085), sqrt(0.012), 1000)_t^2,  abar_t = prod_{s<=t} (1 - beta_s)
        c = text_encoder(caption).last_hidden_state, caption -> "" with probability prompt_dropout (for CFG)
@@ -53,6 +54,8 @@ class TrainConfig:
     ema_decay: float = 0.998
     prompt_dropout: float = 0.1
     save_every: int = 500
+    decoder_steps: int = 600
+    decoder_lr: float = 1e-3
     threads: int = 2
 
 
@@ -138,6 +141,37 @@ def train_vae(vae: Any, data: Tensor, cfg: TrainConfig, *, log: Any) -> float:
             log(f"vae {step:5d} loss {loss.item():.5f} rec {rec.item():.5f} kl/elem {kl.item():.3f}")
     vae.eval()
     return sum(recent) / len(recent)
+
+
+def finetune_decoder(vae: Any, data: Tensor, cfg: TrainConfig, *, log: Any) -> float:
+    """Fine-tune only the decoder on mean (x_hat - x)^2 (as SD's ft-MSE decoder); the frozen encoder keeps the UNet's latents valid."""
+    g = torch.Generator().manual_seed(cfg.seed + 4)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    recent: list[float] = []
+    for step in range(cfg.decoder_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total=cfg.decoder_steps, warmup=20, base=cfg.decoder_lr)
+        x = data[torch.randint(len(data), (cfg.vae_batch,), generator=g)]
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        loss = (vae.decode(z).sample - x).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        recent = (recent + [loss.item()])[-100:]
+        if step % 100 == 0 or step == cfg.decoder_steps - 1:
+            log(f"decoder {step:5d} loss {loss.item():.5f}")
+    vae.eval()
+    return sum(recent) / len(recent)
+
+
+def heldout_psnr(vae: Any, images: Tensor) -> float:
+    """Mean round-trip PSNR (encode posterior mean -> decode) of images [B, H, W, 3] in 0..1."""
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(to_model_space(images)).latent_dist.mean).sample
+    return psnr((rec / 2 + 0.5).clamp(0, 1), images.permute(0, 3, 1, 2)).mean().item()
 
 
 @torch.no_grad()
@@ -241,13 +275,15 @@ dataset (`unsampling_lab/shapes.py`): 32x32 RGB images of one filled shape on bl
 
 Seeded ({seed}); {n_train} training images (seed {seed}), held-out images from seed {heldout_seed}.
 VAE {vae_steps} steps (batch {vae_batch}, AdamW lr {vae_lr}, kl_weight {kl_weight}), then text encoder + UNet jointly
-{unet_steps} steps on cached latents (batch {unet_batch}, AdamW lr {unet_lr}, cosine, EMA {ema_decay}; weights saved are the EMA).
+{unet_steps} steps on cached latents (batch {unet_batch}, AdamW lr {unet_lr}, cosine, EMA {ema_decay}; weights saved are the EMA),
+then the VAE decoder alone {decoder_steps} steps on MSE (lr {decoder_lr}; encoder frozen, so the latents the UNet learned stay valid).
 
 | | value |
 | --- | --- |
 | wall time | {wall:.0f} s ({wall_min:.1f} min) on {machine} ({threads} threads) |
 | VAE final loss (mean of last 100 steps) | {vae_loss:.5f} |
 | UNet final eps loss (mean of last 200 steps) | {unet_loss:.4f} |
+| decoder fine-tune final loss (mean of last 100 steps) | {decoder_loss:.5f} |
 | VAE round-trip PSNR, {n_heldout} held-out images | {heldout_psnr:.2f} dB |
 
 ## Quality (generation)
@@ -299,10 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"dataset {tuple(data.shape)}")
 
     vae_loss = train_vae(vae, data, cfg, log=log)
-    with torch.no_grad():
-        rec = vae.decode(vae.encode(to_model_space(heldout.images)).latent_dist.mean).sample
-    heldout_psnr = psnr((rec / 2 + 0.5).clamp(0, 1), heldout.images.permute(0, 3, 1, 2)).mean().item()
-    log(f"vae done: loss {vae_loss:.5f}, held-out PSNR {heldout_psnr:.2f} dB")
+    log(f"vae done: loss {vae_loss:.5f}, held-out PSNR {heldout_psnr(vae, heldout.images):.2f} dB")
 
     mean, std = encode_all(vae, data)
     gz = torch.Generator().manual_seed(cfg.seed + 3)
@@ -324,11 +357,14 @@ def main(argv: list[str] | None = None) -> None:
     unet_loss, ema_unet, ema_text = train_unet(unet, text_encoder, dict(tokens), (mean, std), caption_idx,
                                                scaling_factor, cfg, log=log, checkpoint=checkpoint)
 
+    decoder_loss = finetune_decoder(vae, data, cfg, log=log)
+    psnr_db = heldout_psnr(vae, heldout.images)
+    log(f"decoder done: loss {decoder_loss:.5f}, held-out PSNR {psnr_db:.2f} dB")
     save_pipeline(out, vae, tokenizer, ema_text, ema_unet)
     wall = time.time() - start
     mb = sum(f.stat().st_size for f in out.rglob("*.safetensors")) / 1e6
     record = {"command": command, "config": asdict(cfg), "parameters": sizes, "wall_s": wall, "vae_loss": vae_loss,
-              "unet_loss": unet_loss, "heldout_psnr_db": heldout_psnr, "scaling_factor": scaling_factor,
+              "unet_loss": unet_loss, "decoder_loss": decoder_loss, "heldout_psnr_db": psnr_db, "scaling_factor": scaling_factor,
               "weights_mb": mb, "torch": torch.__version__, "machine": platform.machine()}
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     card = CARD.format(colours=", ".join(dict.fromkeys(c.split()[0] for c in CAPTIONS)),
@@ -339,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
                        kl_weight=cfg.kl_weight, unet_steps=cfg.unet_steps, unet_batch=cfg.unet_batch,
                        unet_lr=cfg.unet_lr, ema_decay=cfg.ema_decay, wall=wall, wall_min=wall / 60,
                        machine=f"{platform.machine()} CPU", threads=cfg.threads, vae_loss=vae_loss,
-                       unet_loss=unet_loss, n_heldout=cfg.n_heldout, heldout_psnr=heldout_psnr)
+                       unet_loss=unet_loss, decoder_loss=decoder_loss, decoder_steps=cfg.decoder_steps,
+                       decoder_lr=cfg.decoder_lr, n_heldout=cfg.n_heldout, heldout_psnr=psnr_db)
     (out / "MODEL_CARD.md").write_text(card)
     log(f"wrote {out} ({mb:.2f} MB of weights) in {wall:.0f} s")
 
