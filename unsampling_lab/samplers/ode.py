@@ -1,20 +1,22 @@
 """Deterministic (ODE) samplers. Each runs on ascending or descending sigmas.
 
 All of them integrate the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma with ComfyUI's update
-rules (k-diffusion's, and the diff-sampler ports ComfyUI carries). Scalar coefficients are computed in
-Python floats from the given sigmas; tensors stay in x's dtype. The special cases ComfyUI has for a
-step that ends at sigma 0 are kept; they only trigger when sampling down to 0, never when unsampling.
+rules (k-diffusion's, and the diff-sampler ports ComfyUI carries). Scalar coefficients are 0-d tensors
+computed from `sigmas[i]` in the sigmas' dtype, with ComfyUI's operations in ComfyUI's order (float32 in
+production, float64 in the k-diffusion parity tests): on the Unsampler's first step sigma grows ~300-3000x,
+and coefficients such as sigma_next / sigma multiply a cancellation, so float32-vs-float64 coefficient
+rounding alone moves results by up to ~1e-3 relative. Exceptions, as in ComfyUI: lms integrates with scipy
+on the CPU sigmas, DEIS builds its table on the CPU. The special cases ComfyUI has for a step that ends at
+sigma 0 are kept; they only trigger when sampling down to 0, never when unsampling.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 from scipy import integrate
 from torch import Tensor
 
-from .base import Callback, Denoiser, NoiseSampler, batch_sigma, denoise_at, derivative, report, sigma_list, to_d
+from .base import Callback, Denoiser, NoiseSampler, batch_sigma, denoise_at, report, to_d
 
 
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
@@ -30,18 +32,17 @@ def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callba
 def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                 noise: NoiseSampler | None = None) -> Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 1); a plain Euler step into sigma 0."""
-    s = sigma_list(sigmas)
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma)
         report(callback, i, sigmas, x, denoised)
-        d = derivative(x, sigma, denoised)
+        d = to_d(x, sigma, denoised)
         dt = sigma_next - sigma
         if sigma_next == 0:
             x = x + d * dt
             continue
         x_2 = x + d * dt
-        d_2 = derivative(x_2, sigma_next, denoise_at(model, x_2, sigma_next))
+        d_2 = to_d(x_2, sigma_next, denoise_at(model, x_2, sigma_next))
         x = x + (d + d_2) / 2 * dt  # trapezoid: mean of the slopes at both ends
     return x
 
@@ -49,25 +50,28 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callbac
 def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                  noise: NoiseSampler | None = None) -> Tensor:
     """DPM-Solver-2 in sigma (Lu et al. 2022; k-diffusion): the slope at the log-midpoint sigma_mid = sqrt(sigma*sigma_next)."""
-    s = sigma_list(sigmas)
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma)
         report(callback, i, sigmas, x, denoised)
-        d = derivative(x, sigma, denoised)
+        d = to_d(x, sigma, denoised)
         if sigma_next == 0:
             x = x + d * (sigma_next - sigma)
             continue
-        sigma_mid = math.exp(0.5 * (math.log(sigma) + math.log(sigma_next)))
+        sigma_mid = sigma.log().lerp(sigma_next.log(), 0.5).exp()  # exp of the mean of the logs
         x_mid = x + d * (sigma_mid - sigma)
-        d_mid = derivative(x_mid, sigma_mid, denoise_at(model, x_mid, sigma_mid))
+        d_mid = to_d(x_mid, sigma_mid, denoise_at(model, x_mid, sigma_mid))
         x = x + d_mid * (sigma_next - sigma)
     return x
 
 
-def lms_coefficient(s: list[float], i: int, j: int, order: int) -> float:
+def lms_coefficient(s: np.ndarray, i: int, j: int, order: int) -> float:
     """Weight of d_{i-j} in the linear multistep step i: the integral over [s_i, s_{i+1}] of the Lagrange
-    basis polynomial l_j through the nodes s_i, s_{i-1}, ..., s_{i-order+1} (l_j(s_{i-j}) = 1), by quadrature."""
+    basis polynomial l_j through the nodes s_i, s_{i-1}, ..., s_{i-order+1} (l_j(s_{i-j}) = 1), by quadrature.
+
+    `s` is the sigmas as a NumPy array in their own dtype (ComfyUI's `sigmas.cpu().numpy()`): with float32
+    sigmas NumPy evaluates the basis in float32 (tau is a Python float), and so do we.
+    """
     nodes = [s[i - k] for k in range(order)]
 
     def basis(tau: float) -> float:
@@ -84,11 +88,11 @@ def lms_coefficient(s: list[float], i: int, j: int, order: int) -> float:
 def sample_lms(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                noise: NoiseSampler | None = None, order: int = 4) -> Tensor:
     """Linear multistep (Adams-Bashforth in sigma, order 4; Karras et al. 2022 / k-diffusion); returns the denoised estimate on a step into 0."""
-    s = sigma_list(sigmas)
+    s = sigmas.detach().cpu().numpy()
     ds: list[Tensor] = []  # newest last
     for i in range(len(s) - 1):
-        denoised = denoise_at(model, x, s[i])
-        ds = (ds + [derivative(x, s[i], denoised)])[-order:]
+        denoised = denoise_at(model, x, sigmas[i])
+        ds = (ds + [to_d(x, sigmas[i], denoised)])[-order:]
         report(callback, i, sigmas, x, denoised)
         if s[i + 1] == 0:
             x = denoised
@@ -125,31 +129,33 @@ def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Cal
     return x
 
 
-def _ab_fixed(order: int) -> tuple[float, ...]:
-    """Adams-Bashforth weights for equal steps, newest slope first."""
-    return {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}[order]
+# Fixed-step Adams-Bashforth weights as integer numerators over a common denominator, newest slope first
+# (ComfyUI's iPNDM combines the slopes with these integers and divides by the denominator after the step).
+_AB_FIXED: dict[int, tuple[tuple[int, ...], int]] = {
+    1: ((1,), 1), 2: ((3, -1), 2), 3: ((23, -16, 5), 12), 4: ((55, -59, 37, -9), 24),
+}
 
 
-def _ab_variable(order: int, h: tuple[float, ...]) -> tuple[float, ...]:
+def _ab_variable(order: int, h: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """iPNDM-v's weights for the step h[0] given the previous steps h[1], h[2], h[3] (Zhang & Chen 2023;
-    ComfyUI's port of zju-pi/diff-sampler). Newest slope first. Order 2 is the variable-step Adams-Bashforth;
-    the order-4 weights reduce to (57, -65, 43, -11)/24 on equal steps (third-order accurate), as in ComfyUI."""
-    if order == 1:
-        return (1.0,)
+    ComfyUI's port of zju-pi/diff-sampler), as 0-d tensors in ComfyUI's order of operations. Newest slope
+    first. Order 2 is the variable-step Adams-Bashforth; the order-4 weights reduce to (57, -65, 43, -11)/24
+    on equal steps (third-order accurate), as in ComfyUI."""
     h0, h1 = h[0], h[1]
     a = h0 / h1  # r = h_n / h_{n-1}
     if order == 2:
-        return (1 + a / 2, -a / 2)
+        return ((2 + a) / 2, -a / 2)
     h2 = h[2]
-    u = 0.5 - h0 * h0 / (6 * h1 * (h1 + h2))  # the order-3 correction weight
+    # the order-3 correction weight u = (1 - h0^2 / (3 h1 (h1 + h2))) / 2, grouped as ComfyUI does
+    u = (1 - h0 / (3 * (h0 + h1)) * (h0 * (h0 + h1)) / (h1 * (h1 + h2))) / 2
     if order == 3:
-        return (1 + a / 2 + u, -a / 2 - (1 + h1 / h2) * u, u * h1 / h2)
+        return ((2 + a) / 2 + u, -a / 2 - (1 + h1 / h2) * u, u * h1 / h2)
     h3 = h[3]
     q = h1 * (h1 + h2) / (h2 * (h2 + h3))
     v = ((1 - h0 / (3 * (h0 + h1))) / 2 + (1 - h0 / (2 * (h0 + h1))) * h0 / (6 * (h0 + h1 + h2))) \
         * (h0 * (h0 + h1) * (h0 + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3))
     return (
-        1 + a / 2 + u + v,
+        (2 + a) / 2 + u + v,
         -a / 2 - (1 + h1 / h2) * u - (1 + h1 / h2 + q) * v,
         u * h1 / h2 + (h1 / h2 + q * (1 + h2 / h3)) * v,
         -v * q * h1 / h2,
@@ -159,24 +165,24 @@ def _ab_variable(order: int, h: tuple[float, ...]) -> tuple[float, ...]:
 def _ipndm(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, *, variable: bool,
            max_order: int = 4) -> Tensor:
     """Shared loop of iPNDM and iPNDM-v: Adams-Bashforth on the slope d = (x - D) / sigma, warming up from Euler."""
-    s = sigma_list(sigmas)
     history: list[Tensor] = []  # previous slopes, newest last, at most max_order - 1
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma)
         report(callback, i, sigmas, x, denoised)
-        d = derivative(x, sigma, denoised)
+        d = to_d(x, sigma, denoised)
         order = min(max_order, i + 1)
+        slopes = [d] + history[::-1][: order - 1]  # newest first
         if sigma_next == 0:
             x_next = denoised
+        elif order == 1:
+            x_next = x + (sigma_next - sigma) * d
+        elif variable:
+            steps = tuple(sigmas[i + 1 - k] - sigmas[i - k] for k in range(order))  # h_n, h_{n-1}, ...
+            x_next = x + (sigma_next - sigma) * sum(w * g for w, g in zip(_ab_variable(order, steps), slopes))
         else:
-            if variable:
-                steps = tuple(s[i + 1 - k] - s[i - k] for k in range(order))  # h_n, h_{n-1}, ...
-                weights = _ab_variable(order, steps)
-            else:
-                weights = _ab_fixed(order)
-            slopes = [d] + history[::-1][: order - 1]
-            x_next = x + (sigma_next - sigma) * sum(w * g for w, g in zip(weights, slopes))
+            numerators, denominator = _AB_FIXED[order]
+            x_next = x + (sigma_next - sigma) * sum(n * g for n, g in zip(numerators, slopes)) / denominator
         history = (history + [d])[-(max_order - 1):]
         x = x_next
     return x
@@ -197,54 +203,62 @@ def sample_ipndm_v(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Call
 # -- DEIS ----------------------------------------------------------------------------------------------------
 
 
-def _deis_vp_time(sigmas: Tensor, *, eps_s: float = 1e-3, sigma_min: float = 0.002, sigma_max: float = 80.0):
+def _deis_vp_time(sigmas: Tensor, *, eps_s: float = 1e-3, sigma_min: float = 0.002,
+                  sigma_max: float = 80.0) -> tuple[Tensor, Tensor, Tensor]:
     """Map sigmas to the time t of the linear VP SDE that DEIS integrates in (diff-sampler's `edm2t`).
 
     The VP SDE has sigma(t)^2 = exp(beta_d t^2 / 2 + beta_min t) - 1, with beta_d, beta_min fixed by
     sigma(eps_s) = 0.002 and sigma(1) = 80 (EDM's defaults, whatever the model), so
     t(sigma) = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d.
-    Computed in the sigmas' dtype, with the two constants in float32, as ComfyUI does.
+    As in ComfyUI: the constants are float32 tensors whose two logs NumPy takes (its float32 log differs
+    from torch's by an ulp for log(1 + 0.002^2)); t is computed in the sigmas' dtype. Returns t, beta_0, beta_1.
     """
-    smin, smax = torch.tensor(sigma_min), torch.tensor(sigma_max)  # float32, as in ComfyUI
-    beta_d = 2 * (torch.log(smin**2 + 1) / eps_s - torch.log(smax**2 + 1)) / (eps_s - 1)
-    beta_min = torch.log(smax**2 + 1) - 0.5 * beta_d
-    t = ((beta_min**2 + 2 * beta_d * torch.log(sigmas**2 + 1)).sqrt() - beta_min) / beta_d
+    log_min = torch.tensor(np.log((torch.tensor(sigma_min) ** 2 + 1).numpy()))
+    log_max = torch.tensor(np.log((torch.tensor(sigma_max) ** 2 + 1).numpy()))
+    beta_d = 2 * (log_min / eps_s - log_max) / (eps_s - 1)
+    beta_min = log_max - 0.5 * beta_d
+    t = ((beta_min**2 + 2 * beta_d * (sigmas**2 + 1).log()).sqrt() - beta_min) / beta_d
     return t, beta_min, beta_d + beta_min
 
 
-def deis_coefficients(sigmas: Tensor, max_order: int = 3, n: int = 10000) -> list[list[float]]:
+def _deis_integrand(beta_0: Tensor, beta_1: Tensor, taus: Tensor) -> Tensor:
+    """dsigma/dtau = -(1/2) dlog(alpha)/dtau / sqrt(alpha (1 - alpha)), alpha(tau) = exp(-tau^2 (beta_1 - beta_0) / 2
+    - tau beta_0), with dlog(alpha)/dtau by autograd through log(alpha) as ComfyUI takes it (same rounding)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        tau, beta_0, beta_1 = taus.clone().requires_grad_(True), beta_0.clone(), beta_1.clone()
+        alpha = torch.exp(-0.5 * tau**2 * (beta_1 - beta_0) - tau * beta_0)
+        (dlog_alpha,) = torch.autograd.grad(alpha.log().sum(), tau)
+        alpha = alpha.detach()
+    return -0.5 * dlog_alpha / torch.sqrt(alpha * (1 - alpha))
+
+
+def deis_coefficients(sigmas: Tensor, max_order: int = 3, n: int = 10000) -> list[list[Tensor]]:
     """DEIS "tab" weights (Zhang & Chen 2023): for step i of order k = min(i + 1, max_order), weight j of
     d_{i-j} is the integral over [t_i, t_{i+1}] of l_j(tau) dsigma/dtau, l_j the Lagrange basis through
-    t_i, ..., t_{i-k+1}, dsigma/dtau = -(1/2) dlog(alpha)/dtau / sqrt(alpha (1 - alpha)),
-    alpha(tau) = exp(-tau^2 (beta_1 - beta_0) / 2 - tau beta_0), by a Riemann sum over n points
-    (linspace including both ends, times (t_{i+1} - t_i) / n) as ComfyUI does. Order-1 steps and steps
-    into sigma 0 get [] (they are Euler steps). Precision follows the sigmas (float32 as ComfyUI; float64 in tests).
+    t_i, ..., t_{i-k+1}, by a Riemann sum over n points (torch.linspace including both ends, torch.sum,
+    times (t_{i+1} - t_i) / n) as ComfyUI does. Order-1 steps and steps into sigma 0 get [] (they are Euler
+    steps). 0-d tensors in the sigmas' dtype, on the CPU (float32 as in ComfyUI; float64 in tests, where
+    ComfyUI's linspace would fall back to float32).
     """
-    dtype = torch.float64 if sigmas.dtype == torch.float64 else torch.float32
-    sig = sigmas.detach().cpu().to(dtype)
+    sig = sigmas.detach().cpu()
     t, beta_0, beta_1 = _deis_vp_time(sig)
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    t = t.to(dtype).numpy().astype(np_dtype)
-    beta_0, beta_1 = np_dtype(float(beta_0)), np_dtype(float(beta_1))
-    table: list[list[float]] = []
+    table: list[list[Tensor]] = []
     for i in range(len(sig) - 1):
         order = min(i + 1, max_order)
-        if order == 1 or float(sig[i + 1]) <= 0:
+        if order == 1 or sig[i + 1] <= 0:
             table.append([])
             continue
-        taus = np.linspace(t[i], t[i + 1], n, dtype=np_dtype)
-        dtau = (t[i + 1] - t[i]) / np_dtype(n)
-        alpha = np.exp(np_dtype(-0.5) * taus**2 * (beta_1 - beta_0) - taus * beta_0)
-        dlog_alpha = -(taus * (beta_1 - beta_0) + beta_0)
-        dsigma_dtau = np_dtype(-0.5) * dlog_alpha / np.sqrt(alpha * (1 - alpha))
-        nodes = [t[i - k] for k in range(order)]
+        taus = torch.linspace(t[i], t[i + 1], n, dtype=t.dtype)
+        dtau = (t[i + 1] - t[i]) / n
+        integrand = _deis_integrand(beta_0, beta_1, taus)
+        nodes = t[[i - k for k in range(order)]]
         row = []
         for j in range(order):
-            basis = np.ones_like(taus)
+            basis = 1
             for k in range(order):
                 if k != j:
-                    basis = basis * (taus - nodes[k]) / (nodes[j] - nodes[k])
-            row.append(float(np.sum(dsigma_dtau * basis) * dtau))
+                    basis = basis * ((taus - nodes[k]) / (nodes[j] - nodes[k]))
+            row.append(torch.sum(integrand * basis) * dtau)
         table.append(row)
     return table
 
@@ -252,20 +266,20 @@ def deis_coefficients(sigmas: Tensor, max_order: int = 3, n: int = 10000) -> lis
 def sample_deis(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                 noise: NoiseSampler | None = None, max_order: int = 3) -> Tensor:
     """DEIS, tAB variant (Zhang & Chen 2023): multistep with weights integrated in the VP time of EDM's schedule."""
-    s = sigma_list(sigmas)
     table = deis_coefficients(sigmas, max_order)
     history: list[Tensor] = []
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma)
         report(callback, i, sigmas, x, denoised)
-        d = derivative(x, sigma, denoised)
+        d = to_d(x, sigma, denoised)
         order = 1 if sigma_next <= 0 else min(max_order, i + 1)
         if order == 1:
             x_next = x + (sigma_next - sigma) * d
         else:
-            slopes = [d] + history[::-1][: order - 1]
-            x_next = x + sum(w * g for w, g in zip(table[i], slopes))
+            x_next = x
+            for w, g in zip(table[i], [d] + history[::-1][: order - 1]):  # added one by one, newest first
+                x_next = x_next + w.to(sigmas.device) * g
         history = (history + [d])[-(max_order - 1):]
         x = x_next
     return x
@@ -274,37 +288,29 @@ def sample_deis(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callbac
 # -- exponential-integrator multistep and gradient estimation ------------------------------------------------
 
 
-def _phi_1(z: float) -> float:
-    return math.expm1(z) / z
-
-
-def _phi_2(z: float) -> float:
-    return (_phi_1(z) - 1.0) / z
-
-
 def sample_res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                          noise: NoiseSampler | None = None) -> Tensor:
-    """RES second-order multistep (Zhang et al. 2023, arXiv 2308.02157) in lambda = -log sigma, Euler to start."""
-    s = sigma_list(sigmas)
+    """RES second-order multistep (Zhang et al. 2023, arXiv 2308.02157) in lambda = -log sigma, Euler to start.
+
+    Coefficients are 0-d tensors in the sigmas' dtype, in ComfyUI's order (phi_1, phi_2 of -h, then b1, b2).
+    """
     old_denoised: Tensor | None = None
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma)
         report(callback, i, sigmas, x, denoised)
         if sigma_next == 0 or old_denoised is None:
-            x = x + derivative(x, sigma, denoised) * (sigma_next - sigma)
+            x = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
         else:
-            h = math.log(sigma / sigma_next)  # lambda_next - lambda
-            c2 = math.log(sigma / s[i - 1]) / h  # (lambda_prev - lambda) / h = -h_last / h
-            phi_1, phi_2 = _phi_1(-h), _phi_2(-h)
-            b1 = phi_1 - phi_2 / c2
-            b2 = phi_2 / c2
-            if not math.isfinite(b1):  # ComfyUI's nan_to_num
-                b1 = 0.0
-            if not math.isfinite(b2):
-                b2 = 0.0
+            lam, lam_next, lam_prev = sigma.log().neg(), sigma_next.log().neg(), sigmas[i - 1].log().neg()
+            h = lam_next - lam
+            c2 = (lam_prev - lam) / h  # -h_last / h
+            phi_1 = torch.expm1(-h) / -h
+            phi_2 = (phi_1 - 1.0) / -h
+            b1 = torch.nan_to_num(phi_1 - phi_2 / c2, nan=0.0)  # ComfyUI's guard
+            b2 = torch.nan_to_num(phi_2 / c2, nan=0.0)
             # x_next = e^{-h} x + h (b1 D_i + b2 D_{i-1})
-            x = math.exp(-h) * x + h * (b1 * denoised + b2 * old_denoised)
+            x = h.neg().exp() * x + h * (b1 * denoised + b2 * old_denoised)
         old_denoised = denoised
     return x
 
@@ -312,12 +318,11 @@ def sample_res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback
 def sample_gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                                noise: NoiseSampler | None = None, ge_gamma: float = 2.0) -> Tensor:
     """Gradient estimation (Permenter & Yuan 2024): Euler with the slope extrapolated, d + (gamma - 1)(d - d_prev)."""
-    s = sigma_list(sigmas)
     old_d: Tensor | None = None
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma)
-        d = derivative(x, sigma, denoised)
+        d = to_d(x, sigma, denoised)
         report(callback, i, sigmas, x, denoised)
         dt = sigma_next - sigma
         if sigma_next == 0:
@@ -332,21 +337,31 @@ def sample_gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, *, ca
 
 def sample_exp_heun_2_x0(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                          noise: NoiseSampler | None = None) -> Tensor:
-    """Exponential Heun in data prediction and lambda = -log sigma (SEEDS-2 with r = 1, eta = 0, phi_2; Gonzalez et al. 2023)."""
-    s = sigma_list(sigmas)
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
+    """Exponential Heun in data prediction and lambda = -log sigma (SEEDS-2 with r = 1, eta = 0, phi_2; Gonzalez et al. 2023).
+
+    As ComfyUI computes it (its seeds_2): the intermediate sigma is exp(-lambda_next), which may differ from
+    sigma_next by an ulp, and the first-order part is e^{-h} x - (e^{-h} - 1) D, not D + e^{-h} (x - D):
+    on the Unsampler's first step e^{-h} ~ 300-3000 and the two forms round differently (~1e-4 relative),
+    both finite; this one is ComfyUI's.
+    """
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma)
         report(callback, i, sigmas, x, denoised)
         if sigma_next == 0:
             x = denoised
             continue
-        h = math.log(sigma / sigma_next)
-        ratio = sigma_next / sigma  # e^{-h}
-        # e^{-h} x - (e^{-h} - 1) D, written as D + e^{-h} (x - D): no cancellation when e^{-h} >> 1 (unsampling)
-        x_2 = denoised + ratio * (x - denoised)  # first-order (DDIM) step to sigma_next
-        denoised_2 = denoise_at(model, x_2, sigma_next)
-        b2 = (math.expm1(-h) + h) / (-h)  # h phi_2(-h); b1 = (e^{-h} - 1) - b2
-        # x_next = e^{-h} x - (b1 D + b2 D_2) = D + e^{-h} (x - D) - b2 (D_2 - D)
-        x = denoised + ratio * (x - denoised) - b2 * (denoised_2 - denoised)
+        lam, lam_next = sigma.log().neg(), sigma_next.log().neg()
+        h = lam_next - lam
+        sigma_2 = lam_next.neg().exp()  # sigma at lambda_next, as ComfyUI evaluates the second model call
+        alpha_2 = sigma_2 * lam_next.exp()  # 1 up to rounding (VP alpha of the VE state)
+        h_phi_1 = torch.expm1(-h)  # e^{-h} - 1
+        # first-order (DDIM) step to sigma_next: e^{-h} x - (e^{-h} - 1) D
+        x_2 = sigma_2 / sigma * x - alpha_2 * h_phi_1 * denoised
+        denoised_2 = denoise_at(model, x_2, sigma_2)
+        b2 = (h_phi_1 + h) / -h  # h phi_2(-h)
+        b1 = h_phi_1 - b2
+        alpha_next = sigma_next * lam_next.exp()
+        # x_next = e^{-h} x - (b1 D + b2 D_2)
+        x = sigma_next / sigma * x - alpha_next * (b1 * denoised + b2 * denoised_2)
     return x
