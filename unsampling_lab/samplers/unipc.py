@@ -19,16 +19,23 @@ corrected (UniC) with the model value at the predicted point, which is reused as
 history, so the cost is one model call per step. Sampling down to sigma 0 stops at sigma 0.001
 (ComfyUI replaces a final 0 by 0.001 and returns that state). With a single step ComfyUI takes no
 step at all and returns x rescaled by sqrt(1 + sigma_last^2) / sqrt(1 + sigma_0^2); so does this.
+
+Arithmetic: lambda, h, r_k, b, R and the solves for rho are float32 tensors (the sigmas' dtype) in
+ComfyUI's order, and the rho-weighted sums are ComfyUI's einsum. One deliberate difference besides the
+VE state: the first-order part is written D_s + (sigma_t / sigma_s)(x_s - D_s), not ComfyUI's
+(sigma_t / sigma_s) x_s - expm1(-h) D_s. Sampling down, the two agree with ComfyUI's float32 VP run
+equally well (~1e-6, its own VP rescaling rounding); unsampling, ComfyUI has no finite result to match and
+ComfyUI's grouping multiplies the float32 rounding of x_s by sigma_t / sigma_s (~300 on the first step):
+against float64, 7e-5 instead of 1.4e-5 (bh1) and 4.5e-3 instead of 8e-4 (bh2).
 """
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from .base import Callback, Denoiser, NoiseSampler, denoise_at, report, sigma_list
+from .base import Callback, Denoiser, NoiseSampler, denoise_at, report
 
 Variant = Literal["bh1", "bh2"]
 
@@ -45,43 +52,50 @@ def unipc_orders(n_steps: int) -> list[tuple[int, bool]]:
     return plan
 
 
-def _coefficients(h: float, rks: list[float], order: int, variant: Variant) -> tuple[float, list[float], list[float]]:
-    """B(h), the predictor weights (order - 1 of them) and the corrector weights (order of them)."""
+def _coefficients(h: Tensor, rks: list[Tensor], order: int,
+                  variant: Variant) -> tuple[Tensor, Tensor | None, Tensor]:
+    """B(h), the predictor weights (order - 1 of them, None for order 1) and the corrector weights (order of
+    them): 0-d / 1-d tensors in h's dtype, computed and solved as ComfyUI does (float32 in production)."""
     hh = -h  # data prediction
-    h_phi_1 = math.expm1(hh)
-    b_h = hh if variant == "bh1" else h_phi_1
-    # b_i = i! * h phi_{i+1}(hh) / B(h), with h phi_{k+1} = h phi_k / hh - 1 / k!
-    b, h_phi_k, factorial = [], h_phi_1 / hh - 1, 1
+    h_phi_1 = torch.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1  # h phi_2(hh); then h phi_{k+1} = h phi_k / hh - 1 / k!
+    b_h = hh if variant == "bh1" else torch.expm1(hh)
+    r = torch.stack([*rks, torch.ones_like(h)])
+    rows, b, factorial = [], [], 1
     for i in range(1, order + 1):
-        b.append(h_phi_k * factorial / b_h)
+        rows.append(torch.pow(r, i - 1))  # R_ij = r_j^(i-1)
+        b.append(h_phi_k * factorial / b_h)  # b_i = i! h phi_{i+1}(hh) / B(h)
         factorial *= i + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
-    r = torch.tensor(rks + [1.0], dtype=torch.float64)
-    R = torch.stack([r ** (i - 1) for i in range(1, order + 1)])  # R_ij = r_j^(i-1)
-    bt = torch.tensor(b, dtype=torch.float64)
+    R, bt = torch.stack(rows), torch.stack(b)
+    half = torch.full((1,), 0.5, dtype=h.dtype)
     if order == 1:
-        rhos_p: list[float] = []
+        rhos_p = None
     elif order == 2:
-        rhos_p = [0.5]
+        rhos_p = half
     else:
-        rhos_p = torch.linalg.solve(R[:-1, :-1], bt[:-1]).tolist()
-    rhos_c = [0.5] if order == 1 else torch.linalg.solve(R, bt).tolist()
+        rhos_p = torch.linalg.solve(R[:-1, :-1], bt[:-1])
+    rhos_c = half if order == 1 else torch.linalg.solve(R, bt)
     return b_h, rhos_p, rhos_c
 
 
+def _weighted(rhos: Tensor, d1s: list[Tensor]) -> Tensor:
+    """sum_k rho_k D1_k, contracted as ComfyUI's einsum over the stacked differences."""
+    return torch.einsum("k,bk...->b...", rhos.to(d1s[0].device), torch.stack(d1s, dim=1))
+
+
 def _sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, variant: Variant) -> Tensor:
-    s = sigma_list(sigmas)
+    s = sigmas.clone()
     if s[-1] == 0:
         s[-1] = FINAL_SIGMA
-    report_sigmas = torch.tensor(s, dtype=torch.float64)
     n = len(s) - 1
     if n < 1:
         return x
-    lam = [-math.log(v) for v in s]
+    lam = s.log().neg()
     denoised = denoise_at(model, x, s[0])
-    report(callback, 0, report_sigmas, x, denoised)
+    report(callback, 0, s, x, denoised)
     if n == 1:  # ComfyUI: order 0, no update; only the VP <-> VE rescaling remains
-        return x * (math.sqrt(1 + s[-1] ** 2) / math.sqrt(1 + s[0] ** 2))
+        return x * (torch.sqrt(1 + s[-1] ** 2) / torch.sqrt(1 + s[0] ** 2)).to(x.dtype)
     history: list[tuple[int, Tensor]] = [(0, denoised)]  # (sigma index, D there), newest last
     p = min(3, n - 1)
     for k, (order, corrected) in enumerate(unipc_orders(n), start=1):
@@ -91,15 +105,17 @@ def _sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback
         rks = [(lam[ij] - lam[i0]) / h for ij, _ in prev]
         d1s = [(mj - m0) / rk for (_, mj), rk in zip(prev, rks)]
         b_h, rhos_p, rhos_c = _coefficients(h, rks, order, variant)
-        # first-order (DDIM) step (sigma_t / sigma_s) x - expm1(-h) D_s, written without cancellation
+        # first-order (DDIM) step, written without cancellation: D + (sigma_t / sigma_s)(x - D) (see module docstring)
         x_base = m0 + (s[k] / s[i0]) * (x - m0)
-        x_pred = x_base - b_h * sum(r * d for r, d in zip(rhos_p, d1s)) if rhos_p else x_base
+        x_pred = x_base if rhos_p is None else x_base - b_h * _weighted(rhos_p, d1s)
         if corrected:
             m_t = denoise_at(model, x_pred, s[k])
-            corr = sum((r * d for r, d in zip(rhos_c[:-1], d1s)), rhos_c[-1] * (m_t - m0))
+            corr = rhos_c[-1] * (m_t - m0)
+            if d1s:
+                corr = _weighted(rhos_c[:-1], d1s) + corr
             x = x_base - b_h * corr
             history = (history + [(k, m_t)])[-p:]
-            report(callback, k, report_sigmas, x, m_t)
+            report(callback, k, s, x, m_t)
         else:
             x = x_pred
     return x
