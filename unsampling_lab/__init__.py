@@ -28,7 +28,7 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
         from .bundled import BUNDLED_MODEL
 
         return BUNDLED_MODEL
-    if name in ("metrics", "plots", "sweeps", "widgets", "analytic", "detector", "shapes"):
+    if name in ("metrics", "plots", "sweeps", "widgets", "analytic", "detector", "shapes", "teaching"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -65,5 +65,5 @@ class GuidedDenoiser:
     def _run(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         ms = self.model.model_sampling
         self.counter.rows += x.shape[0]
-        model_output = self.model.forward(ms.calculate_input(sigma, x), ms.timestep(sigma).float(), cond)
-        return ms.calculate_denoised(sigma, model_output.to(x.dtype), x)
+        model_output = self.model.forward(ms.calculate_input(sigma, x), ms.timestep(sigma).to(x.dtype), cond)
+        return ms.calculate_denoised(sigma, model_output.to(x.dtype), x)  # timestep: float32 as ComfyUI, float64 for exact models

@@ -63,6 +63,7 @@ class ModelSampling:
     shift: float = 1.0
     multiplier: float = 1000.0
     log_sigmas: Tensor = field(init=False, repr=False)
+    _log_sigmas64: Tensor = field(init=False, repr=False)  # the same in float64, for continuous maps
 
     def __post_init__(self) -> None:
         check_choice(self.prediction, PREDICTIONS, what="prediction type")
@@ -73,6 +74,7 @@ class ModelSampling:
             raise UnsamplingError("a sigma table must be ascending (ComfyUI's convention)")
         object.__setattr__(self, "sigmas", sigmas.float())
         object.__setattr__(self, "log_sigmas", sigmas.double().log().float() if sigmas.dtype == torch.float64 else sigmas.float().log())
+        object.__setattr__(self, "_log_sigmas64", sigmas.double().log())
 
     # -- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -165,12 +167,12 @@ class ModelSampling:
             return sigma * self.multiplier
         if self.timestep_map == "flux":
             return sigma
-        log_sigma = sigma.float().log().to(self.log_sigmas.device)
+        log_sigma = (sigma.double() if self.timestep_map == "continuous_index" else sigma.float()).log()
         if self.timestep_map == "nearest_index":
             dists = log_sigma.reshape(-1)[None, :] - self.log_sigmas[:, None]
             return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
         # continuous_index: invert the log-linear interpolation of `sigma(t)`
-        ls = self.log_sigmas.double()
+        ls = self._log_sigmas64
         flat = log_sigma.double().reshape(-1).clamp(float(ls[0]), float(ls[-1]))
         hi = torch.searchsorted(ls, flat).clamp(1, len(ls) - 1)
         lo = hi - 1
@@ -185,7 +187,7 @@ class ModelSampling:
         if self.timestep_map == "flux":
             return flux_time_shift(self.shift, timestep)
         dtype = torch.float64 if self.timestep_map == "continuous_index" else torch.float32
-        log_sigmas = self.log_sigmas.to(dtype)
+        log_sigmas = self._log_sigmas64 if self.timestep_map == "continuous_index" else self.log_sigmas
         t = timestep.to(dtype).clamp(0, len(self.sigmas) - 1).to(self.log_sigmas.device)
         low, high = t.floor().long(), t.ceil().long()
         w = t.frac()

@@ -106,7 +106,7 @@ def sweep(
     store = _Store(Path(path)) if path is not None else None
     done = store.finished_keys() if store is not None else {}
     counted = _CountingModel(model)
-    reference, ceiling = _pixel_reference(model, samples, images, chosen)
+    reference, ceiling = pixel_reference(model, samples, images, chosen)
 
     combos = [dict(zip(PARAMETERS, c)) for c in itertools.product(*(values[p] for p in PARAMETERS))]
     rows_out: list[dict[str, Any]] = []
@@ -123,7 +123,7 @@ def sweep(
                 continue
             t0 = time.perf_counter()
             start = counted.nfe
-            spec_prefix = _prefix_consistent(combo["sampler_name"])
+            spec_prefix = prefix_consistent(combo["sampler_name"])
             inv = tuple(_canonical(p, _hashable(combo[p])) for p in INVERSION_KEY)
             traj_key = inv + ((0,) if spec_prefix else (combo["end_at_step"],))
             if traj_key not in cache:
@@ -152,7 +152,7 @@ def sweep(
             decoded = None
             if reference is not None:
                 decoded = model.decode(result)
-            rows = _metric_rows(model, combo, samples, result, traj, decoded, reference, ceiling, chosen, batch)
+            rows = metric_rows(model, combo, samples, result, traj, decoded, reference, ceiling, chosen, batch)
             seconds = time.perf_counter() - t0
             for b, row in enumerate(rows):
                 row.update(nfe=nfe if b == 0 else 0, nfe_naive=naive if b == 0 else 0, seconds=seconds if b == 0 else 0.0)
@@ -278,7 +278,7 @@ def _metric_sets(metrics: Sequence[str] | None) -> set[str]:
     return {check_choice(m, METRIC_SETS, what="metric set") for m in metrics}
 
 
-def _prefix_consistent(sampler_name: str) -> bool:
+def prefix_consistent(sampler_name: str) -> bool:
     from .samplers import get_sampler
 
     return bool(get_sampler(sampler_name, invertible=True).prefix_consistent)
@@ -293,7 +293,7 @@ def _alone_unsample_nfe(traj: "Trajectory", traj_nfe: int, combo: Mapping[str, A
 
 
 # -- metrics per row ----------------------------------------------------------------------------------
-def _pixel_reference(model: Any, samples: Tensor, images: Tensor | None,
+def pixel_reference(model: Any, samples: Tensor, images: Tensor | None,
                      chosen: set[str]) -> tuple[Tensor | None, Tensor | None]:
     """(reference images, VAE-only ceiling decode(encode(reference))), or (None, None) without a VAE."""
     if not ({"pixel", "detector"} & chosen) or getattr(model, "vae", None) is None or not hasattr(model, "decode"):
@@ -303,7 +303,7 @@ def _pixel_reference(model: Any, samples: Tensor, images: Tensor | None,
     return reference, ceiling
 
 
-def _metric_rows(model: Any, combo: Mapping[str, Any], samples: Tensor, result: Tensor, traj: "Trajectory",
+def metric_rows(model: Any, combo: Mapping[str, Any], samples: Tensor, result: Tensor, traj: "Trajectory",
                  decoded: Tensor | None, reference: Tensor | None, ceiling: Tensor | None, chosen: set[str],
                  batch: int) -> list[dict[str, Any]]:
     from . import metrics as M

@@ -194,7 +194,7 @@ class Explorer:
             self.trajectory = engine.unsample_trajectory(
                 self.model, self.latent, steps=p["steps"], cfg=p["cfg"], sampler_name=p["sampler_name"],
                 scheduler=p["scheduler"], positive=p["positive"], negative=p["negative"], progress=False,
-                end_at_step=0 if sweeps._prefix_consistent(p["sampler_name"]) else p["end_at_step"])
+                end_at_step=0 if sweeps.prefix_consistent(p["sampler_name"]) else p["end_at_step"])
             self._traj_key = key
             self.inversions += 1
             self._stats_fig = None
@@ -213,11 +213,11 @@ class Explorer:
                                  sampler_name=p["sampler_name"], scheduler=p["scheduler"],
                                  positive=[p["positive"], edit], negative=p["negative"], progress=False)
         decoded = model.decode(result) if hasattr(model, "decode") and getattr(model, "vae", None) is not None else None
-        reference, ceiling = self._pixel_reference()
+        reference, ceiling = self.pixel_reference()
         self.rows = []
         for b, prompt in enumerate((p["positive"], edit)):
             combo = {**sweeps.DEFAULTS, **p, "edit": prompt, "seed": 0}
-            rows = sweeps._metric_rows(model, combo, self.latent["samples"], result[b:b + 1], traj,
+            rows = sweeps.metric_rows(model, combo, self.latent["samples"], result[b:b + 1], traj,
                                        None if decoded is None else decoded[b:b + 1], reference, ceiling,
                                        set(sweeps.METRIC_SETS), 1)
             rows[0]["row"] = "reconstruction" if b == 0 else "edit"
@@ -226,15 +226,15 @@ class Explorer:
         self._draw_stats(traj, k)
         self._draw_table()
 
-    def _pixel_reference(self) -> tuple[Tensor | None, Tensor | None]:
+    def pixel_reference(self) -> tuple[Tensor | None, Tensor | None]:
         if self._reference is None:
-            self._reference = sweeps._pixel_reference(self.model, self.latent["samples"], self.images,
+            self._reference = sweeps.pixel_reference(self.model, self.latent["samples"], self.images,
                                                       set(sweeps.METRIC_SETS))
         return self._reference
 
     def _draw_strip(self, noise: Tensor, decoded: Tensor | None, p: Mapping[str, Any]) -> None:
         tiles, names = [], []
-        reference = self._pixel_reference()[0]
+        reference = self.pixel_reference()[0]
         if reference is not None:
             tiles.append(reference[0])
             names.append("input")
