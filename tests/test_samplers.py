@@ -122,8 +122,10 @@ def test_float32_unsampler_sigmas_finite(name: str) -> None:
     assert y.dtype == torch.float32 and bool(torch.isfinite(y).all())
     y64 = SAMPLER_SPECS[name].fn(DATA.denoise, X0, sigmas.double())
     # exp_heun_2_x0 and uni_pc_bh2 weight the second model value by ~e^|h|/|h| (~50, ~300) on the first
-    # step (sigma x300), so float32 rounding of x - D at sigma 1e-4 grows to ~3e-4 / ~8e-4.
-    tol = {"exp_heun_2_x0": 2e-3, "uni_pc_bh2": 2e-3}.get(name, 1e-4)
+    # step (sigma x300), so float32 rounding of x - D at sigma 1e-4 grows to ~8e-4 (uni_pc_bh2). exp_heun_2_x0
+    # also keeps ComfyUI's grouping e^{-h} x - (e^{-h} - 1) D, whose float32 rounding of e^{-h} x is not
+    # cancelled: measured 1.6e-3 (3e-4 with D + e^{-h}(x - D)); that is ComfyUI's own float32 result.
+    tol = {"exp_heun_2_x0": 3e-3, "uni_pc_bh2": 2e-3}.get(name, 1e-4)
     assert rel(y.double(), y64) < tol
 
 
