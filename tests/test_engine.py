@@ -267,3 +267,13 @@ def test_masked_resample_shows_the_network_the_noised_latent_outside_the_mask(sd
     known = ms.calculate_input(sigma0, latent * sd2v_model.latent_format.scale + noise * sigma0)
     outside = mask.expand(1, 4, 8, 8) == 0
     torch.testing.assert_close(seen[0][outside], known[outside], rtol=1e-5, atol=1e-6)
+
+
+def test_masked_trajectory_matches_masked_unsample(sd_model):
+    mask = torch.zeros(1, 8, 8)
+    mask[:, 2:6, 2:6] = 1.0
+    latent = {"samples": _latent(seed=3), "noise_mask": mask}
+    traj = ul.unsample_trajectory(sd_model, latent, steps=4, positive="a", progress=False)
+    for k in (0, 2):
+        direct = ul.unsample(sd_model, latent, steps=4, end_at_step=k, positive="a", progress=False)
+        assert torch.equal(ul.unsampled(sd_model, traj, k, like=latent)["samples"], direct["samples"])

@@ -82,12 +82,18 @@ def unsampled(
     model: DiffusionModel, trajectory: Trajectory, end_at_step: int = 0, normalize: Normalize | bool = "disable",
     *, like: Latent | None = None,
 ) -> Latent:
-    """What `unsample(end_at_step=end_at_step, normalize=normalize)` returns, read off a recorded trajectory."""
+    """What `unsample(end_at_step=end_at_step, normalize=normalize)` returns, read off a recorded trajectory.
+
+    like: the LATENT the trajectory was recorded from; the result takes its type and keys, and the
+    region outside its `noise_mask` comes back bit for bit, as from `unsample`.
+    """
     steps = int(trajectory.params["steps"])
     _check_int("end_at_step", end_at_step, minimum=0)
     state = trajectory.state_at(end_at_step)
     index = steps - min(end_at_step, steps - 1)
-    out = _finish_unsample(model, state, sigma_final=float(trajectory.sigmas[index]), normalize=_normalize_mode(normalize))
+    source, mask = _read_latent(like, model) if like is not None else (None, None)
+    out = _finish_unsample(model, state, sigma_final=float(trajectory.sigmas[index]), normalize=_normalize_mode(normalize),
+                           source=source, mask=None if mask is None else mask.cpu())
     return _wrap(out, like if like is not None else out)
 
 
@@ -261,7 +267,12 @@ def _fanout(hooks: list[Callable[[Step], None]]) -> Callable[[Step], None] | Non
         return None
     if len(hooks) == 1:
         return hooks[0]
-    return lambda step: [h(step) for h in hooks] and None
+
+    def every(step: Step) -> None:
+        for hook in hooks:
+            hook(step)
+
+    return every
 
 
 def _read_latent(latent: Latent, model: DiffusionModel) -> tuple[Tensor, Tensor | None]:
