@@ -6,6 +6,7 @@ on top: the extra step that some samplers take and throw away.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,7 +150,13 @@ def calculate_sigmas(ms: ModelSampling, scheduler: str, steps: int) -> Tensor:
 
 def sigma_schedule(ms: ModelSampling, scheduler: str, steps: int, *, discard_penultimate: bool = False) -> Tensor:
     """The sigmas ComfyUI's KSampler uses: for some samplers (dpm_2, uni_pc, ...) the schedule for
-    steps + 1 with the second-to-last sigma removed."""
+    steps + 1 with the second-to-last sigma removed. Memoized per table (sweeps and sliders ask
+    for the same schedule again and again); the caller gets its own copy."""
+    return _sigma_schedule(ms, scheduler, steps, discard_penultimate).clone()
+
+
+@functools.lru_cache(maxsize=256)
+def _sigma_schedule(ms: ModelSampling, scheduler: str, steps: int, discard_penultimate: bool) -> Tensor:
     if discard_penultimate:
         sigmas = calculate_sigmas(ms, scheduler, steps + 1)
         return torch.cat([sigmas[:-2], sigmas[-1:]])

@@ -43,6 +43,7 @@ class UNetModel(VAEImages):
         self.text_encoder = None if text_encoder is None else text_encoder.to(self.device).eval().requires_grad_(False)
         self.text_encoder_2 = None if text_encoder_2 is None else text_encoder_2.to(self.device).eval().requires_grad_(False)
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self._prompt_cache: dict[tuple[str, ...], Conditioning] = {}
         self.model_sampling = (
             scheduler_config if isinstance(scheduler_config, ModelSampling)
             else ModelSampling.from_scheduler_config(scheduler_config)
@@ -62,7 +63,18 @@ class UNetModel(VAEImages):
         return int(self.unet.config.cross_attention_dim)
 
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
-        """CLIP embeddings as the diffusers SD/SDXL pipelines make them (SDXL: penultimate layers + pooled)."""
+        """CLIP embeddings as the diffusers SD/SDXL pipelines make them (SDXL: penultimate layers + pooled).
+
+        Remembered per prompt list (sweeps and sliders encode the same prompts again and again).
+        """
+        key = tuple(prompts)
+        if key not in self._prompt_cache:
+            if len(self._prompt_cache) >= 64:
+                self._prompt_cache.pop(next(iter(self._prompt_cache)))
+            self._prompt_cache[key] = self._encode_prompt(key)
+        return self._prompt_cache[key]
+
+    def _encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
         if self.text_encoder is None or self.tokenizer is None:
             raise UnsamplingError(
                 "this model has no text encoder/tokenizer, so prompts cannot be given as strings; pass prompt "
