@@ -1,6 +1,8 @@
 """`load_model`: a diffusers pipeline object, a local pipeline folder, a cached hub id, or the bundled model."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,32 @@ def load_model(
 
 
 def _load_pipeline(source: str | Path, dtype: torch.dtype | None) -> Any:
+    with _quiet_libraries():
+        return _from_pretrained(source, dtype)
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """diffusers/transformers print advice on loading (accelerate, torchvision, progress bars) that
+    says nothing about the model; keep their errors, drop the chatter."""
+    import diffusers
+    import transformers
+
+    levels = diffusers.utils.logging.get_verbosity(), transformers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers.utils.logging.set_verbosity(levels[0])
+        transformers.utils.logging.set_verbosity(levels[1])
+        diffusers.utils.logging.enable_progress_bar()
+        transformers.utils.logging.enable_progress_bar()
+
+
+def _from_pretrained(source: str | Path, dtype: torch.dtype | None) -> Any:
     from diffusers import DiffusionPipeline
 
     path = Path(source).expanduser()

@@ -38,7 +38,9 @@ class UNetModel(VAEImages):
     ) -> None:
         self.device = torch.device(device) if device is not None else next(unet.parameters()).device
         self.dtype = dtype if dtype is not None else next(unet.parameters()).dtype
-        self.unet = unet.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        if next(unet.parameters()).dtype != self.dtype:  # diffusers warns on any .to(dtype), even a no-op
+            unet = unet.to(dtype=self.dtype)
+        self.unet = unet.to(device=self.device).eval().requires_grad_(False)
         self.vae = None if vae is None else vae.to(self.device).eval().requires_grad_(False)
         self.text_encoder = None if text_encoder is None else text_encoder.to(self.device).eval().requires_grad_(False)
         self.text_encoder_2 = None if text_encoder_2 is None else text_encoder_2.to(self.device).eval().requires_grad_(False)
