@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import unsampling_lab as ul  # noqa: E402
 from unsampling_lab import plots, shapes  # noqa: E402
 
-STEPS, END_AT_STEP, CFG = 20, 6, 3.0
+STEPS, END_AT_STEP, CFG = 20, 8, 3.0
 
 
 def main() -> None:
