@@ -15,6 +15,15 @@ torch.set_num_threads(int(os.environ.get("UL_TEST_THREADS", "2")))
 
 COMFY_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "comfy_reference"
 
+@pytest.fixture()
+def one_thread():
+    """Tiny networks run as fast on one thread, and far faster when the cores are shared; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SD15_SCHEDULER = {
     "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
     "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,

@@ -50,12 +50,8 @@ def make_tiny_pipeline(folder: Path | None = None, *, seed: int = 0):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread when the CPUs are shared; the caller's setting is restored."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_models_on_one_thread(one_thread):  # conftest.one_thread, for every test that imports these fixtures
     yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

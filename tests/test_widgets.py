@@ -13,13 +13,7 @@ from unsampling_lab.errors import UnsamplingError  # noqa: E402
 from unsampling_lab.shapes import make_shapes  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and far faster on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 class Counting:
