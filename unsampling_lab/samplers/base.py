@@ -85,14 +85,9 @@ def report(callback: Callback | None, i: int, sigmas: Tensor, x: Tensor, denoise
         callback(Step(i, float(sigmas[i]), float(sigmas[i + 1]), x, denoised))
 
 
-def batch_sigma(sigma: Tensor, x: Tensor) -> Tensor:
-    """A scalar sigma as the [B] tensor a denoiser takes."""
-    return sigma.to(x.dtype) * x.new_ones([x.shape[0]])
-
-
-def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
-    """The probability-flow ODE's derivative dx/dsigma = (x - denoised) / sigma."""
-    return (x - denoised) / sigma.to(x.dtype)
+def to_d(x: Tensor, sigma: Tensor | float, denoised: Tensor) -> Tensor:
+    """The probability-flow ODE's derivative dx/dsigma = (x - denoised) / sigma (k-diffusion's `to_d`)."""
+    return (x - denoised) / (sigma.to(x.dtype) if isinstance(sigma, Tensor) else sigma)
 
 
 # -- helpers shared by the samplers (additions; the interfaces above are fixed) -------------------------
@@ -103,14 +98,9 @@ def sigma_list(sigmas: Tensor) -> list[float]:
     return [float(s) for s in sigmas.detach().cpu().reshape(-1)]
 
 
-def denoise_at(model: Denoiser, x: Tensor, sigma: float) -> Tensor:
+def denoise_at(model: Denoiser, x: Tensor, sigma: Tensor | float) -> Tensor:
     """The model's denoised estimate at a scalar `sigma` (given to the model as a [B] tensor in x's dtype)."""
     return model(x, x.new_full([x.shape[0]], sigma))
-
-
-def derivative(x: Tensor, sigma: float, denoised: Tensor) -> Tensor:
-    """dx/dsigma = (x - denoised) / sigma at a scalar sigma (k-diffusion's `to_d`)."""
-    return (x - denoised) / sigma
 
 
 def require_noise(noise: NoiseSampler | None, name: str) -> NoiseSampler:

@@ -16,14 +16,14 @@ import torch
 from scipy import integrate
 from torch import Tensor
 
-from .base import Callback, Denoiser, NoiseSampler, batch_sigma, denoise_at, report, to_d
+from .base import Callback, Denoiser, NoiseSampler, denoise_at, report, to_d
 
 
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                  noise: NoiseSampler | None = None) -> Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn)."""
     for i in range(len(sigmas) - 1):
-        denoised = model(x, batch_sigma(sigmas[i], x))
+        denoised = denoise_at(model, x, sigmas[i])
         report(callback, i, sigmas, x, denoised)
         x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i]).to(x.dtype)
     return x

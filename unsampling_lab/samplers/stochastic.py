@@ -12,7 +12,7 @@ import math
 
 from torch import Tensor
 
-from .base import Callback, Denoiser, NoiseSampler, denoise_at, derivative, report, require_noise, sigma_list
+from .base import Callback, Denoiser, NoiseSampler, denoise_at, report, require_noise, sigma_list, to_d
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
@@ -37,7 +37,7 @@ def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, callba
         if sigma_down == 0:
             x = denoised
         else:
-            x = x + derivative(x, s[i], denoised) * (sigma_down - s[i])
+            x = x + to_d(x, s[i], denoised) * (sigma_down - s[i])
             x = x + noise(sigmas[i], sigmas[i + 1]) * sigma_up
     return x
 
@@ -52,13 +52,13 @@ def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, callba
         denoised = denoise_at(model, x, sigma)
         sigma_down, sigma_up = ancestral_step(sigma, s[i + 1])
         report(callback, i, sigmas, x, denoised)
-        d = derivative(x, sigma, denoised)
+        d = to_d(x, sigma, denoised)
         if sigma_down == 0:
             x = x + d * (sigma_down - sigma)
         else:
             sigma_mid = math.exp(0.5 * (math.log(sigma) + math.log(sigma_down)))
             x_mid = x + d * (sigma_mid - sigma)
-            d_mid = derivative(x_mid, sigma_mid, denoise_at(model, x_mid, sigma_mid))
+            d_mid = to_d(x_mid, sigma_mid, denoise_at(model, x_mid, sigma_mid))
             x = x + d_mid * (sigma_down - sigma)
             x = x + noise(sigmas[i], sigmas[i + 1]) * sigma_up
     return x
@@ -75,7 +75,7 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, cal
         sigma_down, sigma_up = ancestral_step(sigma, s[i + 1])
         report(callback, i, sigmas, x, denoised)
         if sigma_down == 0:
-            x = x + derivative(x, sigma, denoised) * (sigma_down - sigma)
+            x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
         else:
             h = math.log(sigma / sigma_down)
             sigma_mid = sigma * math.exp(-h / 2)
@@ -179,7 +179,7 @@ def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callbac
         sigma, sigma_next = s[i], s[i + 1]
         denoised = denoise_at(model, x, sigma)
         report(callback, i, sigmas, x, denoised)
-        eps = derivative(x, sigma, denoised)
+        eps = to_d(x, sigma, denoised)
         abar, abar_next = 1 / (sigma**2 + 1), 1 / (sigma_next**2 + 1)
         alpha = abar / abar_next
         # mu = (x_vp - (1 - alpha) eps / sqrt(1 - abar)) / sqrt(alpha), x_vp = x sqrt(abar)
