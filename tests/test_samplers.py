@@ -108,7 +108,8 @@ def test_round_trip(name: str) -> None:
     up = karras(51, sigma_min=1e-4).flip(0)
     fn = SAMPLER_SPECS[name].fn
     back = fn(DATA, fn(DATA, X0, up), up.flip(0))
-    tol = {"euler": 0.1, "ddim": 0.1, "gradient_estimation": 0.1, "ipndm_v": 0.05}.get(name, 5e-3)
+    tol = {"euler": 0.1, "euler_cfg_pp": 0.1, "ddim": 0.1, "gradient_estimation": 0.1, "gradient_estimation_cfg_pp": 0.1,
+           "ipndm_v": 0.05}.get(name, 5e-3)
     assert rel(back, X0) < tol
 
 
@@ -314,23 +315,18 @@ def test_stochastic_denoises_to_the_data(name: str) -> None:
     assert bool(((ratio > 0.5) & (ratio < 1.3)).all())
 
 
-def test_seeded_noise_is_cpu_float32_stream() -> None:
-    x = torch.zeros(2, 3, dtype=F64)
-    noise = seeded_noise(x, 11)
-    gen = torch.Generator().manual_seed(11)
-    first, second = noise(torch.tensor(1.0), torch.tensor(0.5)), noise(torch.tensor(0.5), torch.tensor(0.0))
-    assert first.dtype == F64
-    assert torch.equal(first, torch.randn(2, 3, generator=gen).double())
-    assert torch.equal(second, torch.randn(2, 3, generator=gen).double())
-
-
 # -- registry ----------------------------------------------------------------------------------------------------
 
 
 def test_registry_order_and_flags() -> None:
     comfy_order = [n for n in COMFYUI_SAMPLERS if n in SAMPLERS]
     assert list(SAMPLERS[: len(comfy_order)]) == comfy_order and SAMPLERS[-1] == "ddim_inverse"
-    assert set(INVERTIBLE_SAMPLERS) == {n for n in SAMPLERS if SAMPLER_SPECS[n].deterministic}
+    assert set(INVERTIBLE_SAMPLERS) == {n for n in SAMPLERS if SAMPLER_SPECS[n].deterministic
+                                        and SAMPLER_SPECS[n].runs_upwards}
+    assert {n for n in SAMPLERS if not SAMPLER_SPECS[n].runs_upwards} == {"heunpp2"}
+    assert {n for n in SAMPLERS if SAMPLER_SPECS[n].families == {"vp"}} == {
+        "ddpm", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "ddim_inverse"}
+    assert {n for n in SAMPLERS if SAMPLER_SPECS[n].needs_uncond} == {n for n in SAMPLERS if "cfg_pp" in n}
     discard = {n for n in SAMPLERS if SAMPLER_SPECS[n].discard_penultimate_sigma}
     assert discard == {"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
     for name in ("euler", "ddim", "heun", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis", "uni_pc",
@@ -343,7 +339,7 @@ def test_registry_order_and_flags() -> None:
 
 @pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_sde", "lcm"])
 def test_unsample_refuses_stochastic(name: str) -> None:
-    with pytest.raises(UnsamplingError, match="deterministic sampler instead: euler, heun"):
+    with pytest.raises(UnsamplingError, match="deterministic sampler instead: euler, euler_cfg_pp, heun"):
         get_sampler(name, invertible=True)
     assert get_sampler(name).name == name
 
@@ -351,9 +347,22 @@ def test_unsample_refuses_stochastic(name: str) -> None:
 def test_unknown_and_unimplemented_names() -> None:
     with pytest.raises(UnsamplingError, match="did you mean 'euler'"):
         get_sampler("eulr")
-    assert "heunpp2" in NOT_IMPLEMENTED
-    with pytest.raises(UnsamplingError, match="not implemented in unsampling_lab; use one of euler"):
+    assert set(NOT_IMPLEMENTED) <= {"dpm_fast", "dpm_adaptive", "sa_solver", "sa_solver_pece"}
+    for name in NOT_IMPLEMENTED:
+        with pytest.raises(UnsamplingError, match="not implemented in unsampling_lab; use one of euler"):
+            get_sampler(name, invertible=True)
+    with pytest.raises(UnsamplingError, match="deterministic but cannot run backwards"):
         get_sampler("heunpp2", invertible=True)
+
+
+def test_family_refusal() -> None:
+    """A sampler without a form for the model family is refused, naming the samplers that have one."""
+    with pytest.raises(UnsamplingError, match="no form for flow .* models.*Use one of euler, euler_cfg_pp"):
+        get_sampler("ddpm", family="flow")
+    with pytest.raises(UnsamplingError, match="no form for flow"):
+        get_sampler("ddim_inverse", invertible=True, family="flow")
+    assert get_sampler("ddpm", family="vp").name == "ddpm"
+    assert get_sampler("euler_ancestral", family="flow").name == "euler_ancestral"
 
 
 def test_evals_per_step() -> None:

@@ -21,7 +21,7 @@ from .errors import UnsamplingError, check_choice
 from .guidance import EvalCounter, GuidedDenoiser
 from .models.base import DiffusionModel
 from .samplers import Step, get_sampler
-from .samplers.base import SamplerSpec
+from .samplers.base import NoiseSeed, SamplerSpec
 from .schedulers import sigma_schedule
 from .trajectory import Trajectory, TrajectoryRecorder
 
@@ -119,7 +119,7 @@ def resample(
     add_noise = _on_off("add_noise", add_noise)
     leftover = _on_off("return_with_leftover_noise", return_with_leftover_noise)
     samples, mask = _read_latent(latent, model)
-    spec = get_sampler(sampler_name)
+    spec = get_sampler(sampler_name, family=model.model_sampling.family)
     _check_common(steps=steps, cfg=cfg)
     _check_int("start_at_step", start_at_step, minimum=0)
     _check_int("end_at_step", end_at_step, minimum=0)
@@ -140,7 +140,8 @@ def resample(
         x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise=ms.is_max_denoise(float(sigmas[0])))
     else:  # the latent is a state in LATENT form (e.g. unsample's output): ComfyUI's zero-noise start, except
         x = ms.latent_to_state(sigmas[0], latent_in)  # at flow sigma 1, where ComfyUI's 0 * latent loses it
-    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative, noise=noise)
+    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative, noise=noise,
+                         always_uncond=spec.needs_uncond)
     x = _run(spec, denoiser, x, sigmas.to(model.device), callback=callback, progress=progress,
              noise_seed=noise_seed if not spec.deterministic else None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)
@@ -155,7 +156,7 @@ def unsample_sigmas(model: DiffusionModel, *, steps: int, end_at_step: int, samp
     x = noise (ComfyUI ends at 1.0001, past the data/noise endpoint, and then divides by -1e-4);
     VP models have no limit and keep ComfyUI's sigmas bit for bit.
     """
-    spec = get_sampler(sampler_name, invertible=True)
+    spec = get_sampler(sampler_name, invertible=True, family=model.model_sampling.family)
     end = min(end_at_step, steps - 1)
     ms = model.model_sampling
     sigmas = sigma_schedule(ms, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
@@ -176,7 +177,7 @@ def _unsample(
     callback: Callable[[Step], None] | None, progress: bool, record: bool,
 ) -> tuple[Latent, Trajectory | None]:
     samples, mask = _read_latent(latent, model)
-    spec = get_sampler(sampler_name, invertible=True)
+    spec = get_sampler(sampler_name, invertible=True, family=model.model_sampling.family)
     _check_common(steps=steps, cfg=cfg)
     _check_int("end_at_step", end_at_step, minimum=0)
     mode = _normalize_mode(normalize)
@@ -184,7 +185,8 @@ def _unsample(
 
     latent_in = model.latent_format.process_in(samples.to(model.device, _state_dtype(samples)))
     x = model.model_sampling.noise_scaling(sigmas[0], torch.zeros_like(latent_in), latent_in)
-    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative)
+    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative,
+                         always_uncond=spec.needs_uncond)
     recorder = TrajectoryRecorder() if record else None
     hooks = [h for h in (callback, recorder) if h is not None]
     x = _run(spec, denoiser, x, sigmas.to(model.device), callback=_fanout(hooks), progress=progress,
@@ -238,11 +240,9 @@ def _run(spec: SamplerSpec, denoiser: GuidedDenoiser, x: Tensor, sigmas: Tensor,
                 callback(step)
             bar.update(1)
 
-        noise = None
-        if noise_seed is not None:
-            from .samplers.base import seeded_noise
-
-            noise = seeded_noise(x, noise_seed)
+        # the noise seed reaches the sampler as data; it builds ComfyUI's stream from it (per-step
+        # Gaussians seeded like `default_noise_sampler`, or a Brownian tree like `BrownianTreeNoiseSampler`)
+        noise = None if noise_seed is None else NoiseSeed(noise_seed)
         with torch.inference_mode():
             out = spec.fn(denoiser, x, sigmas, callback=hook, noise=noise)
     if not torch.isfinite(out).all():
@@ -253,13 +253,15 @@ def _run(spec: SamplerSpec, denoiser: GuidedDenoiser, x: Tensor, sigmas: Tensor,
 
 
 def _denoiser(model: DiffusionModel, latent_in: Tensor, mask: Tensor | None, *, cfg: float,
-              positive: Prompt, negative: Prompt, noise: Tensor | None = None) -> GuidedDenoiser:
+              positive: Prompt, negative: Prompt, noise: Tensor | None = None,
+              always_uncond: bool = False) -> GuidedDenoiser:
     b = latent_in.shape[0]
     pos = to_conditioning(model, positive, batch_size=b, name="positive").to(model.device)
     neg = None
-    if not math.isclose(cfg, 1.0):  # at cfg == 1 the negative pass is skipped
+    if always_uncond or not math.isclose(cfg, 1.0):  # at cfg == 1 the negative pass is skipped, except for CFG++
         neg = to_conditioning(model, negative, batch_size=b, name="negative").to(model.device)
-    return GuidedDenoiser(model, pos, neg, cfg, latent=latent_in, mask=mask, noise=noise, counter=EvalCounter())
+    return GuidedDenoiser(model, pos, neg, cfg, latent=latent_in, mask=mask, noise=noise, counter=EvalCounter(),
+                          always_uncond=always_uncond)
 
 
 def _fanout(hooks: list[Callable[[Step], None]]) -> Callable[[Step], None] | None:

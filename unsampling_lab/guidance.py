@@ -38,12 +38,24 @@ class GuidedDenoiser:
     mask: Tensor | None = None
     noise: Tensor | None = None  # the noise sampling started from (zeros when unsampling), for the mask blend
     counter: EvalCounter = field(default_factory=EvalCounter)
+    always_uncond: bool = False  # evaluate the negative even at cfg 1 (CFG++ samplers; ComfyUI's disable_cfg1_optimization)
 
     def __post_init__(self) -> None:
-        self.use_uncond = not math.isclose(self.cfg, 1.0) and self.negative is not None
+        self.use_uncond = self.negative is not None and (self.always_uncond or not math.isclose(self.cfg, 1.0))
         self._batched = concat([self.negative, self.positive]) if self.use_uncond else self.positive  # type: ignore[list-item]
 
+    @property
+    def model_sampling(self):  # type: ignore[no-untyped-def]
+        """The model's sigma table, which samplers read as data (its family, `percent_to_sigma`, `noise_scaling`)."""
+        return self.model.model_sampling
+
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.with_uncond(x, sigma)[0]
+
+    def with_uncond(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """(guided denoised, unconditional denoised); the uncond is the network's (before the mask blend, as
+        ComfyUI's post-cfg hook receives it), and is the cond estimate itself
+        when no negative pass runs (cfg 1 without `always_uncond`). For the CFG++ samplers."""
         m = self.mask
         if m is not None:
             # outside the mask the network sees the input latent noised to this sigma (ComfyUI's
@@ -57,10 +69,10 @@ class GuidedDenoiser:
             uncond, cond = both.chunk(2)
             out = uncond + (cond - uncond) * self.cfg
         else:
-            out = self._run(x, sigma, self._batched)
+            out = uncond = self._run(x, sigma, self._batched)
         if m is not None:
-            out = out * m + self.latent * (1.0 - m)
-        return out
+            out = out * m + self.latent * (1.0 - m)  # the uncond stays unblended: ComfyUI's post-cfg hook sees it raw
+        return out, uncond
 
     def _run(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         ms = self.model.model_sampling

@@ -20,6 +20,10 @@ from torch import Tensor
 from .errors import UnsamplingError, check_choice
 
 Prediction = Literal["eps", "v", "flow"]
+#: The model families samplers tell apart: "vp" (eps / v: x = x0 + sigma n, ComfyUI's EPS / V_PREDICTION)
+#: and "flow" (x = (1 - sigma) x0 + sigma n, ComfyUI's CONST). A sampler's `SamplerSpec.families` says which it serves.
+Family = Literal["vp", "flow"]
+FAMILIES: tuple[str, ...] = ("vp", "flow")
 TimestepMap = Literal["nearest_index", "continuous_index", "scaled", "flux"]
 BetaSchedule = Literal["scaled_linear", "linear", "squaredcos_cap_v2"]
 
@@ -152,6 +156,29 @@ class ModelSampling:
         return cls(sigmas=sigmas, prediction=prediction, timestep_map="continuous_index")
 
     # -- the table --------------------------------------------------------------------------------
+    @property
+    def family(self) -> Family:
+        """"flow" for flow (CONST) models, "vp" for eps and v models: what a sampler's update rule depends on."""
+        return "flow" if self.prediction == "flow" else "vp"
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """The sigma at `percent` of the way from pure noise (0) to clean (1) (ComfyUI `percent_to_sigma`).
+
+        VP: `sigma(t)` at t = (1 - percent) * (len(table) - 1), and 999999999.9 at percent <= 0. Flow: the
+        shifted schedule at 1 - percent (SD3 `time_snr_shift`, Flux `flux_time_shift`), 1.0 at percent <= 0.
+        Both 0.0 at percent >= 1. The flow samplers in half-logSNR form start at `percent_to_sigma(1e-4)`
+        instead of sigma 1, where logit(sigma) is infinite.
+        """
+        if percent <= 0.0:
+            return 1.0 if self.family == "flow" else 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        if self.timestep_map == "scaled":
+            return float(time_snr_shift(self.shift, 1.0 - percent))  # type: ignore[arg-type]  # Python floats, as ComfyUI
+        if self.timestep_map == "flux":
+            return float(flux_time_shift(self.shift, 1.0 - percent))  # type: ignore[arg-type]
+        return float(self.sigma(torch.tensor((1.0 - percent) * (len(self.sigmas) - 1))))
+
     @property
     def sigma_min(self) -> float:
         return float(self.sigmas[0])

@@ -9,6 +9,19 @@ A sampler is a plain function (k-diffusion's shape, typed and keyword-only):
 `sigmas` may ascend (unsampling) or descend (sampling) and need not end at 0: update rules are
 written direction-agnostic. Samplers hold no state between calls, draw no randomness except
 from `noise`, and never look inside the model.
+
+What a sampler may read off the denoiser, as data (both optional; a plain callable is a VP model
+without guidance):
+- `model.model_sampling`: the model's sigma table (`ModelSampling`). Its `family` ("vp" / "flow")
+  picks the update rule where ComfyUI has a flow (CONST) form, and flow samplers in half-logSNR
+  form read `percent_to_sigma` from it (`family_of`, `half_log_snr`, `offset_first_sigma`).
+- `model.with_uncond(x, sigma) -> (denoised, uncond_denoised)`: the guided estimate and the
+  unconditional one, for the CFG++ samplers (ComfyUI hands them the uncond through a post-cfg hook).
+  Without it the denoiser is its own unconditional estimate (`denoise_with_uncond`).
+
+`noise` is either a `NoiseSampler` (any callable; tests pass their own) or a `NoiseSeed`, from
+which each sampler builds the noise ComfyUI builds for it from `extra_args["seed"]`: per-step
+Gaussians (`default_noise_sampler`) or a Brownian tree (`BrownianTreeNoiseSampler`).
 """
 from __future__ import annotations
 
@@ -20,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UnsamplingError
+from ..model_sampling import FAMILIES, Family, ModelSampling
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -53,7 +67,7 @@ class SamplerFn(Protocol):
         sigmas: Tensor,
         *,
         callback: Callback | None = None,
-        noise: NoiseSampler | None = None,
+        noise: "NoiseSampler | NoiseSeed | None" = None,
     ) -> Tensor: ...
 
 
@@ -61,12 +75,20 @@ class SamplerFn(Protocol):
 class SamplerSpec:
     """A sampler's registry entry.
 
-    deterministic: injects no noise, so it can run backwards (unsample accepts it).
+    deterministic: injects no noise (unsample accepts it when it also `runs_upwards`).
     discard_penultimate_sigma: ComfyUI computes steps + 1 sigmas and drops the second-to-last.
     prefix_consistent: running it on sigmas[:k+1] gives exactly the state after k steps of a run on
         the full sigmas (no rule looks at the total length), so one trajectory serves every
         end_at_step.
     evals_per_step: model evaluations per step (first-step and last-step exceptions aside).
+    families: the model families it gives the right distribution on ("vp": eps / v, "flow": CONST);
+        the engine refuses it on the others. Where ComfyUI has a flow form the sampler picks it from
+        `model.model_sampling.family`.
+    runs_upwards: a deterministic sampler whose rule also holds on ascending sigmas (all but heunpp2);
+        `INVERTIBLE_SAMPLERS` are the deterministic ones that run upwards.
+    needs_uncond: a CFG++ sampler, which reads the unconditional estimate through
+        `model.with_uncond`; the engine then evaluates the negative prompt even at cfg 1, as ComfyUI's
+        `disable_cfg1_optimization` does.
     """
 
     name: str
@@ -76,6 +98,9 @@ class SamplerSpec:
     evals_per_step: int = 1
     discard_penultimate_sigma: bool = False
     prefix_consistent: bool = True
+    families: frozenset[Family] = frozenset(FAMILIES)  # type: ignore[assignment]
+    needs_uncond: bool = False
+    runs_upwards: bool = True
     note: str = ""
 
 
@@ -103,24 +128,125 @@ def denoise_at(model: Denoiser, x: Tensor, sigma: Tensor | float) -> Tensor:
     return model(x, x.new_full([x.shape[0]], sigma))
 
 
-def require_noise(noise: NoiseSampler | None, name: str) -> NoiseSampler:
+def denoise_with_uncond(model: Denoiser, x: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor]:
+    """(denoised, uncond_denoised) at a scalar `sigma` for the CFG++ samplers (Chung et al. 2024):
+    `model.with_uncond` where the denoiser has it (guidance), else the denoiser is its own uncond."""
+    s = x.new_full([x.shape[0]], sigma)
+    pair = getattr(model, "with_uncond", None)
+    if pair is None:
+        denoised = model(x, s)
+        return denoised, denoised
+    return pair(x, s)
+
+
+# -- model family, half-logSNR (ComfyUI's sigma_to_half_log_snr and friends) -----------------------------
+
+
+def model_sampling_of(model: Denoiser) -> ModelSampling | None:
+    """The sigma table the denoiser carries (`model.model_sampling`), None for a bare callable."""
+    return getattr(model, "model_sampling", None)
+
+
+def family_of(model: Denoiser) -> Family:
+    """The denoiser's model family: its sigma table's `family`; "vp" for a bare callable."""
+    ms = model_sampling_of(model)
+    return "vp" if ms is None else ms.family
+
+
+def half_log_snr(sigma: Tensor, family: Family) -> Tensor:
+    """lambda = log(alpha / sigma_t): VP -log sigma (alpha = 1 in our VE state), flow log((1 - sigma) / sigma)."""
+    return sigma.logit().neg() if family == "flow" else sigma.log().neg()
+
+
+def half_log_snr_to_sigma(lam: Tensor, family: Family) -> Tensor:
+    """Inverse of `half_log_snr`: VP exp(-lambda), flow sigmoid(-lambda)."""
+    return lam.neg().sigmoid() if family == "flow" else lam.neg().exp()
+
+
+def offset_first_sigma(model: Denoiser, sigmas: Tensor, percent_offset: float = 1e-4) -> Tensor:
+    """ComfyUI's `offset_first_sigma_for_snr`: on a flow model a first sigma >= 1 (logSNR -inf) becomes
+    `percent_to_sigma(1e-4)`; other sigmas and VP models are unchanged."""
+    ms = model_sampling_of(model)
+    if len(sigmas) <= 1 or ms is None or ms.family != "flow" or not bool(sigmas[0] >= 1):
+        return sigmas
+    sigmas = sigmas.clone()
+    sigmas[0] = ms.percent_to_sigma(percent_offset)
+    return sigmas
+
+
+# -- noise, seeded as ComfyUI seeds it -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoiseSeed:
+    """The noise seed a sampler is run with (ComfyUI's `extra_args["seed"]`, the KSampler's noise_seed).
+
+    Each stochastic sampler turns it into the noise ComfyUI's does: `gaussian` for the ancestral
+    samplers, `brownian` for the SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde and their _gpu forms).
+    """
+
+    seed: int
+
+    def gaussian(self, x: Tensor) -> NoiseSampler:
+        """ComfyUI's `default_noise_sampler(x, seed)`: one generator on x's device, seeded with seed + 1 on
+        the CPU (so the stream is not the starting noise, which `prepare_noise` draws from `seed`) and seed
+        on other devices; each call draws the next `torch.randn(x.size())` in x's dtype on x's device."""
+        seed = self.seed + 1 if x.device == torch.device("cpu") else self.seed
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        size, dtype, layout, device = x.size(), x.dtype, x.layout, x.device
+
+        def sample(sigma: Tensor, sigma_next: Tensor) -> Tensor:
+            return torch.randn(size, dtype=dtype, layout=layout, device=device, generator=generator)
+
+        return sample
+
+    def brownian(self, x: Tensor, sigmas: Tensor, *, cpu: bool) -> NoiseSampler:
+        """ComfyUI's `BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed, cpu=cpu)` over the run's sigmas
+        (smallest positive to largest): a torchsde BrownianTree with entropy `seed`, on the CPU (`cpu`) or
+        x's device; a call returns W(sigma_next) - W(sigma) / sqrt|sigma_next - sigma|, a standard normal."""
+        import torchsde
+
+        t0, t1 = sigmas[sigmas > 0].min(), sigmas.max()
+        w0 = torch.zeros_like(x)
+        if cpu:
+            t0, w0, t1 = t0.detach().cpu(), w0.detach().cpu(), t1.detach().cpu()
+        tree = torchsde.BrownianTree(t0, w0, t1, entropy=self.seed)
+
+        def sample(sigma: Tensor, sigma_next: Tensor) -> Tensor:
+            a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+            lo, hi, sign = (a, b, 1) if a < b else (b, a, -1)
+            device, dtype = lo.device, lo.dtype
+            if cpu:
+                lo, hi = lo.detach().cpu().float(), hi.detach().cpu().float()
+            w = tree(lo, hi).to(device=device, dtype=dtype) * sign
+            return w / (b - a).abs().sqrt()
+
+        return sample
+
+
+def gaussian_noise(noise: "NoiseSampler | NoiseSeed | None", x: Tensor, name: str) -> NoiseSampler:
+    """The per-step Gaussian noise of an ancestral sampler: from a `NoiseSeed` as ComfyUI draws it, or the given sampler."""
+    noise = require_noise(noise, name)
+    return noise.gaussian(x) if isinstance(noise, NoiseSeed) else noise
+
+
+def brownian_noise(noise: "NoiseSampler | NoiseSeed | None", x: Tensor, sigmas: Tensor, name: str, *,
+                   cpu: bool) -> NoiseSampler:
+    """The Brownian-tree noise of an SDE sampler: from a `NoiseSeed` as ComfyUI builds it, or the given sampler."""
+    noise = require_noise(noise, name)
+    return noise.brownian(x, sigmas, cpu=cpu) if isinstance(noise, NoiseSeed) else noise
+
+
+def require_noise(noise: "NoiseSampler | NoiseSeed | None", name: str) -> "NoiseSampler | NoiseSeed":
     """Stochastic samplers draw all their randomness from `noise`; refuse to run without it."""
     if noise is None:
         raise UnsamplingError(
             f"sampler {name!r} injects noise at every step and needs a noise sampler: pass "
-            f"noise=seeded_noise(x, seed) (unsampling_lab.samplers.base.seeded_noise) to make the run reproducible"
+            f"noise=NoiseSeed(seed) (unsampling_lab.samplers.base) to make the run reproducible as ComfyUI's"
         )
     return noise
 
 
 def seeded_noise(x: Tensor, seed: int) -> NoiseSampler:
-    """Reproducible noise for stochastic samplers: standard normals drawn on the CPU in float32 from
-    `torch.Generator().manual_seed(seed)`, then moved to x's device and dtype, so CPU and CUDA runs agree.
-    Each call draws the next tensor of the stream (one generator for the whole run)."""
-    generator = torch.Generator().manual_seed(int(seed))
-    shape, device, dtype = x.shape, x.device, x.dtype
-
-    def sample(sigma: Tensor, sigma_next: Tensor) -> Tensor:
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
-
-    return sample
+    """ComfyUI's per-step noise for `seed` (`NoiseSeed(seed).gaussian(x)`, its `default_noise_sampler`)."""
+    return NoiseSeed(int(seed)).gaussian(x)

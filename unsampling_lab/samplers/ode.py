@@ -16,7 +16,11 @@ import torch
 from scipy import integrate
 from torch import Tensor
 
-from .base import Callback, Denoiser, NoiseSampler, denoise_at, report, to_d
+from .base import (Callback, Denoiser, NoiseSampler, NoiseSeed, denoise_at, denoise_with_uncond, gaussian_noise,
+                   report, to_d)
+from .stochastic import ancestral_step
+
+Noise = NoiseSampler | NoiseSeed | None
 
 
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
@@ -288,31 +292,71 @@ def sample_deis(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callbac
 # -- exponential-integrator multistep and gradient estimation ------------------------------------------------
 
 
-def sample_res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
-                         noise: NoiseSampler | None = None) -> Tensor:
-    """RES second-order multistep (Zhang et al. 2023, arXiv 2308.02157) in lambda = -log sigma, Euler to start.
+def res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, noise: "Noise", *,
+                  eta: float, cfg_pp: bool, name: str, s_noise: float = 1.0) -> Tensor:
+    """RES second-order multistep (Zhang et al. 2023, arXiv 2308.02157) in lambda = -log sigma, Euler to start,
+    as ComfyUI's `res_multistep`: each step goes to the ancestral sigma_down (sigma_next at eta 0) and adds
+    sigma_up fresh noise; with `cfg_pp` the integration uses the uncond estimate (CFG++).
 
-    Coefficients are 0-d tensors in the sigmas' dtype, in ComfyUI's order (phi_1, phi_2 of -h, then b1, b2).
+    x_next = e^{-h} x + h (b1 D_i + b2 D_{i-1}),  b1 = phi_1 - phi_2 / c2,  b2 = phi_2 / c2,  c2 = (lambda_{i-1} - lambda_down,{i-1}) / h.
+    Coefficients are 0-d tensors in the sigmas' dtype, in ComfyUI's order.
     """
+    noise_fn = gaussian_noise(noise, x, name) if eta > 0 else None
     old_denoised: Tensor | None = None
+    old_sigma_down: Tensor | None = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise_at(model, x, sigma)
-        report(callback, i, sigmas, x, denoised)
-        if sigma_next == 0 or old_denoised is None:
-            x = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+        if cfg_pp:
+            denoised, uncond = denoise_with_uncond(model, x, sigma)
         else:
-            lam, lam_next, lam_prev = sigma.log().neg(), sigma_next.log().neg(), sigmas[i - 1].log().neg()
+            denoised = uncond = denoise_at(model, x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        report(callback, i, sigmas, x, denoised)
+        if sigma_down == 0 or old_denoised is None:
+            if cfg_pp:
+                x = denoised + to_d(x, sigma, uncond) * sigma_down
+            else:
+                x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
+        else:
+            lam, lam_old, lam_next, lam_prev = (s.log().neg() for s in (sigma, old_sigma_down, sigma_down, sigmas[i - 1]))
             h = lam_next - lam
-            c2 = (lam_prev - lam) / h  # -h_last / h
+            c2 = (lam_prev - lam_old) / h
             phi_1 = torch.expm1(-h) / -h
             phi_2 = (phi_1 - 1.0) / -h
             b1 = torch.nan_to_num(phi_1 - phi_2 / c2, nan=0.0)  # ComfyUI's guard
             b2 = torch.nan_to_num(phi_2 / c2, nan=0.0)
-            # x_next = e^{-h} x + h (b1 D_i + b2 D_{i-1})
-            x = h.neg().exp() * x + h * (b1 * denoised + b2 * old_denoised)
-        old_denoised = denoised
+            if cfg_pp:
+                x = x + (denoised - uncond)
+            x = h.neg().exp() * x + h * (b1 * uncond + b2 * old_denoised)
+        if noise_fn is not None and sigma_next > 0:
+            x = x + noise_fn(sigma, sigma_next) * s_noise * sigma_up
+        old_denoised, old_sigma_down = uncond, sigma_down
     return x
+
+
+def sample_res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                         noise: "Noise" = None) -> Tensor:
+    """RES second-order multistep (Zhang et al. 2023), deterministic (eta 0)."""
+    return res_multistep(model, x, sigmas, callback, None, eta=0.0, cfg_pp=False, name="res_multistep")
+
+
+def sample_res_multistep_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                                noise: "Noise" = None) -> Tensor:
+    """RES multistep with CFG++ (the uncond estimate integrated, the guidance added before each multistep update)."""
+    return res_multistep(model, x, sigmas, callback, None, eta=0.0, cfg_pp=True, name="res_multistep_cfg_pp")
+
+
+def sample_res_multistep_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                                   noise: "Noise" = None) -> Tensor:
+    """RES multistep to the ancestral sigma_down, then fresh noise (eta 1)."""
+    return res_multistep(model, x, sigmas, callback, noise, eta=1.0, cfg_pp=False, name="res_multistep_ancestral")
+
+
+def sample_res_multistep_ancestral_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *,
+                                          callback: Callback | None = None, noise: "Noise" = None) -> Tensor:
+    """RES multistep ancestral (eta 1) with CFG++."""
+    return res_multistep(model, x, sigmas, callback, noise, eta=1.0, cfg_pp=True,
+                         name="res_multistep_ancestral_cfg_pp")
 
 
 def sample_gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
@@ -336,32 +380,50 @@ def sample_gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, *, ca
 
 
 def sample_exp_heun_2_x0(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
-                         noise: NoiseSampler | None = None) -> Tensor:
-    """Exponential Heun in data prediction and lambda = -log sigma (SEEDS-2 with r = 1, eta = 0, phi_2; Gonzalez et al. 2023).
+                         noise: "Noise" = None) -> Tensor:
+    """Exponential Heun in data prediction and half-logSNR lambda (SEEDS-2 with r = 1, eta = 0, phi_2; Gonzalez
+    et al. 2023), as ComfyUI's `sample_exp_heun_2_x0`: lambda = -log sigma on VP models, log((1 - sigma) / sigma)
+    on flow models (whose first sigma 1 becomes `percent_to_sigma(1e-4)`).
 
-    As ComfyUI computes it (its seeds_2): the intermediate sigma is exp(-lambda_next), which may differ from
-    sigma_next by an ulp, and the first-order part is e^{-h} x - (e^{-h} - 1) D, not D + e^{-h} (x - D):
+    As ComfyUI computes it: the intermediate sigma is sigma(lambda_next), which may differ from sigma_next by
+    an ulp, and the first-order part is (sigma_t / sigma_s) x - alpha_t (e^{-h} - 1) D, not D + e^{-h} (x - D):
     on the Unsampler's first step e^{-h} ~ 300-3000 and the two forms round differently (~1e-4 relative),
-    both finite; this one is ComfyUI's.
+    both finite; this one is ComfyUI's. A flow step into sigma 1 (alpha_t = 0, lambda_t = -inf: ComfyUI's
+    NaN) takes the limit (sigma_t / sigma_s)(x - alpha_s D), one model call.
     """
+    from .stochastic import seeds_2
+
+    return seeds_2(model, x, sigmas, callback, None, name="exp_heun_2_x0", eta=0.0, s_noise=0.0, r=1.0,
+                   solver_type="phi_2")
+
+
+def sample_heunpp2(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                   noise: "Noise" = None) -> Tensor:
+    """Heun++ (ComfyUI's `sample_heunpp2`, from Carzit/sd-webui-samplers-scheduler), without churn: up to three
+    slopes per step, d at sigma_i, d_2 at sigma_{i+1} after an Euler step, d_3 at sigma_{i+2} after another,
+    weighted w2 = sigma_{i+1} / 3 sigma_0, w3 = sigma_{i+2} / 3 sigma_0, w1 = 1 - w2 - w3 (Heun with
+    w2 = sigma_{i+1} / 2 sigma_0 on the second-to-last step, Euler on the last). The weights read sigma_0 and
+    the final sigma, so it is not prefix-consistent, and on ascending sigmas (sigma_0 ~ 1e-4) they explode.
+    """
+    s_end = sigmas[-1]
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_at(model, x, sigma)
+        d = to_d(x, sigma, denoised)
         report(callback, i, sigmas, x, denoised)
-        if sigma_next == 0:
-            x = denoised
+        dt = sigma_next - sigma
+        if sigma_next == s_end:
+            x = x + d * dt
             continue
-        lam, lam_next = sigma.log().neg(), sigma_next.log().neg()
-        h = lam_next - lam
-        sigma_2 = lam_next.neg().exp()  # sigma at lambda_next, as ComfyUI evaluates the second model call
-        alpha_2 = sigma_2 * lam_next.exp()  # 1 up to rounding (VP alpha of the VE state)
-        h_phi_1 = torch.expm1(-h)  # e^{-h} - 1
-        # first-order (DDIM) step to sigma_next: e^{-h} x - (e^{-h} - 1) D
-        x_2 = sigma_2 / sigma * x - alpha_2 * h_phi_1 * denoised
-        denoised_2 = denoise_at(model, x_2, sigma_2)
-        b2 = (h_phi_1 + h) / -h  # h phi_2(-h)
-        b1 = h_phi_1 - b2
-        alpha_next = sigma_next * lam_next.exp()
-        # x_next = e^{-h} x - (b1 D + b2 D_2)
-        x = sigma_next / sigma * x - alpha_next * (b1 * denoised + b2 * denoised_2)
+        x_2 = x + d * dt
+        d_2 = to_d(x_2, sigma_next, denoise_at(model, x_2, sigma_next))
+        if sigmas[i + 2] == s_end:
+            w2 = sigma_next / (2 * sigmas[0])
+            x = x + (d * (1 - w2) + d_2 * w2) * dt
+            continue
+        x_3 = x_2 + d_2 * (sigmas[i + 2] - sigma_next)
+        d_3 = to_d(x_3, sigmas[i + 2], denoise_at(model, x_3, sigmas[i + 2]))
+        w = 3 * sigmas[0]
+        w2, w3 = sigma_next / w, sigmas[i + 2] / w
+        x = x + ((1 - w2 - w3) * d + w2 * d_2 + w3 * d_3) * dt
     return x

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..errors import UnsamplingError, check_choice
-from . import ddim_inverse, ode, stochastic, unipc
+from . import cfg_pp, ddim_inverse, ode, stochastic, unipc
+from ..model_sampling import FAMILIES, Family
 from .base import SamplerSpec
 
 # ComfyUI's KSampler.SAMPLERS (comfy/samplers.py: KSAMPLER_NAMES + ["ddim", "uni_pc", "uni_pc_bh2"]), in its order.
@@ -18,24 +19,43 @@ COMFYUI_SAMPLERS: tuple[str, ...] = (
 
 _ODE = dict(deterministic=True)
 _SDE = dict(deterministic=False)
+_VP = dict(families=frozenset({"vp"}))
+_CFG_PP = dict(needs_uncond=True)
 
 _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("euler", ode.sample_euler, order=1, **_ODE),
-    SamplerSpec("euler_ancestral", stochastic.sample_euler_ancestral, order=1, **_SDE),
+    SamplerSpec("euler_cfg_pp", cfg_pp.sample_euler_cfg_pp, order=1, **_ODE, **_CFG_PP),
+    SamplerSpec("euler_ancestral", stochastic.sample_euler_ancestral, order=1, **_SDE,
+                note="flow models: ComfyUI's rectified-flow ancestral step"),
+    SamplerSpec("euler_ancestral_cfg_pp", cfg_pp.sample_euler_ancestral_cfg_pp, order=1, **_SDE, **_CFG_PP),
     SamplerSpec("heun", ode.sample_heun, order=2, evals_per_step=2, **_ODE,
                 note="a plain Euler step (one call) into sigma 0"),
+    SamplerSpec("heunpp2", ode.sample_heunpp2, order=2, evals_per_step=3, prefix_consistent=False,
+                runs_upwards=False, **_ODE,
+                note="weights sigma_(i+1) / 3 sigma_0 read the first sigma: on the Unsampler's (1e-4) they explode"),
     SamplerSpec("exp_heun_2_x0", ode.sample_exp_heun_2_x0, order=2, evals_per_step=2, **_ODE,
-                note="lambda = -log sigma (ComfyUI's VP form; ComfyUI uses the flow half-logSNR for flow models)"),
+                note="half-logSNR lambda: -log sigma (VP), log((1 - sigma) / sigma) (flow)"),
+    SamplerSpec("exp_heun_2_x0_sde", stochastic.sample_exp_heun_2_x0_sde, order=2, evals_per_step=2, **_SDE),
     SamplerSpec("dpm_2", ode.sample_dpm_2, order=2, evals_per_step=2, discard_penultimate_sigma=True, **_ODE),
     SamplerSpec("dpm_2_ancestral", stochastic.sample_dpm_2_ancestral, order=2, evals_per_step=2,
                 discard_penultimate_sigma=True, **_SDE),
     SamplerSpec("lms", ode.sample_lms, order=4, **_ODE, note="coefficients by quadrature of the Lagrange basis"),
     SamplerSpec("dpmpp_2s_ancestral", stochastic.sample_dpmpp_2s_ancestral, order=2, evals_per_step=2, **_SDE),
+    SamplerSpec("dpmpp_2s_ancestral_cfg_pp", cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp, order=2, evals_per_step=2,
+                **_SDE, **_CFG_PP),
     SamplerSpec("dpmpp_sde", stochastic.sample_dpmpp_sde, order=2, evals_per_step=2, **_SDE),
+    SamplerSpec("dpmpp_sde_gpu", stochastic.sample_dpmpp_sde_gpu, order=2, evals_per_step=2, **_SDE,
+                note="Brownian tree on the latent's device"),
     SamplerSpec("dpmpp_2m", ode.sample_dpmpp_2m, order=2, **_ODE),
+    SamplerSpec("dpmpp_2m_cfg_pp", cfg_pp.sample_dpmpp_2m_cfg_pp, order=2, **_ODE, **_CFG_PP),
     SamplerSpec("dpmpp_2m_sde", stochastic.sample_dpmpp_2m_sde, order=2, **_SDE),
+    SamplerSpec("dpmpp_2m_sde_gpu", stochastic.sample_dpmpp_2m_sde_gpu, order=2, **_SDE),
+    SamplerSpec("dpmpp_2m_sde_heun", stochastic.sample_dpmpp_2m_sde_heun, order=2, **_SDE),
+    SamplerSpec("dpmpp_2m_sde_heun_gpu", stochastic.sample_dpmpp_2m_sde_heun_gpu, order=2, **_SDE),
     SamplerSpec("dpmpp_3m_sde", stochastic.sample_dpmpp_3m_sde, order=3, **_SDE),
-    SamplerSpec("ddpm", stochastic.sample_ddpm, order=1, **_SDE),
+    SamplerSpec("dpmpp_3m_sde_gpu", stochastic.sample_dpmpp_3m_sde_gpu, order=3, **_SDE),
+    SamplerSpec("ddpm", stochastic.sample_ddpm, order=1, **_SDE, **_VP,
+                note="VP arithmetic only (ComfyUI runs it on flow models too, and draws the wrong distribution)"),
     SamplerSpec("lcm", stochastic.sample_lcm, order=1, **_SDE),
     SamplerSpec("ipndm", ode.sample_ipndm, order=2, **_ODE,
                 note="fourth-order Adams-Bashforth weights for equal steps; on smoothly varying sigmas it converges at order 2"),
@@ -44,8 +64,17 @@ _SPECS: tuple[SamplerSpec, ...] = (
                      "order-4 weights do not sum to 1 there, so the error stalls (~1e-4 relative) instead of converging"),
     SamplerSpec("deis", ode.sample_deis, order=3, **_ODE, note="tAB weights, max_order 3"),
     SamplerSpec("res_multistep", ode.sample_res_multistep, order=2, **_ODE),
+    SamplerSpec("res_multistep_cfg_pp", ode.sample_res_multistep_cfg_pp, order=2, **_ODE, **_CFG_PP),
+    SamplerSpec("res_multistep_ancestral", ode.sample_res_multistep_ancestral, order=2, **_SDE, **_VP,
+                note="VP ancestral split (ComfyUI has no flow form)"),
+    SamplerSpec("res_multistep_ancestral_cfg_pp", ode.sample_res_multistep_ancestral_cfg_pp, order=2, **_SDE,
+                **_VP, **_CFG_PP, note="VP ancestral split (ComfyUI has no flow form)"),
     SamplerSpec("gradient_estimation", ode.sample_gradient_estimation, order=1, **_ODE,
                 note="ge_gamma 2; the extrapolated slope 2 d_i - d_(i-1) keeps it first order"),
+    SamplerSpec("gradient_estimation_cfg_pp", cfg_pp.sample_gradient_estimation_cfg_pp, order=1, **_ODE, **_CFG_PP),
+    SamplerSpec("er_sde", stochastic.sample_er_sde, order=3, **_SDE),
+    SamplerSpec("seeds_2", stochastic.sample_seeds_2, order=2, evals_per_step=2, **_SDE),
+    SamplerSpec("seeds_3", stochastic.sample_seeds_3, order=3, evals_per_step=3, **_SDE),
     # ComfyUI's "ddim" is euler (plus an inpainting-noise seed the Unsampler never passes).
     SamplerSpec("ddim", ode.sample_euler, order=1, note="ComfyUI's ddim is euler", **_ODE),
     SamplerSpec("uni_pc", unipc.sample_uni_pc, order=3, discard_penultimate_sigma=True, prefix_consistent=False,
@@ -55,18 +84,19 @@ _SPECS: tuple[SamplerSpec, ...] = (
                 prefix_consistent=False,
                 note="order and final steps depend on the number of sigmas; ends at sigma 0.001 when sampling to 0",
                 **_ODE),
-    SamplerSpec("ddim_inverse", ddim_inverse.sample_ddim_inverse, order=1, **_ODE,
+    SamplerSpec("ddim_inverse", ddim_inverse.sample_ddim_inverse, order=1, **_ODE, **_VP,
                 note="diffusers' DDIMInverseScheduler: eps at the next timestep (VP models)"),
 )
 
 SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
 SAMPLERS: tuple[str, ...] = tuple(s.name for s in _SPECS)
-INVERTIBLE_SAMPLERS: tuple[str, ...] = tuple(s.name for s in _SPECS if s.deterministic)
+INVERTIBLE_SAMPLERS: tuple[str, ...] = tuple(s.name for s in _SPECS if s.deterministic and s.runs_upwards)
 NOT_IMPLEMENTED: tuple[str, ...] = tuple(n for n in COMFYUI_SAMPLERS if n not in SAMPLER_SPECS)
 
 
-def get_sampler(name: str, *, invertible: bool = False) -> SamplerSpec:
-    """The registry entry for `name`; with `invertible`, refuse samplers that inject noise."""
+def get_sampler(name: str, *, invertible: bool = False, family: Family | None = None) -> SamplerSpec:
+    """The registry entry for `name`; with `invertible`, refuse samplers that cannot run backwards; with
+    `family` (the model's `model_sampling.family`), refuse samplers that have no form for that model family."""
     if name in NOT_IMPLEMENTED:
         choices = INVERTIBLE_SAMPLERS if invertible else SAMPLERS
         raise UnsamplingError(
@@ -80,5 +110,18 @@ def get_sampler(name: str, *, invertible: bool = False) -> SamplerSpec:
             f"sampler {name!r} injects random noise at every step, so it cannot run backwards: on increasing "
             f"sigmas it yields an x0 estimate, fresh noise or NaN instead of the inverted latent. Unsample with a "
             f"deterministic sampler instead: {', '.join(INVERTIBLE_SAMPLERS)}. (resample accepts {name!r}.)"
+        )
+    if invertible and not spec.runs_upwards:
+        raise UnsamplingError(
+            f"sampler {name!r} is deterministic but cannot run backwards ({spec.note}); unsample with one of "
+            f"{', '.join(INVERTIBLE_SAMPLERS)}. (resample accepts {name!r}.)"
+        )
+    if family is not None and family not in spec.families:
+        check_choice(family, FAMILIES, what="model family")
+        serving = [n for n in (INVERTIBLE_SAMPLERS if invertible else SAMPLERS) if family in SAMPLER_SPECS[n].families]
+        kind = {"flow": "flow (CONST: SD3, Flux)", "vp": "eps / v-prediction (SD1.x, SD2.x, SDXL)"}[family]
+        raise UnsamplingError(
+            f"sampler {name!r} has no form for {kind} models: it would draw the wrong distribution ({spec.note}). "
+            f"Use one of {', '.join(serving)}"
         )
     return spec
