@@ -13,7 +13,19 @@ import os
 # helps on a machine whose cores are busy with other work: 2 threads then stall each other.
 torch.set_num_threads(int(os.environ.get("UL_TEST_THREADS", "2")))
 
-COMFY_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "comfy_reference"
+# ComfyUI's reference outputs ship with the tests (tests/data/comfy_reference); ../shared is the fallback.
+_BUNDLED_REFERENCE = Path(__file__).resolve().parent / "data" / "comfy_reference"
+COMFY_REFERENCE = (_BUNDLED_REFERENCE if (_BUNDLED_REFERENCE / "cases.json").exists()
+                   else Path(__file__).resolve().parents[1].parent / "shared" / "comfy_reference")
+
+@pytest.fixture()
+def two_threads():
+    """The thread count ComfyUI's reference outputs were made with (bit-exact parity needs it); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
 
 @pytest.fixture()
 def one_thread():

@@ -1,0 +1,267 @@
+"""ComfyUI's seeding and stochastic update rules, against independent transcriptions of ComfyUI's own code.
+
+The functions `_comfy_*` below are REFERENCE TRANSCRIPTIONS, read from ComfyUI's comfy/k_diffusion/sampling.py
+(`default_noise_sampler`, `BatchedBrownianTree`, `BrownianTreeNoiseSampler`, `sigma_to_half_log_snr`,
+`offset_first_sigma_for_snr`, and the samplers named after them), written out plainly. They run on the
+denoiser the engine built inside `ul.resample(add_noise=True, noise_seed=s)` (captured), with the noise
+built here from the same seed, so equality means: same seed -> ComfyUI's noise -> ComfyUI's result, to the bit.
+The models are the exact Gaussian ones (VP and flow), in float32 as in production.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchsde
+
+import unsampling_lab as ul
+from unsampling_lab.analytic import GaussianData
+from unsampling_lab.models.analytic import gaussian_model
+from unsampling_lab.models.flow import gaussian_flow_model
+from unsampling_lab.samplers.base import NoiseSeed
+
+pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")
+
+DATA = GaussianData(torch.tensor([0.3, -2.0, 1.0, 0.0]), torch.tensor([0.5, 1.0, 0.8, 1.5]))
+SEED = 1234
+
+
+# -- ComfyUI's noise, transcribed ------------------------------------------------------------------------------
+
+
+def _comfy_default_noise_sampler(x, seed):
+    if x.device == torch.device("cpu"):
+        seed += 1
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed(seed)
+    return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device,
+                                                 generator=generator)
+
+
+class _ComfyBrownian:
+    """BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed, cpu) with BatchedBrownianTree inlined (one seed)."""
+
+    def __init__(self, x, sigma_min, sigma_max, seed, cpu):
+        t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
+        self.sign = 1 if t0 < t1 else -1
+        if self.sign < 0:
+            t0, t1 = t1, t0
+        w0 = torch.zeros_like(x)
+        self.cpu = cpu
+        if cpu:
+            t0, w0, t1 = t0.detach().cpu(), w0.detach().cpu(), t1.detach().cpu()
+        self.tree = torchsde.BrownianTree(t0, w0, t1, entropy=seed)
+
+    def __call__(self, sigma, sigma_next):
+        t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        a, b, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        device, dtype = a.device, a.dtype
+        if self.cpu:
+            a, b = a.detach().cpu().float(), b.detach().cpu().float()
+        w = torch.stack([self.tree(a, b)]).to(device=device, dtype=dtype) * (self.sign * sign)
+        return w[0] / (t1 - t0).abs().sqrt()
+
+
+def _brownian(x, sigmas, seed, cpu=True):
+    return _ComfyBrownian(x, sigmas[sigmas > 0].min(), sigmas.max(), seed, cpu)
+
+
+def test_gaussian_stream_is_comfyuis():
+    x = torch.zeros(2, 4, 3, 3)
+    ours, theirs = NoiseSeed(SEED).gaussian(x), _comfy_default_noise_sampler(x, SEED)
+    s = torch.tensor(1.0)
+    for _ in range(3):
+        assert torch.equal(ours(s, s), theirs(s, s))
+    # seed + 1 on the CPU: the per-step stream is not the starting noise (prepare_noise draws from `seed`)
+    first = NoiseSeed(SEED).gaussian(x)(s, s)
+    assert not torch.equal(first, torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED)))
+
+
+@pytest.mark.parametrize("cpu", [True, False])
+def test_brownian_stream_is_comfyuis(cpu):
+    x = torch.zeros(1, 4, 2, 2)
+    sigmas = torch.tensor([14.6, 7.0, 2.5, 0.9, 0.1, 0.0])
+    ours, theirs = NoiseSeed(SEED).brownian(x, sigmas, cpu=cpu), _brownian(x, sigmas, SEED, cpu)
+    for i in range(len(sigmas) - 2):
+        a, b = sigmas[i], sigmas[i + 1]
+        n = ours(a, b)
+        assert torch.equal(n, theirs(a, b))
+        assert torch.equal(ours(a, (a + b) / 2), theirs(a, (a + b) / 2))  # a sub-interval (dpmpp_sde's stage)
+    assert 0.3 < float(n.std()) < 3  # standard normal per element (16 of them)
+
+
+# -- ComfyUI's samplers, transcribed (the branches they take on our models) -----------------------------------
+
+
+def _s_in(x):
+    return x.new_ones([x.shape[0]])
+
+
+def _ancestral_step(sigma_from, sigma_to, eta=1.0):
+    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    return (sigma_to**2 - sigma_up**2) ** 0.5, sigma_up
+
+
+def _comfy_euler_ancestral(model, x, sigmas, ns, flow):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if flow:
+            if sigmas[i + 1] == 0:
+                x = denoised
+            else:
+                downstep_ratio = 1 + (sigmas[i + 1] / sigmas[i] - 1) * 1.0
+                sigma_down = sigmas[i + 1] * downstep_ratio
+                alpha_ip1, alpha_down = 1 - sigmas[i + 1], 1 - sigma_down
+                renoise_coeff = (sigmas[i + 1] ** 2 - sigma_down**2 * alpha_ip1**2 / alpha_down**2) ** 0.5
+                sigma_down_i_ratio = sigma_down / sigmas[i]
+                x = sigma_down_i_ratio * x + (1 - sigma_down_i_ratio) * denoised
+                x = (alpha_ip1 / alpha_down) * x + ns(sigmas[i], sigmas[i + 1]) * 1.0 * renoise_coeff
+            continue
+        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
+        if sigma_down == 0:
+            x = denoised
+        else:
+            d = (x - denoised) / sigmas[i]
+            x = x + d * (sigma_down - sigmas[i]) + ns(sigmas[i], sigmas[i + 1]) * 1.0 * sigma_up
+    return x
+
+
+def _lambda(sigma, flow):
+    return sigma.logit().neg() if flow else sigma.log().neg()
+
+
+def _offset(sigmas, ms, flow):
+    if flow and len(sigmas) > 1 and sigmas[0] >= 1:
+        sigmas = sigmas.clone()
+        sigmas[0] = ms.percent_to_sigma(1e-4)
+    return sigmas
+
+
+def _comfy_dpmpp_2m_sde(model, x, sigmas, ns, flow, ms, eta=1.0):
+    sigmas = _offset(sigmas, ms, flow)
+    old_denoised, h_last, h = None, None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = _lambda(sigmas[i], flow), _lambda(sigmas[i + 1], flow)
+            h = lambda_t - lambda_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigmas[i + 1] * lambda_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if old_denoised is not None:
+                r = h_last / h
+                x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old_denoised)
+            x = x + ns(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * 1.0
+        old_denoised, h_last = denoised, h
+    return x
+
+
+def _comfy_dpmpp_sde(model, x, sigmas, ns, flow, ms, eta=1.0, r=0.5):
+    sigmas = _offset(sigmas, ms, flow)
+    sigma_fn = (lambda lam: lam.neg().sigmoid()) if flow else (lambda lam: lam.neg().exp())
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = _lambda(sigmas[i], flow), _lambda(sigmas[i + 1], flow)
+        h = lambda_t - lambda_s
+        lambda_s_1 = lambda_s + r * h
+        fac = 1 / (2 * r)
+        sigma_s_1 = sigma_fn(lambda_s_1)
+        alpha_s = sigmas[i] * lambda_s.exp()
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_t = sigmas[i + 1] * lambda_t.exp()
+        sd, su = _ancestral_step(lambda_s.neg().exp(), lambda_s_1.neg().exp(), eta)
+        h_ = sd.log().neg() - lambda_s
+        x_2 = (alpha_s_1 / alpha_s) * (-h_).exp() * x - alpha_s_1 * (-h_).expm1() * denoised
+        x_2 = x_2 + alpha_s_1 * ns(sigmas[i], sigma_s_1) * 1.0 * su
+        denoised_2 = model(x_2, sigma_s_1 * _s_in(x))
+        sd, su = _ancestral_step(lambda_s.neg().exp(), lambda_t.neg().exp(), eta)
+        h_ = sd.log().neg() - lambda_s
+        denoised_d = (1 - fac) * denoised + fac * denoised_2
+        x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * denoised_d
+        x = x + alpha_t * ns(sigmas[i], sigmas[i + 1]) * 1.0 * su
+    return x
+
+
+def _comfy_lcm(model, x, sigmas, ns, flow):
+    for i in range(len(sigmas) - 1):
+        x = model(x, sigmas[i] * _s_in(x))
+        if sigmas[i + 1] > 0:
+            n = ns(sigmas[i], sigmas[i + 1])
+            s = sigmas[i + 1]
+            x = s * n + (1.0 - s) * x if flow else n * s + x  # CONST / EPS noise_scaling
+    return x
+
+
+def _comfy_ddpm(model, x, sigmas, ns):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        sigma, sigma_prev = sigmas[i], sigmas[i + 1]
+        xv, eps = x / torch.sqrt(1.0 + sigma**2.0), (x - denoised) / sigma
+        ac, ac_prev = 1 / ((sigma * sigma) + 1), 1 / ((sigma_prev * sigma_prev) + 1)
+        alpha = ac / ac_prev
+        mu = (1.0 / alpha).sqrt() * (xv - (1 - alpha) * eps / (1 - ac).sqrt())
+        if sigma_prev > 0:
+            mu += ((1 - alpha) * (1.0 - ac_prev) / (1.0 - ac)).sqrt() * ns(sigma, sigma_prev)
+        x = mu
+        if sigmas[i + 1] != 0:
+            x *= torch.sqrt(1.0 + sigmas[i + 1] ** 2.0)
+    return x
+
+
+CASES = {
+    # name: (transcription(model, x, sigmas, seed, flow, ms), noise kind)
+    "euler_ancestral": lambda m, x, s, seed, flow, ms: _comfy_euler_ancestral(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow),
+    "lcm": lambda m, x, s, seed, flow, ms: _comfy_lcm(m, x, s, _comfy_default_noise_sampler(x, seed), flow),
+    "ddpm": lambda m, x, s, seed, flow, ms: _comfy_ddpm(m, x, s, _comfy_default_noise_sampler(x, seed)),
+    "dpmpp_2m_sde": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_2m_sde(m, x, s, _brownian(x, s, seed), flow, ms),
+    "dpmpp_2m_sde_gpu": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_2m_sde(
+        m, x, s, _brownian(x, s, seed, cpu=False), flow, ms),
+    "dpmpp_sde": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_sde(m, x, s, _brownian(x, s, seed), flow, ms),
+}
+
+
+def _captured_resample(model, sampler, monkeypatch):
+    """ul.resample from pure noise with a noise seed; returns (denoiser, x, sigmas, our output) of the sampler run."""
+    import unsampling_lab.engine as engine
+
+    runs, run = [], engine._run
+
+    def recording(spec, denoiser, x, sigmas, **kwargs):
+        out = run(spec, denoiser, x, sigmas, **kwargs)
+        runs.append((denoiser, x.clone(), sigmas.clone(), out))
+        return out
+
+    monkeypatch.setattr(engine, "_run", recording)
+    latent = torch.zeros(3, 4, 1, 1)
+    ul.resample(model, {"samples": latent}, steps=12, sampler_name=sampler, scheduler="simple", add_noise=True,
+                noise_seed=SEED, progress=False)
+    (denoiser, x, sigmas, out), = runs
+    return denoiser, x, sigmas, out
+
+
+@pytest.mark.parametrize("family", ["vp", "flow"])
+@pytest.mark.parametrize("sampler", list(CASES))
+def test_stochastic_sampler_is_comfyuis_bit_for_bit(sampler, family, monkeypatch):
+    if sampler == "ddpm" and family == "flow":
+        pytest.skip("ddpm is refused on flow models")
+    flow = family == "flow"
+    model = gaussian_flow_model(DATA) if flow else gaussian_model(DATA)
+    model.dtype = torch.float32
+    denoiser, x, sigmas, ours = _captured_resample(model, sampler, monkeypatch)
+    assert x.dtype == sigmas.dtype == torch.float32
+    with torch.inference_mode():
+        theirs = CASES[sampler](denoiser, x, sigmas, SEED, flow, model.model_sampling)
+    assert torch.equal(ours, theirs), float((ours - theirs).abs().max())
+
+
+def test_flow_resample_refuses_ddpm():
+    with pytest.raises(ul.UnsamplingError, match="no form for flow"):
+        ul.resample(gaussian_flow_model(DATA), {"samples": torch.zeros(1, 4, 1, 1)}, steps=4, sampler_name="ddpm",
+                    add_noise=True, progress=False)
