@@ -76,6 +76,21 @@ def test_matches_kdiffusion(name: str, direction: str) -> None:
     assert rel(got, expected) < 1e-10
 
 
+KD_STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
+                 "dpmpp_3m_sde"]
+
+
+@pytest.mark.parametrize("name", KD_STOCHASTIC)
+def test_stochastic_matches_kdiffusion(name: str) -> None:
+    """VP forms against k-diffusion's own functions, both drawing from the same seeded noise stream."""
+    kd = kdiffusion_sampling()
+    sigmas = sampling_sigmas(10)
+    x = noisy(float(sigmas[0]))
+    expected = getattr(kd, f"sample_{name}")(DATA, x, sigmas, disable=True, noise_sampler=seeded_noise(x, 3))
+    got = SAMPLER_SPECS[name].fn(DATA, x, sigmas, noise=seeded_noise(x, 3))
+    assert rel(got, expected) < 1e-10
+
+
 # -- convergence on the exact PF-ODE ------------------------------------------------------------------------------
 
 
