@@ -85,7 +85,9 @@ class SamplerSpec:
         the engine refuses it on the others. Where ComfyUI has a flow form the sampler picks it from
         `model.model_sampling.family`.
     runs_upwards: a deterministic sampler whose rule also holds on ascending sigmas (all but heunpp2);
-        `INVERTIBLE_SAMPLERS` are the deterministic ones that run upwards.
+        `INVERTIBLE_SAMPLERS` are the deterministic ones that run upwards and follow the sigmas.
+    steps_follow_sigmas: one step (and one reported `Step`) per interval of the given sigmas, which the
+        Unsampler's end_at_step and trajectories rely on; dpm_fast / dpm_adaptive choose their own steps.
     needs_uncond: a CFG++ sampler, which reads the unconditional estimate through
         `model.with_uncond`; the engine then evaluates the negative prompt even at cfg 1, as ComfyUI's
         `disable_cfg1_optimization` does.
@@ -101,6 +103,7 @@ class SamplerSpec:
     families: frozenset[Family] = frozenset(FAMILIES)  # type: ignore[assignment]
     needs_uncond: bool = False
     runs_upwards: bool = True
+    steps_follow_sigmas: bool = True
     note: str = ""
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UnsamplingError, check_choice
-from . import cfg_pp, ddim_inverse, ode, stochastic, unipc
+from . import cfg_pp, ddim_inverse, dpm_solver, ode, stochastic, unipc
 from ..model_sampling import FAMILIES, Family
 from .base import SamplerSpec
 
@@ -40,6 +40,13 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("dpm_2_ancestral", stochastic.sample_dpm_2_ancestral, order=2, evals_per_step=2,
                 discard_penultimate_sigma=True, **_SDE),
     SamplerSpec("lms", ode.sample_lms, order=4, **_ODE, note="coefficients by quadrature of the Lagrange basis"),
+    SamplerSpec("dpm_fast", dpm_solver.sample_dpm_fast, order=3, prefix_consistent=False, steps_follow_sigmas=False,
+                **_ODE, note="DPM-Solver-fast: len(sigmas) - 1 evaluations on uniform steps in -log sigma between the "
+                             "ends; stops at the last nonzero sigma"),
+    SamplerSpec("dpm_adaptive", dpm_solver.sample_dpm_adaptive, order=3, evals_per_step=3, prefix_consistent=False,
+                steps_follow_sigmas=False, **_ODE,
+                note="DPM-Solver-23 with adaptive steps (rtol 0.05, atol 0.0078) between the ends; ignores the "
+                     "schedule in between"),
     SamplerSpec("dpmpp_2s_ancestral", stochastic.sample_dpmpp_2s_ancestral, order=2, evals_per_step=2, **_SDE),
     SamplerSpec("dpmpp_2s_ancestral_cfg_pp", cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp, order=2, evals_per_step=2,
                 **_SDE, **_CFG_PP),
@@ -90,7 +97,8 @@ _SPECS: tuple[SamplerSpec, ...] = (
 
 SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
 SAMPLERS: tuple[str, ...] = tuple(s.name for s in _SPECS)
-INVERTIBLE_SAMPLERS: tuple[str, ...] = tuple(s.name for s in _SPECS if s.deterministic and s.runs_upwards)
+INVERTIBLE_SAMPLERS: tuple[str, ...] = tuple(s.name for s in _SPECS
+                                             if s.deterministic and s.runs_upwards and s.steps_follow_sigmas)
 NOT_IMPLEMENTED: tuple[str, ...] = tuple(n for n in COMFYUI_SAMPLERS if n not in SAMPLER_SPECS)
 
 
@@ -110,6 +118,12 @@ def get_sampler(name: str, *, invertible: bool = False, family: Family | None = 
             f"sampler {name!r} injects random noise at every step, so it cannot run backwards: on increasing "
             f"sigmas it yields an x0 estimate, fresh noise or NaN instead of the inverted latent. Unsample with a "
             f"deterministic sampler instead: {', '.join(INVERTIBLE_SAMPLERS)}. (resample accepts {name!r}.)"
+        )
+    if invertible and not spec.steps_follow_sigmas:
+        raise UnsamplingError(
+            f"sampler {name!r} chooses its own steps between the first and last sigma ({spec.note}), so the "
+            f"Unsampler's steps and end_at_step do not apply to it; unsample with one of "
+            f"{', '.join(INVERTIBLE_SAMPLERS)}. (resample accepts {name!r}.)"
         )
     if invertible and not spec.runs_upwards:
         raise UnsamplingError(
