@@ -16,9 +16,8 @@ import torch
 import torchsde
 
 import unsampling_lab as ul
-from unsampling_lab.analytic import GaussianData
-from unsampling_lab.models.analytic import gaussian_model
-from unsampling_lab.models.flow import gaussian_flow_model
+from unsampling_lab.models.gaussian import GaussianData
+from unsampling_lab.models.analytic import gaussian_flow_model, gaussian_model
 from unsampling_lab.samplers.base import NoiseSeed
 
 pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from unsampling_lab.analytic import GaussianData
+from unsampling_lab.models.gaussian import GaussianData
 from unsampling_lab.errors import UnsamplingError
 from unsampling_lab.model_sampling import ModelSampling, time_snr_shift
 from unsampling_lab.samplers import SAMPLER_SPECS, SAMPLERS, get_sampler
