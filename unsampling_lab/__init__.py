@@ -28,6 +28,10 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
         from .bundled import BUNDLED_MODEL
 
         return BUNDLED_MODEL
+    if name == "load_images":  # lab/ is the user layer; the core never imports it
+        from .lab.images import load_images
+
+        return load_images
     if name in ("metrics", "plots", "sweeps", "widgets", "analytic", "detector", "shapes", "teaching"):
         import importlib
 
@@ -38,5 +42,5 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 __all__ = [
     "BUNDLED_MODEL", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "LatentFormat", "ModelSampling", "Trajectory", "UnsamplingError",
-    "calculate_sigmas", "load_model", "resample", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
+    "calculate_sigmas", "load_images", "load_model", "resample", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
 ]

@@ -1,0 +1,1 @@
+"""The user-facing layer (CLI, widgets, teaching helpers, image files); the core never imports it."""
