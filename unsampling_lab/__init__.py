@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .engine import NORMALIZE_MODES, resample, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError
+from .latent_files import load_latent, save_latent
 from .model_sampling import ModelSampling
 from .models.base import Conditioning, DiffusionModel, LatentFormat
 from .models.loading import load_model
@@ -42,5 +43,5 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 __all__ = [
     "BUNDLED_MODEL", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "LatentFormat", "ModelSampling", "Trajectory", "UnsamplingError",
-    "calculate_sigmas", "load_images", "load_model", "resample", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
+    "calculate_sigmas", "load_images", "load_latent", "load_model", "resample", "save_latent", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
 ]

@@ -24,7 +24,7 @@ ImageInput = Union[Tensor, np.ndarray, str, Path, Any, Sequence[Any]]  # Any: a 
 def as_image_batch(images: ImageInput, *, name: str = "images") -> Tensor:
     """`images` in any accepted form -> float32 [B, H, W, 3] in 0..1 (the input is never changed)."""
     if isinstance(images, (str, Path)) or _is_pil(images):
-        return _pixels_to_float(_from_pil(read_image(images) if isinstance(images, (str, Path)) else images), name)[None]
+        return _pixels_to_float(_from_pil(read_image(images) if isinstance(images, (str, Path)) else images), name)
     if isinstance(images, (list, tuple)):
         if not images:
             raise UnsamplingError(f"{name} is an empty list; pass at least one image")
