@@ -1,1 +1,1 @@
-"""The user-facing layer (CLI, widgets, teaching helpers, image files); the core never imports it."""
+"""The top of the tree: the explorer widget, the command line, teaching helpers and ComfyUI comparisons."""
