@@ -10,7 +10,7 @@ resample(N, start_at_step=k, add_noise=False).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Union
 
 import torch
@@ -39,7 +39,7 @@ def unsample(
     latent: Latent,
     steps: int = 20,
     end_at_step: int = 0,
-    cfg: float = 1.0,
+    cfg: float | Sequence[float] = 1.0,
     sampler_name: str = "euler",
     scheduler: str = "normal",
     normalize: Normalize | bool = "disable",
@@ -63,7 +63,7 @@ def unsample_trajectory(
     model: DiffusionModel,
     latent: Latent,
     steps: int = 20,
-    cfg: float = 1.0,
+    cfg: float | Sequence[float] = 1.0,
     sampler_name: str = "euler",
     scheduler: str = "normal",
     positive: Prompt = "",
@@ -102,7 +102,7 @@ def resample(
     steps: int = 20,
     start_at_step: int = 0,
     end_at_step: int = 10000,
-    cfg: float = 1.0,
+    cfg: float | Sequence[float] = 1.0,
     sampler_name: str = "euler",
     scheduler: str = "normal",
     positive: Prompt = "",
@@ -113,8 +113,13 @@ def resample(
     *,
     callback: Callable[[Step], None] | None = None,
     progress: bool = True,
+    counter: EvalCounter | None = None,
 ) -> Latent:
-    """Sample forward from `latent` (ComfyUI's KSamplerAdvanced); stochastic samplers are seeded by `noise_seed`."""
+    """Sample forward from `latent` (ComfyUI's KSamplerAdvanced); stochastic samplers are seeded by `noise_seed`.
+
+    cfg: one value, or one per batch item (a packed batch of settings). counter: an EvalCounter that
+    this call's model evaluations are added to.
+    """
     add_noise = _on_off("add_noise", add_noise)
     leftover = _on_off("return_with_leftover_noise", return_with_leftover_noise)
     samples, mask = _read_latent(latent, model)
@@ -139,7 +144,8 @@ def resample(
         x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise=ms.is_max_denoise(float(sigmas[0])))
     else:  # the latent is a state in LATENT form (e.g. unsample's output): ComfyUI's zero-noise start, except
         x = ms.latent_to_state(sigmas[0], latent_in)  # at flow sigma 1, where ComfyUI's 0 * latent loses it
-    denoiser = guided_denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative, noise=noise)
+    denoiser = guided_denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative, noise=noise,
+                               counter=counter)
     x = _run(spec, denoiser, x, sigmas.to(model.device), callback=callback, progress=progress,
              noise_seed=noise_seed if not spec.deterministic else None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)
@@ -195,7 +201,7 @@ def unsample_sigmas(model: DiffusionModel, *, steps: int, end_at_step: int, samp
 
 
 def _unsample(
-    model: DiffusionModel, latent: Latent, *, steps: int, end_at_step: int, cfg: float, sampler_name: str,
+    model: DiffusionModel, latent: Latent, *, steps: int, end_at_step: int, cfg: float | Sequence[float], sampler_name: str,
     scheduler: str, normalize: Normalize | bool, positive: Prompt, negative: Prompt,
     callback: Callable[[Step], None] | None, progress: bool, record: bool,
 ) -> tuple[Latent, Trajectory | None]:
@@ -276,15 +282,20 @@ def _run(spec: SamplerSpec, denoiser: GuidedDenoiser, x: Tensor, sigmas: Tensor,
     return out
 
 
-def guided_denoiser(model: DiffusionModel, latent_in: Tensor, mask: Tensor | None, *, cfg: float,
-                    positive: Prompt, negative: Prompt, noise: Tensor | None = None) -> GuidedDenoiser:
+def guided_denoiser(model: DiffusionModel, latent_in: Tensor, mask: Tensor | None, *, cfg: float | Sequence[float],
+                    positive: Prompt, negative: Prompt, noise: Tensor | None = None,
+                    counter: EvalCounter | None = None) -> GuidedDenoiser:
     """The denoiser the samplers call for this model, prompts and cfg (the negative prompt is not encoded at cfg 1)."""
     b = latent_in.shape[0]
     pos = to_conditioning(model, positive, batch_size=b, name="positive").to(model.device)
     neg = None
-    if not math.isclose(cfg, 1.0):  # at cfg == 1 the negative pass is skipped
-        neg = to_conditioning(model, negative, batch_size=b, name="negative").to(model.device)
-    return GuidedDenoiser(model, pos, neg, cfg, latent=latent_in, mask=mask, noise=noise, counter=EvalCounter())
+    scale: float | Tensor = float(cfg) if isinstance(cfg, (int, float)) else torch.tensor([float(c) for c in cfg])
+    if isinstance(scale, Tensor) and scale.shape[0] != b:
+        raise UnsamplingError(f"cfg has {scale.shape[0]} values but the latent has batch {b}; give one cfg or {b}")
+    if not all(math.isclose(c, 1.0) for c in (scale.tolist() if isinstance(scale, Tensor) else [scale])):
+        neg = to_conditioning(model, negative, batch_size=b, name="negative").to(model.device)  # at cfg 1 it is skipped
+    return GuidedDenoiser(model, pos, neg, scale, latent=latent_in, mask=mask, noise=noise,
+                          counter=counter if counter is not None else EvalCounter())
 
 
 def _fanout(hooks: list[Callable[[Step], None]]) -> Callable[[Step], None] | None:
@@ -383,10 +394,13 @@ def _check_int(name: str, value: Any, *, minimum: int) -> None:
         raise UnsamplingError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _check_common(*, steps: int, cfg: float) -> None:
+def _check_common(*, steps: int, cfg: float | Sequence[float]) -> None:
     _check_int("steps", steps, minimum=1)
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
-        raise UnsamplingError(f"cfg must be a finite number >= 0 (1.0 = no guidance), got {cfg!r}")
+    values = list(cfg) if isinstance(cfg, (list, tuple)) and cfg else [cfg]  # one value, or one per batch item
+    for c in values:
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+            raise UnsamplingError(f"cfg must be a finite number >= 0 (1.0 = no guidance), or a list of them (one per "
+                                  f"batch item), got {cfg!r}")
 
 
 def _describe(prompt: Prompt) -> Any:

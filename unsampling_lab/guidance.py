@@ -129,14 +129,15 @@ class GuidedDenoiser:
     model: DiffusionModel
     positive: Conditioning
     negative: Conditioning | None
-    cfg: float
+    cfg: float | Tensor  # one value, or one per batch item [B] (a packed batch of settings)
     latent: Tensor | None = None  # the processed input latent, for the mask blend
     mask: Tensor | None = None
     noise: Tensor | None = None  # the noise sampling started from (zeros when unsampling), for the mask blend
     counter: EvalCounter = field(default_factory=EvalCounter)
 
     def __post_init__(self) -> None:
-        self.use_uncond = not math.isclose(self.cfg, 1.0) and self.negative is not None
+        scales = self.cfg.tolist() if isinstance(self.cfg, Tensor) else [self.cfg]
+        self.use_uncond = not all(math.isclose(c, 1.0) for c in scales) and self.negative is not None
         self._batched = concat([self.negative, self.positive]) if self.use_uncond else self.positive  # type: ignore[list-item]
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
@@ -151,7 +152,8 @@ class GuidedDenoiser:
         if self.use_uncond:
             both = self._run(torch.cat([x, x]), torch.cat([sigma, sigma]), self._batched)
             uncond, cond = both.chunk(2)
-            out = uncond + (cond - uncond) * self.cfg
+            cfg = self.cfg if not isinstance(self.cfg, Tensor) else self.cfg.to(x).reshape(-1, *([1] * (x.ndim - 1)))
+            out = uncond + (cond - uncond) * cfg
         else:
             out = self._run(x, sigma, self._batched)
         if m is not None:
