@@ -328,6 +328,15 @@ def _feed_tensor(h: Any, t: Tensor) -> None:
     h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
 
 
+_CONFIG_METADATA = frozenset({"architectures", "dtype", "torch_dtype", "transformers_version"})  # dtype: in the tensors
+
+
 def _json_config(config: Any) -> str:
-    return json.dumps(config if not isinstance(config, Mapping) else dict(config), sort_keys=True, default=str)
+    """A config as sorted JSON, without its private entries (diffusers' `_name_or_path`, `_diffusers_version`,
+    `_use_default_values`) and save-time metadata: where it came from, not what it computes."""
+    if hasattr(config, "to_dict") and not isinstance(config, Mapping):  # a transformers config
+        config = config.to_dict()
+    if isinstance(config, Mapping):
+        config = {k: v for k, v in config.items() if not str(k).startswith("_") and k not in _CONFIG_METADATA}
+    return json.dumps(config, sort_keys=True, default=str)
 
