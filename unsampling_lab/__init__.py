@@ -8,13 +8,15 @@
 
 Layers (each imports only those above it in this list, never below):
     core      errors, model_sampling, schedulers, samplers/, guidance, engine, trajectory, models/
-    analysis  analysis/ (metrics, sweeps, plots)
+    analysis  analysis/ (metrics, evaluate, sweeps, store, executors, plots)
     lab       lab/ (widgets, cli, teaching, comfyui_flow)
     bundled/  the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
 Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used.
 """
 from __future__ import annotations
 
+from .analysis.executors import ModelSource, local_cluster
+from .analysis.store import load_results
 from .analysis.sweeps import sweep
 from .engine import NORMALIZE_MODES, resample, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError
@@ -56,5 +58,6 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 __all__ = [
     "BUNDLED_MODEL", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "LatentFormat", "ModelSampling", "Trajectory", "UnsamplingError",
-    "calculate_sigmas", "load_images", "load_latent", "load_model", "resample", "save_latent", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
+    "ModelSource", "calculate_sigmas", "load_images", "load_latent", "load_model", "load_results", "local_cluster",
+    "resample", "save_latent", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Union
 
 import numpy as np
@@ -41,7 +41,7 @@ def unsample(
     latent: Latent,
     steps: int = 20,
     end_at_step: int = 0,
-    cfg: float = 1.0,
+    cfg: float | Sequence[float] = 1.0,
     sampler_name: str = "euler",
     scheduler: str = "normal",
     normalize: Normalize | bool = "disable",
@@ -65,7 +65,7 @@ def unsample_trajectory(
     model: DiffusionModel,
     latent: Latent,
     steps: int = 20,
-    cfg: float = 1.0,
+    cfg: float | Sequence[float] = 1.0,
     sampler_name: str = "euler",
     scheduler: str = "normal",
     positive: Prompt = "",
@@ -105,7 +105,7 @@ def resample(
     steps: int = 20,
     start_at_step: int = 0,
     end_at_step: int = 10000,
-    cfg: float = 1.0,
+    cfg: float | Sequence[float] = 1.0,
     sampler_name: str = "euler",
     scheduler: str = "normal",
     positive: Prompt = "",
@@ -116,8 +116,13 @@ def resample(
     *,
     callback: Callable[[Step], None] | None = None,
     progress: bool = True,
+    counter: EvalCounter | None = None,
 ) -> Latent:
-    """Sample forward from `latent` (ComfyUI's KSamplerAdvanced); stochastic samplers are seeded by `noise_seed`."""
+    """Sample forward from `latent` (ComfyUI's KSamplerAdvanced); stochastic samplers are seeded by `noise_seed`.
+
+    cfg: one value, or one per batch item (a packed batch of settings). counter: an EvalCounter that
+    this call's model evaluations are added to.
+    """
     add_noise = _on_off("add_noise", add_noise)
     leftover = _on_off("return_with_leftover_noise", return_with_leftover_noise)
     samples, mask = _read_latent(latent, model)
@@ -143,7 +148,7 @@ def resample(
     else:  # the latent is a state in LATENT form (e.g. unsample's output): ComfyUI's zero-noise start, except
         x = ms.latent_to_state(sigmas[0], latent_in)  # at flow sigma 1, where ComfyUI's 0 * latent loses it
     denoiser = guided_denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative, noise=noise,
-                               always_uncond=spec.needs_uncond)
+                               always_uncond=spec.needs_uncond, counter=counter)
     x = _run(spec, denoiser, x, sigmas.to(model.device), callback=callback, progress=progress,
              noise_seed=noise_seed if not spec.deterministic else None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)
@@ -199,7 +204,7 @@ def unsample_sigmas(model: DiffusionModel, *, steps: int, end_at_step: int, samp
 
 
 def _unsample(
-    model: DiffusionModel, latent: Latent, *, steps: int, end_at_step: int, cfg: float, sampler_name: str,
+    model: DiffusionModel, latent: Latent, *, steps: int, end_at_step: int, cfg: float | Sequence[float], sampler_name: str,
     scheduler: str, normalize: Normalize | bool, positive: Prompt, negative: Prompt,
     callback: Callable[[Step], None] | None, progress: bool, record: bool,
 ) -> tuple[Latent, Trajectory | None]:
@@ -279,18 +284,22 @@ def _run(spec: SamplerSpec, denoiser: GuidedDenoiser, x: Tensor, sigmas: Tensor,
     return out
 
 
-def guided_denoiser(model: DiffusionModel, latent_in: Tensor, mask: Tensor | None, *, cfg: float,
+def guided_denoiser(model: DiffusionModel, latent_in: Tensor, mask: Tensor | None, *, cfg: float | Sequence[float],
                     positive: Prompt, negative: Prompt, noise: Tensor | None = None,
-                    always_uncond: bool = False) -> GuidedDenoiser:
-    """The denoiser the samplers call for this model, prompts and cfg (the negative prompt is not encoded at cfg 1,
-    unless `always_uncond`: the CFG++ samplers read the uncond estimate at every cfg)."""
+                    always_uncond: bool = False, counter: EvalCounter | None = None) -> GuidedDenoiser:
+    """The denoiser the samplers call for this model, prompts and cfg: one cfg, or one per batch item (packed
+    sweeps). The negative prompt is not encoded at cfg 1, unless `always_uncond`: the CFG++ samplers read the
+    uncond estimate at every cfg."""
     b = latent_in.shape[0]
     pos = to_conditioning(model, positive, batch_size=b, name="positive").to(model.device)
     neg = None
-    if always_uncond or not math.isclose(cfg, 1.0):  # at cfg == 1 the negative pass is skipped, except for CFG++
-        neg = to_conditioning(model, negative, batch_size=b, name="negative").to(model.device)
-    return GuidedDenoiser(model, pos, neg, cfg, latent=latent_in, mask=mask, noise=noise, counter=EvalCounter(),
-                          always_uncond=always_uncond)
+    scale: float | Tensor = float(cfg) if isinstance(cfg, numbers.Real) else torch.tensor([float(c) for c in cfg])
+    if isinstance(scale, Tensor) and scale.shape[0] != b:
+        raise UnsamplingError(f"cfg has {scale.shape[0]} values but the latent has batch {b}; give one cfg or {b}")
+    if always_uncond or not all(math.isclose(c, 1.0) for c in (scale.tolist() if isinstance(scale, Tensor) else [scale])):
+        neg = to_conditioning(model, negative, batch_size=b, name="negative").to(model.device)  # at cfg 1 it is skipped
+    return GuidedDenoiser(model, pos, neg, scale, latent=latent_in, mask=mask, noise=noise,
+                          counter=counter if counter is not None else EvalCounter(), always_uncond=always_uncond)
 
 
 def _fanout(hooks: list[Callable[[Step], None]]) -> Callable[[Step], None] | None:
@@ -456,12 +465,15 @@ def _check_seed(name: str, seed: Any) -> int:
     return _check_int(name, seed, minimum=0, maximum=MAX_SEED)
 
 
-def _check_common(*, steps: int, cfg: float) -> tuple[int, float]:
-    """(steps, cfg) as Python numbers, checked; numpy scalars are accepted."""
+def _check_common(*, steps: int, cfg: float | Sequence[float]) -> tuple[int, float | list[float]]:
+    """(steps, cfg) as Python numbers, checked; numpy scalars are accepted; cfg may be one value per batch item."""
     steps = _check_int("steps", steps, minimum=1)
-    if isinstance(cfg, (bool, np.bool_)) or not isinstance(cfg, numbers.Real) or not math.isfinite(float(cfg)) or cfg < 0:
-        raise UnsamplingError(f"cfg must be a finite number >= 0 (1.0 = no guidance), got {cfg!r}")
-    return steps, float(cfg)
+    many = isinstance(cfg, (list, tuple)) and len(cfg) > 0
+    for c in (cfg if many else [cfg]):
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real) or not math.isfinite(float(c)) or c < 0:
+            raise UnsamplingError(f"cfg must be a finite number >= 0 (1.0 = no guidance), or a list of them (one per "
+                                  f"batch item), got {cfg!r}")
+    return steps, [float(c) for c in cfg] if many else float(cfg)
 
 
 def _describe(prompt: Prompt) -> Any:

@@ -146,7 +146,7 @@ class GuidedDenoiser:
     model: DiffusionModel
     positive: Conditioning
     negative: Conditioning | None
-    cfg: float
+    cfg: float | Tensor  # one value, or one per batch item [B] (a packed batch of settings)
     latent: Tensor | None = None  # the processed input latent, for the mask blend
     mask: Tensor | None = None
     noise: Tensor | None = None  # the noise sampling started from (zeros when unsampling), for the mask blend
@@ -154,7 +154,9 @@ class GuidedDenoiser:
     always_uncond: bool = False  # evaluate the negative even at cfg 1 (CFG++ samplers; ComfyUI's disable_cfg1_optimization)
 
     def __post_init__(self) -> None:
-        self.use_uncond = self.negative is not None and (self.always_uncond or not math.isclose(self.cfg, 1.0))
+        scales = self.cfg.tolist() if isinstance(self.cfg, Tensor) else [self.cfg]
+        self.use_uncond = self.negative is not None and (
+            self.always_uncond or not all(math.isclose(c, 1.0) for c in scales))
         self._batched = concat([self.negative, self.positive]) if self.use_uncond else self.positive  # type: ignore[list-item]
 
     @property
@@ -180,7 +182,8 @@ class GuidedDenoiser:
         if self.use_uncond:
             both = self._run(torch.cat([x, x]), torch.cat([sigma, sigma]), self._batched)
             uncond, cond = both.chunk(2)
-            out = uncond + (cond - uncond) * self.cfg
+            cfg = self.cfg if not isinstance(self.cfg, Tensor) else self.cfg.to(x).reshape(-1, *([1] * (x.ndim - 1)))
+            out = uncond + (cond - uncond) * cfg
         else:
             both = out = uncond = self._run(x, sigma, self._batched)
         if not bool(torch.isfinite(out).all()):
@@ -193,10 +196,11 @@ class GuidedDenoiser:
         """Say what produced NaN/Inf: the network itself (on its first call: its weights or dtype), the
         state it was given (grown by a huge cfg), or the guidance sum overflowing float32."""
         n, s = self.counter.nfe, float(sigma.flatten()[0])
-        big_cfg = self.use_uncond and abs(self.cfg) > MAX_SENSIBLE_CFG
+        cfg = float(self.cfg.abs().max()) if isinstance(self.cfg, Tensor) else abs(self.cfg)
+        big_cfg = self.use_uncond and cfg > MAX_SENSIBLE_CFG
         if bool(torch.isfinite(raw).all()):  # cond and uncond finite: the cfg product overflowed
             return UnsamplingError(
-                f"cfg={self.cfg:g} overflowed float32: uncond + cfg * (cond - uncond) is Inf at sigma {s:.4g}; use a "
+                f"cfg={cfg:g} overflowed float32: uncond + cfg * (cond - uncond) is Inf at sigma {s:.4g}; use a "
                 f"cfg within ComfyUI's range 0..{MAX_SENSIBLE_CFG:g}"
             )
         if n == 1:
@@ -210,7 +214,7 @@ class GuidedDenoiser:
         grown = float(x.abs().max()) if bool(torch.isfinite(x).all()) else float("inf")
         if big_cfg:
             return UnsamplingError(
-                f"the model's output became NaN/Inf at evaluation {n} (sigma {s:.4g}) because cfg={self.cfg:g} blew "
+                f"the model's output became NaN/Inf at evaluation {n} (sigma {s:.4g}) because cfg={cfg:g} blew "
                 f"the sampler state up to |x| = {grown:.3g}; use a cfg within ComfyUI's range 0..{MAX_SENSIBLE_CFG:g}"
             )
         return UnsamplingError(

@@ -1,32 +1,38 @@
-"""`sweep`: unsample + resample over a grid of parameters, sharing the inversion, resumable from disk.
+"""`sweep`: unsample + resample over a grid of parameters, one inversion per group, kept in a results store.
 
-For each combination the sweep does what a user would do by hand,
+For each setting (one point of the grid) the sweep does what a user would do by hand,
 
     noise  = unsample(model, latent, steps, end_at_step, cfg, sampler_name, scheduler, normalize, positive, negative)
-    result = resample(model, noise, steps, start_at_step=end_at_step, cfg, sampler_name, scheduler,
-                      positive=edit (or positive), negative, noise_seed=seed)
+    result = resample(model, noise, steps, start_at_step=end_at_step, cfg=resample_cfg (default cfg),
+                      sampler_name, scheduler, positive=edit (or positive), negative, noise_seed=seed)
 
-but all end_at_step and normalize values of one (sampler_name, scheduler, steps, cfg, positive, negative)
-read their noise off ONE recorded trajectory (`unsample_trajectory` + `unsampled`) when the sampler is
-prefix-consistent. Cost in model evaluations for N steps and end_at_step values k (one normalize):
+but the settings of one *inversion group* (same sampler_name, scheduler, steps, cfg, positive,
+negative; and end_at_step for samplers that are not prefix-consistent) read their noise off ONE
+recorded trajectory. Cost in model evaluations for N steps and end_at_step values k (one normalize):
 
     shared: N + sum_k (N - k)            naive (unsample + resample per row): 2 * sum_k (N - k)
+
+Groups are the unit of work: run here one after another, packed into bigger network batches
+(`max_batch`), or on any `concurrent.futures.Executor` (see `analysis.executors`). Rows go to a
+`ResultStore` (see `analysis.store`) as each setting finishes; only the calling process writes.
 """
 from __future__ import annotations
 
 import itertools
-import math
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import Tensor
 
-from ..errors import UnsamplingError, suggest
+from ..errors import UnsamplingError, check_choice, suggest
+from .executors import Failure, ModelSource, cached_model, run_all
+from .evaluate import METRIC_SETS, MetricSet, References, evaluate, metric_sets, references  # noqa: F401 (METRIC_SETS: re-exported)
+from .store import ResultStore, StoredRow, digest, export_table, model_fingerprint, tensor_digest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,23 +40,86 @@ if TYPE_CHECKING:
     from ..models.base import DiffusionModel
     from ..trajectory import Trajectory
 
+Prompts = Union[str, tuple[str, ...]]
+
 #: The sweepable parameters (the engine's names) and their defaults. `edit` is the resample prompt
-#: (None: the positive prompt, i.e. a plain reconstruction); `seed` is resample's noise_seed.
+#: (None: the positive prompt, i.e. a plain reconstruction); `seed` is resample's noise_seed;
+#: `resample_cfg` is resample's cfg (None: the inversion's cfg).
 DEFAULTS: dict[str, Any] = {
     "sampler_name": "euler", "scheduler": "normal", "steps": 20, "cfg": 1.0, "positive": "", "negative": "",
-    "end_at_step": 0, "normalize": "disable", "edit": None, "seed": 0,
+    "end_at_step": 0, "normalize": "disable", "edit": None, "seed": 0, "resample_cfg": None,
 }
 #: Column order; the first six fix one inversion (one trajectory), the rest vary only what is read off it.
 PARAMETERS: tuple[str, ...] = tuple(DEFAULTS)
 INVERSION_KEY: tuple[str, ...] = ("sampler_name", "scheduler", "steps", "cfg", "positive", "negative")
-MetricSet = Literal["latent", "pixel", "noise", "detector"]
-METRIC_SETS: tuple[str, ...] = ("latent", "pixel", "noise", "detector")
-AUTOCORR_LAGS: tuple[int, ...] = (1, 2, 4)
+_INTEGERS = ("steps", "end_at_step", "seed")
+_PROMPTS = ("positive", "negative", "edit")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the grid, every value canonical (prompts: a str, or one str per batch item)."""
+
+    sampler_name: str = "euler"
+    scheduler: str = "normal"
+    steps: int = 20
+    cfg: float = 1.0
+    positive: Prompts = ""
+    negative: Prompts = ""
+    end_at_step: int = 0
+    normalize: str = "disable"
+    edit: Prompts | None = None
+    seed: int = 0
+    resample_cfg: float | None = None
+
+    @property
+    def resample_prompt(self) -> Prompts:
+        return self.positive if self.edit is None else self.edit
+
+    @property
+    def guidance(self) -> float:
+        """The cfg resample uses."""
+        return self.cfg if self.resample_cfg is None else self.resample_cfg
+
+    def row(self, item: int) -> dict[str, Any]:
+        """The parameter columns of batch item `item` (prompts as that item's text)."""
+        row = asdict(self)
+        row.update(positive=_item_text(self.positive, item), negative=_item_text(self.negative, item),
+                   edit=_item_text(self.resample_prompt, item), resample_cfg=self.guidance, item=item)
+        return row
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes this setting's numbers (edit and resample_cfg resolved)."""
+        return {**asdict(self), "edit": self.resample_prompt, "resample_cfg": self.guidance}
+
+
+@dataclass(frozen=True)
+class InversionGroup:
+    """The settings that share one trajectory, and the unsample_trajectory call that records it."""
+
+    sampler_name: str
+    scheduler: str
+    steps: int
+    cfg: float
+    positive: Prompts
+    negative: Prompts
+    end_at_step: int  # 0 (a full inversion) for prefix-consistent samplers
+    settings: tuple[Setting, ...] = field(default=(), compare=False)
+
+    def inversion(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.inversion().items())
+
+    def sigmas_key(self) -> tuple[Any, ...]:
+        """Groups with equal keys integrate the same sigmas and can share network batches."""
+        return (self.sampler_name, self.scheduler, self.steps, self.end_at_step)
 
 
 @dataclass
 class SweepOutputs:
-    """What one combination produced, for a `callback` (figures, keeping results): tensors for the whole batch."""
+    """What one setting produced, for a `callback` (figures, keeping results): tensors for the whole batch."""
 
     params: dict[str, Any]
     noise: Tensor  # raw latents, as unsample returns them
@@ -59,8 +128,21 @@ class SweepOutputs:
     images: Tensor | None  # decoded result [B, H, W, 3] when the model has a VAE
 
 
+@dataclass
+class SettingResult:
+    """One finished setting: per batch item, its metric columns by metric set; and what it cost."""
+
+    group: int  # index of its group in the task
+    setting: Setting
+    metrics: list[dict[str, dict[str, float]]]
+    nfe: int
+    nfe_naive: int
+    seconds: float
+    outputs: SweepOutputs | None = None
+
+
 def sweep(
-    model: "DiffusionModel",
+    model: "DiffusionModel | ModelSource",
     latents: dict[str, Any] | Tensor,
     grid: Mapping[str, Sequence[Any]],
     *,
@@ -69,114 +151,100 @@ def sweep(
     metrics: Sequence[MetricSet] | None = None,
     progress: bool = True,
     callback: Callable[[list[dict[str, Any]], SweepOutputs], None] | None = None,
+    executor: Executor | Any = None,
+    max_batch: int | None = None,
+    retries: int = 2,
     **fixed: Any,
 ) -> "pd.DataFrame":
     """Unsample + resample `latents` for every combination of `grid` (lists) and `fixed` (single values).
 
-    Returns one row per combination and batch item: the parameter columns (PARAMETERS, plus `item`),
-    the metrics (latent_mse, relative_error; psnr, ssim and the VAE-only ceiling psnr_vae, ssim_vae
-    when the model decodes; noise_* statistics of the standardized final state; detector columns
-    for the shapes model), `nfe`, `nfe_naive` and `seconds`.
+    Returns one row per setting and batch item: the parameter columns (PARAMETERS, plus `item`),
+    the metrics of `metrics` (default all: see `analysis.evaluate`), `nfe`, `nfe_naive`, `seconds`.
 
-    nfe accounting: `nfe` counts the network evaluations this run spent on a combination, on its
-    item-0 row (items are computed together). A shared inversion is charged once, to the first
-    combination that needed it; `nfe_naive` is what unsample + resample of that combination alone
-    would cost. `df.attrs` holds nfe_total, nfe_naive (whole grid), rows_computed, rows_skipped.
+    nfe accounting: `nfe` counts the network evaluations this run spent on a setting, on its item-0
+    row. A shared inversion (or packed batch) is charged once, to the first setting that needed it;
+    `nfe_naive` is what unsample + resample of that setting alone would cost. `df.attrs` holds
+    nfe_total, nfe_naive (whole grid), rows_computed, rows_skipped.
 
-    path: a .csv or .parquet file. Each finished combination is appended (the file is valid after
-    every combination), and rows already in the file (same parameter columns) are not recomputed,
-    so an interrupted sweep resumes where it stopped. images: the originals [B, H, W, 3] for pixel
-    metrics (default: decode(latents)). callback(rows, outputs) runs after each computed combination.
+    path: a results store (.sqlite), or a .csv/.parquet table exported (atomically, at the end and
+    on Ctrl-C) from the store beside it (same name, .sqlite). Rows already in the store for this
+    model, these latents and images, and these parameters are not recomputed; missing metric sets
+    are. executor: a `concurrent.futures.Executor` or a Dask `Client`; the model is then a
+    `ModelSource` that each worker loads once. max_batch: pack inversion groups that share sigmas
+    into network batches of up to this many images. retries: attempts after a failed group.
+    callback(rows, outputs) runs here after each computed setting.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .. import engine
-
-    values = _grid_values(grid, fixed)
-    chosen = _metric_sets(metrics)
-    samples = latents["samples"] if isinstance(latents, dict) else latents
-    if not isinstance(samples, Tensor) or samples.ndim != 4:
-        raise UnsamplingError("latents must be a LATENT dict {'samples': Tensor[B, C, H, W]} or such a tensor")
+    chosen = metric_sets(metrics)
+    samples = _samples(latents)
     batch = int(samples.shape[0])
-    for name in ("positive", "negative", "edit"):
-        for v in values[name]:
-            _check_prompt(name, v, batch)
+    groups = plan(grid, fixed, batch=batch)
+    runner = _runner(model, executor, retries=retries)
+    model_fp, inputs_fp = runner.fingerprint(), tensor_digest(samples, _mask(latents), images)
+    store_path, export_path = store_paths(path)
+    store = ResultStore(store_path) if store_path is not None else None
+    keys = _Keys(model_fp, inputs_fp)
+    found = store.rows_of_run(model_fp, inputs_fp) if store is not None else {}
 
-    store = _Store(Path(path)) if path is not None else None
-    done = store.finished_keys() if store is not None else {}
-    counted = _CountingModel(model)
-    reference, ceiling = pixel_reference(model, samples, images, chosen)
-
-    combos = [dict(zip(PARAMETERS, c)) for c in itertools.product(*(values[p] for p in PARAMETERS))]
-    rows_out: list[dict[str, Any]] = []
-    computed = skipped = 0
-    nfe_total = 0
-    cache: dict[tuple, Any] = {}
-    with tqdm(total=len(combos), desc="sweep", disable=None if progress else True) as bar:  # None: off without a terminal
-        for combo in combos:
-            keys = [_row_key(combo, b) for b in range(batch)]
-            if all(k in done for k in keys):
-                rows_out.extend(done[k] for k in keys)
-                skipped += 1
+    rows: dict[str, dict[str, Any]] = {}  # row key -> finished row, in grid order at the end
+    todo: list[InversionGroup] = []
+    for group in groups:
+        missing = tuple(s for s in group.settings if _missing(found, keys, group, s, batch, chosen))
+        rows.update({k: found[k].flat(chosen) for s in group.settings if s not in missing
+                     for k in keys.rows(group, s, batch)})
+        if missing:
+            todo.append(replace(group, settings=missing))
+    skipped, computed, nfe_total = len(rows), 0, 0
+    try:
+        with tqdm(total=sum(len(g.settings) for g in todo), desc="sweep", disable=None if progress else True) as bar:  # None: off without a terminal
+            for done in runner.run(latents, images, todo, chosen, max_batch=max_batch or batch,
+                                   keep_outputs=callback is not None):
+                group = done.group
+                new = _stored_rows(keys, group, done, found, chosen)
+                if store is not None:
+                    store.write(new, model=model_fp, inputs=inputs_fp)
+                flat = [r.flat(chosen) for r in new]
+                rows.update((r.key, f) for r, f in zip(new, flat))
+                computed += len(new)
+                nfe_total += done.result.nfe
+                if callback is not None and done.result.outputs is not None:
+                    callback(flat, done.result.outputs)
                 bar.update(1)
-                continue
-            t0 = time.perf_counter()
-            start = counted.nfe
-            spec_prefix = prefix_consistent(combo["sampler_name"])
-            inv = tuple(_canonical(p, _hashable(combo[p])) for p in INVERSION_KEY)
-            traj_key = inv + ((0,) if spec_prefix else (combo["end_at_step"],))
-            if traj_key not in cache:
-                cache.clear()  # combos of one inversion are adjacent: keep one trajectory in memory
-                before = counted.nfe
-                traj = engine.unsample_trajectory(
-                    counted, latents, steps=combo["steps"], cfg=combo["cfg"], sampler_name=combo["sampler_name"],
-                    scheduler=combo["scheduler"], positive=combo["positive"], negative=combo["negative"],
-                    end_at_step=0 if spec_prefix else combo["end_at_step"], progress=False)
-                cache[traj_key] = (traj, counted.nfe - before)
-            traj, traj_nfe = cache[traj_key]
-            noise_latent = engine.unsampled(counted, traj, combo["end_at_step"], combo["normalize"], like=latents)
-            before = counted.nfe
-            edit = combo["positive"] if combo["edit"] is None else combo["edit"]
-            result_latent = engine.resample(
-                counted, noise_latent, steps=combo["steps"], start_at_step=combo["end_at_step"], cfg=combo["cfg"],
-                sampler_name=combo["sampler_name"], scheduler=combo["scheduler"], positive=edit,
-                negative=combo["negative"], add_noise=False, noise_seed=combo["seed"], progress=False)
-            resample_nfe = counted.nfe - before
-            noise = noise_latent["samples"] if isinstance(noise_latent, dict) else noise_latent
-            result = result_latent["samples"] if isinstance(result_latent, dict) else result_latent
-            nfe = counted.nfe - start
-            nfe_total += nfe
-            naive = _alone_unsample_nfe(traj, traj_nfe, combo, spec_prefix) + resample_nfe
-
-            decoded = None
-            if reference is not None:
-                decoded = model.decode(result)
-            rows = metric_rows(model, combo, samples, result, traj, decoded, reference, ceiling, chosen, batch)
-            seconds = time.perf_counter() - t0
-            for b, row in enumerate(rows):
-                row.update(nfe=nfe if b == 0 else 0, nfe_naive=naive if b == 0 else 0, seconds=seconds if b == 0 else 0.0)
-            if store is not None:
-                store.append(rows)
-            rows_out.extend(rows)
-            computed += 1
-            if callback is not None:
-                callback(rows, SweepOutputs(params=dict(combo), noise=noise, result=result, trajectory=traj,
-                                            images=decoded))
-            bar.update(1)
-
-    df = pd.DataFrame(rows_out)
-    df.attrs.update(
-        nfe_total=int(nfe_total),
-        nfe_naive=int(pd.to_numeric(df["nfe_naive"], errors="coerce").fillna(0).sum()) if len(df) else 0,
-        rows_computed=computed * batch, rows_skipped=skipped * batch,
-        nfe_attribution="shared inversion charged to the first combination that needed it; per combination on item 0",
-    )
+    finally:
+        df = _frame(rows, keys, groups, batch, nfe_total=nfe_total, computed=computed, skipped=skipped)
+        if export_path is not None:
+            export_table(df, export_path)
+        if store is not None:
+            store.close()
+    runner.raise_failures()
     return df
 
 
-# -- parameters -------------------------------------------------------------------------------------
-def _grid_values(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> dict[str, list[Any]]:
+# -- the grid -------------------------------------------------------------------------------------
+def plan(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], *, batch: int) -> list[InversionGroup]:
+    """Every combination of `grid` x `fixed` as Settings, grouped into inversion groups (in grid order)."""
+    values = grid_values(grid, fixed)
+    for name in _PROMPTS:
+        for v in values[name]:
+            _check_prompt(name, v, batch)
+    groups: dict[InversionGroup, list[Setting]] = {}
+    for combo in itertools.product(*(values[p] for p in PARAMETERS)):
+        setting = Setting(**dict(zip(PARAMETERS, combo)))
+        groups.setdefault(inversion_group(setting), []).append(setting)
+    return [replace(g, settings=tuple(s)) for g, s in groups.items()]
+
+
+def inversion_group(setting: Setting) -> InversionGroup:
+    """The group whose trajectory serves `setting`: one per end_at_step unless the sampler is prefix-consistent."""
+    shared = prefix_consistent(setting.sampler_name)
+    return InversionGroup(setting.sampler_name, setting.scheduler, setting.steps, setting.cfg, setting.positive,
+                          setting.negative, end_at_step=0 if shared else setting.end_at_step)
+
+
+def grid_values(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Each parameter's canonical values (the grid's list, or the one fixed/default value), checked."""
     for name in list(grid) + list(fixed):
         if name not in DEFAULTS:
             raise suggest(name, PARAMETERS, what="sweep parameter")
@@ -196,7 +264,6 @@ def _grid_values(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) ->
         else:
             values[name] = [_canonical(name, fixed.get(name, DEFAULTS[name]))]
     from ..engine import NORMALIZE_MODES
-    from ..errors import check_choice
     from ..samplers import SAMPLERS
     from ..schedulers import SCHEDULERS
 
@@ -206,34 +273,32 @@ def _grid_values(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) ->
         check_choice(v, SAMPLERS, what="sampler")
     for v in values["scheduler"]:
         check_choice(v, SCHEDULERS, what="scheduler")
-    for name in ("steps", "end_at_step", "seed"):
+    for name in _INTEGERS:
         for v in values[name]:
             if v < (1 if name == "steps" else 0):
                 raise UnsamplingError(f"{name} must be >= {1 if name == 'steps' else 0}, got {v}")
+    for name in ("cfg", "resample_cfg"):
+        for v in values[name]:
+            if v is not None and not v >= 0:
+                raise UnsamplingError(f"{name} must be a finite number >= 0 (1.0 = no guidance), got {v}")
     return values
 
 
 def _canonical(name: str, value: Any) -> Any:
-    """One representation per value, so keys read back from a file match the grid's."""
-    if name in ("steps", "end_at_step", "seed"):
+    """One representation per value, so that equal settings have equal keys."""
+    if name in _INTEGERS:
         if isinstance(value, bool) or not float(value).is_integer():
             raise UnsamplingError(f"{name} must be a whole number, got {value!r}")
         return int(value)
-    if name == "cfg":
-        return float(value)
+    if name in ("cfg", "resample_cfg"):
+        return None if value is None else float(value)
     if name == "normalize" and isinstance(value, bool):
         return "enable" if value else "disable"
-    if name in ("positive", "negative", "edit"):
-        if value is None:
-            return None
+    if name in _PROMPTS:
         if isinstance(value, (list, tuple)):
-            return tuple(str(p) for p in value)
+            return tuple(str(p) for p in value) if len(value) != 1 else str(value[0])
         return value
     return str(value)
-
-
-def _hashable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, tuple, type(None))) else id(value)
 
 
 def _check_prompt(name: str, value: Any, batch: int) -> None:
@@ -241,184 +306,328 @@ def _check_prompt(name: str, value: Any, batch: int) -> None:
         return
     if isinstance(value, str):
         return
-    if isinstance(value, tuple) and len(value) in (1, batch) and all(isinstance(p, str) for p in value):
+    if isinstance(value, tuple) and len(value) == batch and all(isinstance(p, str) for p in value):
         return
     raise UnsamplingError(f"sweep {name} prompts must be strings or a list of {batch} strings (one per batch item), "
                           f"got {value!r}; the table keys on the prompt text")
 
 
-def _item_text(value: Any, b: int) -> str:
+def _item_text(value: Prompts | None, b: int) -> str:
     if value is None:
         return ""
-    if isinstance(value, tuple):
-        return value[b] if len(value) > 1 else value[0]
-    return str(value)
-
-
-def _row_params(combo: Mapping[str, Any], b: int) -> dict[str, Any]:
-    row = {p: combo[p] for p in PARAMETERS}
-    row["edit"] = _item_text(combo["positive"] if combo["edit"] is None else combo["edit"], b)
-    row["positive"] = _item_text(combo["positive"], b)
-    row["negative"] = _item_text(combo["negative"], b)
-    row["item"] = b
-    return row
-
-
-def _row_key(combo_or_row: Mapping[str, Any], b: int | None = None) -> tuple:
-    row = _row_params(combo_or_row, b) if b is not None else combo_or_row
-    return tuple(_canonical(p, row[p]) if p not in ("positive", "negative", "edit") else str(row[p])
-                 for p in PARAMETERS) + (int(row["item"]),)
-
-
-def _metric_sets(metrics: Sequence[str] | None) -> set[str]:
-    if metrics is None:
-        return set(METRIC_SETS)
-    from ..errors import check_choice
-
-    return {check_choice(m, METRIC_SETS, what="metric set") for m in metrics}
+    return value[b] if isinstance(value, tuple) else str(value)
 
 
 def prefix_consistent(sampler_name: str) -> bool:
+    """Whether one full trajectory of this sampler serves every end_at_step."""
     from ..samplers import get_sampler
 
     return bool(get_sampler(sampler_name, invertible=True).prefix_consistent)
 
 
-def _alone_unsample_nfe(traj: "Trajectory", traj_nfe: int, combo: Mapping[str, Any], shared: bool) -> int:
-    """Evaluations unsample(end_at_step=k) would cost on its own: the trajectory's per step, times N - min(k, N - 1)."""
-    if not shared or traj.n_steps == 0:
-        return traj_nfe
-    n = combo["steps"] - min(combo["end_at_step"], combo["steps"] - 1)
-    return int(round(traj_nfe * n / traj.n_steps))
+# -- running groups ------------------------------------------------------------------------------------
+def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: References,
+               groups: Sequence[InversionGroup], chosen: Sequence[str], *, max_batch: int,
+               keep_outputs: bool = False) -> Iterator[SettingResult]:
+    """Run `groups` (all sharing sigmas) as one packed inversion, then their settings in packed resamples.
 
-
-# -- metrics per row ----------------------------------------------------------------------------------
-def pixel_reference(model: Any, samples: Tensor, images: Tensor | None,
-                     chosen: set[str]) -> tuple[Tensor | None, Tensor | None]:
-    """(reference images, VAE-only ceiling decode(encode(reference))), or (None, None) without a VAE."""
-    if not ({"pixel", "detector"} & chosen) or getattr(model, "vae", None) is None or not hasattr(model, "decode"):
-        return None, None
-    reference = images.detach().float().cpu() if images is not None else model.decode(samples)
-    ceiling = model.decode(model.encode(reference))
-    return reference, ceiling
-
-
-def metric_rows(model: Any, combo: Mapping[str, Any], samples: Tensor, result: Tensor, traj: "Trajectory",
-                 decoded: Tensor | None, reference: Tensor | None, ceiling: Tensor | None, chosen: set[str],
-                 batch: int) -> list[dict[str, Any]]:
+    With one group and max_batch = the batch size this is exactly the unpacked computation: the
+    engine is called with the setting's own cfg and prompts. Packed, each image of the network batch
+    carries its own cfg and prompts; rows agree with unpacked ones to float rounding (a batched
+    cfg-1 item is computed as uncond + 1 * (cond - uncond); see benchmarks/sweep_scaling.py).
+    Yields each setting as its resample finishes.
+    """
     from .. import engine
-    from . import metrics as M
+    from ..guidance import EvalCounter
 
-    rows = [_row_params(combo, b) for b in range(batch)]
-    if "latent" in chosen:
-        mse, rel = M.latent_mse(result, samples), M.relative_error(result, samples)
-        for b, row in enumerate(rows):
-            row.update(latent_mse=float(mse[b]), relative_error=float(rel[b]))
-    if "pixel" in chosen and decoded is not None and reference is not None and ceiling is not None:
-        p, s = M.psnr(decoded, reference), M.ssim(decoded, reference)
-        pv, sv = M.psnr(ceiling, reference), M.ssim(ceiling, reference)
-        for b, row in enumerate(rows):
-            row.update(psnr=float(p[b]), ssim=float(s[b]), psnr_vae=float(pv[b]), ssim_vae=float(sv[b]))
-    if "noise" in chosen:
-        steps = combo["steps"]
-        index = engine.state_index(steps, combo["end_at_step"])
-        index = traj.n_steps if index > traj.n_steps else index
-        state, sigma = traj.xs[index], float(traj.sigmas[index])
-        data_std = traj.xs[0].double().flatten(1).std(dim=1)
-        for b, row in enumerate(rows):
-            z = M.standardize_noise(state[b], sigma, model.model_sampling, data_std=float(data_std[b]))
-            stats = M.noise_stats(z)
-            stats.pop("n")
-            row.update({f"noise_{k}": v for k, v in stats.items()})
-            row.update({f"noise_{k}": v for k, v in M.autocorrelation(z, AUTOCORR_LAGS).items()})
-            row["sigma_final"] = sigma
-    if "detector" in chosen and decoded is not None and reference is not None:
-        det = M.detector_metrics(decoded, reference, prompts=[r["edit"] for r in rows])
-        if det is not None:
-            for row, d in zip(rows, det):
-                row.update(d)
-    return rows
+    t0 = time.perf_counter()
+    samples = _samples(latents)
+    batch, n = int(samples.shape[0]), len(groups)
+    first = groups[0]
+    traj = engine.unsample_trajectory(
+        model, _repeat(latents, n), steps=first.steps, sampler_name=first.sampler_name, scheduler=first.scheduler,
+        end_at_step=first.end_at_step, progress=False, **_packed_guidance(groups, batch))
+    trajs = [_slice_trajectory(traj, i * batch, (i + 1) * batch, g) for i, g in enumerate(groups)] if n > 1 else [traj]
+    shared = prefix_consistent(first.sampler_name)
+    charge = {"nfe": traj.nfe}  # the inversion, charged to the first setting that finishes
+
+    work = [(i, s) for i, g in enumerate(groups) for s in g.settings]
+    per_chunk = max(1, max_batch // batch)
+    chunks = [list(c) for _, same in itertools.groupby(sorted(work, key=lambda w: w[1].end_at_step),
+                                                       key=lambda w: w[1].end_at_step)
+              for c in _chunked(list(same), per_chunk)] if n > 1 or per_chunk > 1 else [[w] for w in work]
+    for chunk in chunks:
+        k = chunk[0][1].end_at_step
+        noises = [engine.unsampled(model, trajs[i], k, s.normalize, like=latents) for i, s in chunk]
+        counter = EvalCounter()
+        result = engine.resample(
+            model, _concat(noises), steps=first.steps, start_at_step=k, sampler_name=first.sampler_name,
+            scheduler=first.scheduler, add_noise=False, noise_seed=chunk[0][1].seed, progress=False, counter=counter,
+            **_chunk_guidance([s for _, s in chunk], batch))
+        result = _samples(result)
+        decoded = model.decode(result) if refs.decodes and ({"pixel", "detector"} & set(chosen)) else None
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        t0 = time.perf_counter()
+        for j, (i, s) in enumerate(chunk):
+            sl = slice(j * batch, (j + 1) * batch)
+            out, dec = result[sl], None if decoded is None else decoded[sl]
+            by_set = [{} for _ in range(batch)]
+            for name in chosen:
+                cols = evaluate(model, out, trajectory=trajs[i], end_at_step=s.end_at_step, references=refs,
+                                decoded=dec, prompts=[_item_text(s.resample_prompt, b) for b in range(batch)],
+                                metrics=(name,))
+                for b in range(batch):
+                    by_set[b][name] = cols[b]
+            nfe = charge.pop("nfe", 0) + (counter.nfe if j == 0 else 0)
+            alone = trajs[i].nfe if not shared or traj.n_steps == 0 else \
+                int(round(traj.nfe * engine.state_index(s.steps, s.end_at_step) / traj.n_steps))
+            outputs = None
+            if keep_outputs:
+                outputs = SweepOutputs(params=asdict(s), noise=_samples(noises[j]), result=out, trajectory=trajs[i],
+                                       images=dec)
+            yield SettingResult(i, s, by_set, nfe=nfe, nfe_naive=alone + counter.nfe, seconds=seconds, outputs=outputs)
 
 
-# -- counting -------------------------------------------------------------------------------------------
-class _CountingModel:
-    """The model with its network calls counted (one call = one NFE: cond and uncond go as one batch)."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self.nfe = 0
-
-    def forward(self, x: Tensor, timestep: Tensor, cond: Any) -> Tensor:
-        self.nfe += 1
-        return self._model.forward(x, timestep, cond)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
+def _packed_guidance(groups: Sequence[InversionGroup], batch: int) -> dict[str, Any]:
+    if len(groups) == 1:
+        g = groups[0]
+        return {"cfg": g.cfg, "positive": _engine_prompt(g.positive), "negative": _engine_prompt(g.negative)}
+    return {"cfg": [g.cfg for g in groups for _ in range(batch)],
+            "positive": [_item_text(g.positive, b) for g in groups for b in range(batch)],
+            "negative": [_item_text(g.negative, b) for g in groups for b in range(batch)]}
 
 
-# -- the results file ----------------------------------------------------------------------------------
-class _Store:
-    """A CSV or Parquet table that grows one combination at a time and survives interruption."""
+def _chunk_guidance(settings: Sequence[Setting], batch: int) -> dict[str, Any]:
+    if len(settings) == 1:
+        s = settings[0]
+        return {"cfg": s.guidance, "positive": _engine_prompt(s.resample_prompt), "negative": _engine_prompt(s.negative)}
+    return {"cfg": [s.guidance for s in settings for _ in range(batch)],
+            "positive": [_item_text(s.resample_prompt, b) for s in settings for b in range(batch)],
+            "negative": [_item_text(s.negative, b) for s in settings for b in range(batch)]}
 
-    def __init__(self, path: Path) -> None:
-        suffix = path.suffix.lower()
-        if suffix not in (".csv", ".parquet"):
-            raise UnsamplingError(f"sweep path must end in .csv or .parquet, got {path.name!r}")
+
+def _engine_prompt(value: Prompts) -> str | list[str]:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _chunked(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def pack(groups: Sequence[InversionGroup], *, batch: int, max_batch: int) -> list[list[InversionGroup]]:
+    """Groups that share sigmas, in packs of at most max_batch // batch groups (at least one)."""
+    size = max(1, max_batch // batch)
+    by_sigmas: dict[tuple[Any, ...], list[InversionGroup]] = {}
+    for g in groups:
+        by_sigmas.setdefault(g.sigmas_key(), []).append(g)
+    return [c for same in by_sigmas.values() for c in _chunked(same, size)]
+
+
+# -- where groups run ----------------------------------------------------------------------------------
+@dataclass
+class _Done:
+    group: InversionGroup
+    result: SettingResult
+
+
+def _runner(model: Any, executor: Any, *, retries: int) -> "_Here | _There":
+    if executor is None:
+        return _Here(cached_model(model) if isinstance(model, ModelSource) else model)
+    if not isinstance(model, ModelSource):
+        raise UnsamplingError(
+            f"with an executor, give the model by its source so that each worker loads it once: "
+            f"ul.ModelSource('path/or/hub-id', device='cuda', dtype='float16', threads=None) instead of a loaded "
+            f"{type(model).__name__} (loaded models are not shipped to workers)")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise UnsamplingError(f"retries must be a whole number >= 0, got {retries!r}")
+    return _There(model, executor, retries)
+
+
+class _Here:
+    """Groups run in this process, one pack after another."""
+
+    def __init__(self, model: "DiffusionModel") -> None:
+        self.model = model
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+    def run(self, latents: Any, images: Tensor | None, todo: Sequence[InversionGroup], chosen: Sequence[str], *,
+            max_batch: int, keep_outputs: bool) -> Iterator[_Done]:
+        refs = references(self.model, _samples(latents), images, metrics=chosen)
+        for groups in pack(todo, batch=int(_samples(latents).shape[0]), max_batch=max_batch):
+            for r in run_groups(self.model, latents, refs, groups, chosen, max_batch=max_batch,
+                                keep_outputs=keep_outputs):
+                yield _Done(groups[r.group], r)
+
+    def raise_failures(self) -> None:
+        return None
+
+
+class _There:
+    """Packs of groups run as tasks on an executor; results come back as they finish."""
+
+    def __init__(self, source: ModelSource, executor: Any, retries: int) -> None:
+        self.source, self.executor, self.retries = source, executor, retries
+        self.failures: list[Failure] = []
+        self.tasks = 0
+
+    def fingerprint(self) -> str:
+        (_, fp), = run_all(self.executor, _fingerprint_task, [self.source], retries=self.retries)
+        if isinstance(fp, Failure):
+            raise UnsamplingError(f"could not load {self.source} on a worker: {fp.error!r}") from fp.error
+        return fp
+
+    def run(self, latents: Any, images: Tensor | None, todo: Sequence[InversionGroup], chosen: Sequence[str], *,
+            max_batch: int, keep_outputs: bool) -> Iterator[_Done]:
+        packs = pack(todo, batch=int(_samples(latents).shape[0]), max_batch=max_batch)
+        self.tasks = len(packs)
+        for groups, results in run_all(self.executor, _run_task, packs, self.source, latents, images, tuple(chosen),
+                                       max_batch, keep_outputs, retries=self.retries):
+            if isinstance(results, Failure):
+                self.failures.append(results)
+                continue
+            for r in results:
+                yield _Done(groups[r.group], r)
+
+    def raise_failures(self) -> None:
+        if not self.failures:
+            return
+        failed = [g.describe() for f in self.failures for g in f.task]
+        raise UnsamplingError(
+            f"{len(failed)} inversion group(s) failed after {self.retries} retries (first error: "
+            f"{self.failures[0].error!r}); every finished group is in the store, run the same sweep again to compute "
+            "only the missing ones. Failed: " + "; ".join(failed)) from self.failures[0].error
+
+
+_REFERENCES: dict[tuple[Any, ...], References] = {}
+
+
+def _run_task(groups: list[InversionGroup], source: ModelSource, latents: Any, images: Tensor | None,
+              chosen: tuple[str, ...], max_batch: int, keep_outputs: bool) -> list[SettingResult]:
+    """One task on a worker: the model from its per-process cache, then `run_groups`."""
+    model = cached_model(source)
+    key = (source, tensor_digest(_samples(latents), images), chosen)
+    refs = _REFERENCES.get(key)
+    if refs is None:
+        _REFERENCES.clear()
+        refs = _REFERENCES[key] = references(model, _samples(latents), images, metrics=chosen)
+    return list(run_groups(model, latents, refs, groups, chosen, max_batch=max_batch, keep_outputs=keep_outputs))
+
+
+def _fingerprint_task(source: ModelSource) -> str:
+    return model_fingerprint(cached_model(source))
+
+
+# -- tensors ---------------------------------------------------------------------------------------------
+def _samples(latent: dict[str, Any] | Tensor) -> Tensor:
+    samples = latent["samples"] if isinstance(latent, dict) else latent
+    if not isinstance(samples, Tensor) or samples.ndim != 4:
+        raise UnsamplingError("latents must be a LATENT dict {'samples': Tensor[B, C, H, W]} or such a tensor")
+    return samples
+
+
+def _mask(latent: dict[str, Any] | Tensor) -> Tensor | None:
+    return latent.get("noise_mask") if isinstance(latent, dict) else None
+
+
+def _repeat(latent: dict[str, Any] | Tensor, n: int) -> dict[str, Any] | Tensor:
+    """`latent` n times along the batch (its per-item noise_mask too)."""
+    if n == 1:
+        return latent
+    samples = _samples(latent)
+    if not isinstance(latent, dict):
+        return samples.repeat(n, 1, 1, 1)
+    out = dict(latent, samples=samples.repeat(n, 1, 1, 1))
+    mask = latent.get("noise_mask")
+    if isinstance(mask, Tensor) and mask.ndim >= 3 and mask.shape[0] == samples.shape[0] > 1:
+        out["noise_mask"] = mask.repeat(n, *([1] * (mask.ndim - 1)))
+    return out
+
+
+def _concat(latents: Sequence[dict[str, Any] | Tensor]) -> dict[str, Any] | Tensor:
+    if len(latents) == 1:
+        return latents[0]
+    out = _repeat(latents[0], len(latents))
+    samples = torch.cat([_samples(x) for x in latents])
+    return dict(out, samples=samples) if isinstance(out, dict) else samples
+
+
+def _slice_trajectory(traj: "Trajectory", start: int, stop: int, group: InversionGroup) -> "Trajectory":
+    from ..trajectory import Trajectory
+
+    params = dict(traj.params, cfg=group.cfg, positive=_engine_prompt(group.positive),
+                  negative=_engine_prompt(group.negative))
+    return Trajectory(sigmas=traj.sigmas, xs=traj.xs[:, start:stop].clone(), denoised=traj.denoised[:, start:stop].clone(),
+                      params=params, nfe=traj.nfe)
+
+
+# -- keys, rows and the table ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Keys:
+    """Store keys: a group is (model, inputs, its inversion); a row is (its group, its setting, item)."""
+
+    model: str
+    inputs: str
+
+    def group(self, group: InversionGroup) -> str:
+        return digest("group", self.model, self.inputs, group.inversion())
+
+    def rows(self, group: InversionGroup, setting: Setting, batch: int) -> list[str]:
+        g = self.group(group)
+        ident = setting.identity()
+        return [digest("row", g, ident, b) for b in range(batch)]
+
+
+def _missing(found: Mapping[str, StoredRow], keys: _Keys, group: InversionGroup, setting: Setting, batch: int,
+             chosen: Sequence[str]) -> bool:
+    return any(k not in found or not set(chosen) <= set(found[k].metrics) for k in keys.rows(group, setting, batch))
+
+
+def _stored_rows(keys: _Keys, group: InversionGroup, done: "_Done", found: Mapping[str, StoredRow],
+                 chosen: Sequence[str]) -> list[StoredRow]:
+    r = done.result
+    out = []
+    gkey = keys.group(group)
+    for b, key in enumerate(keys.rows(group, r.setting, len(r.metrics))):
+        old = found.get(key)
+        metrics = {**r.metrics[b], **(old.metrics if old is not None else {})}  # the stored values stay
+        accounting = {"nfe": r.nfe if b == 0 else 0, "nfe_naive": r.nfe_naive if b == 0 else 0,
+                      "seconds": r.seconds if b == 0 else 0.0}
+        out.append(StoredRow(key, gkey, r.setting.row(b), metrics, accounting))
+    return out
+
+
+def _frame(rows: Mapping[str, dict[str, Any]], keys: _Keys, groups: Sequence[InversionGroup], batch: int, *,
+           nfe_total: int, computed: int, skipped: int) -> "pd.DataFrame":
+    import pandas as pd
+
+    ordered = [rows[k] for g in groups for s in g.settings for k in keys.rows(g, s, batch) if k in rows]
+    df = pd.DataFrame(ordered)
+    df.attrs.update(
+        nfe_total=int(nfe_total),
+        nfe_naive=int(pd.to_numeric(df["nfe_naive"], errors="coerce").fillna(0).sum()) if len(df) else 0,
+        rows_computed=computed, rows_skipped=skipped,
+        nfe_attribution="shared inversion charged to the first setting that needed it; per setting on item 0",
+    )
+    return df
+
+
+def store_paths(path: str | Path | None) -> tuple[Path | None, Path | None]:
+    """(store, export): x.sqlite -> (x.sqlite, None); x.csv / x.parquet -> (x.sqlite beside it, x.csv)."""
+    if path is None:
+        return None, None
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".sqlite":
+        return path, None
+    if suffix in (".csv", ".parquet"):
         if suffix == ".parquet":
             try:
                 import pyarrow  # noqa: F401
             except ImportError:
                 raise UnsamplingError("writing .parquet needs pyarrow (pip install pyarrow); or use a .csv path") from None
-        self.path, self.parquet = path, suffix == ".parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def read(self) -> "pd.DataFrame | None":
-        import pandas as pd
-
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return None
-        if self.parquet:
-            return pd.read_parquet(self.path)
-        return pd.read_csv(self.path, keep_default_na=False, na_values=[""],
-                           dtype={"positive": str, "negative": str, "edit": str, "normalize": str})
-
-    def finished_keys(self) -> dict[tuple, dict[str, Any]]:
-        df = self.read()
-        if df is None:
-            return {}
-        missing = [c for c in PARAMETERS + ("item",) if c not in df.columns]
-        if missing:
-            raise UnsamplingError(f"{self.path} is not a sweep table (no columns {missing}); choose another path")
-        out: dict[tuple, dict[str, Any]] = {}
-        for rec in df.to_dict("records"):
-            for p in ("positive", "negative", "edit"):
-                v = rec[p]
-                rec[p] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-            out[_row_key(rec)] = rec
-        return out
-
-    def _csv_header(self) -> list[str]:
-        import csv
-
-        with open(self.path, encoding="utf-8", newline="") as f:
-            return next(csv.reader(f), [])
-
-    def append(self, rows: list[dict[str, Any]]) -> None:
-        import pandas as pd
-
-        new = pd.DataFrame(rows)
-        exists = self.path.exists() and self.path.stat().st_size > 0
-        if self.parquet or (exists and self._csv_header() != list(new.columns)):
-            old = self.read()
-            table = new if old is None else pd.concat([old, new], ignore_index=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            if self.parquet:
-                table.to_parquet(tmp, index=False)
-            else:
-                table.to_csv(tmp, index=False)
-            os.replace(tmp, self.path)  # atomic: an interruption leaves the old or the new table
-            return
-        with open(self.path, "a", encoding="utf-8", newline="") as f:
-            new.to_csv(f, index=False, header=not exists)
-            f.flush()
-            os.fsync(f.fileno())
+        return path.with_suffix(".sqlite"), path
+    raise UnsamplingError(f"sweep path must end in .sqlite (the results store), .csv or .parquet (an export of the "
+                          f"store kept beside it), got {path.name!r}")

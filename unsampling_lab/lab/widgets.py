@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .. import engine
 from ..analysis import sweeps
+from ..analysis.evaluate import References, evaluate, references
 from ..engine import NORMALIZE_MODES
 from ..errors import UnsamplingError
 from ..samplers import INVERTIBLE_SAMPLERS
@@ -214,28 +215,25 @@ class Explorer:
                                  sampler_name=p["sampler_name"], scheduler=p["scheduler"],
                                  positive=[p["positive"], edit], negative=p["negative"], progress=False)
         decoded = model.decode(result) if hasattr(model, "decode") and getattr(model, "vae", None) is not None else None
-        reference, ceiling = self.pixel_reference()
+        refs = self.references()
         self.rows = []
         for b, prompt in enumerate((p["positive"], edit)):
-            combo = {**sweeps.DEFAULTS, **p, "edit": prompt, "seed": 0}
-            rows = sweeps.metric_rows(model, combo, self.latent["samples"], result[b:b + 1], traj,
-                                       None if decoded is None else decoded[b:b + 1], reference, ceiling,
-                                       set(sweeps.METRIC_SETS), 1)
-            rows[0]["row"] = "reconstruction" if b == 0 else "edit"
-            self.rows.extend(rows)
+            metrics = evaluate(model, result[b:b + 1], trajectory=traj, end_at_step=k, references=refs,
+                               decoded=None if decoded is None else decoded[b:b + 1], prompts=[prompt])
+            self.rows.append({**p, "edit": prompt, **metrics[0], "row": "reconstruction" if b == 0 else "edit"})
         self._draw_strip(noise, decoded, p)
         self._draw_stats(traj, k)
         self._draw_table()
 
-    def pixel_reference(self) -> tuple[Tensor | None, Tensor | None]:
+    def references(self) -> References:
+        """What the metrics compare against (the same as a sweep's), computed once."""
         if self._reference is None:
-            self._reference = sweeps.pixel_reference(self.model, self.latent["samples"], self.images,
-                                                      set(sweeps.METRIC_SETS))
+            self._reference = references(self.model, self.latent["samples"], self.images)
         return self._reference
 
     def _draw_strip(self, noise: Tensor, decoded: Tensor | None, p: Mapping[str, Any]) -> None:
         tiles, names = [], []
-        reference = self.pixel_reference()[0]
+        reference = self.references().images
         if reference is not None:
             tiles.append(reference[0])
             names.append("input")

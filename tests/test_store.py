@@ -1,0 +1,195 @@
+"""The results store: resume recomputes exactly what changed, a killed writer leaves no partial row,
+two processes on one store end with every row exactly once."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import unsampling_lab as ul
+from fixtures_analysis import *  # noqa: F401,F403
+from fixtures_analysis import make_tiny_pipeline
+from unsampling_lab.analysis.store import ResultStore, model_fingerprint, tensor_digest
+
+STEPS = 4
+PARAMS = ["end_at_step", "normalize", "cfg", "positive", "item"]
+
+
+class _CountingModel:
+    """Test-side: the model with its network calls counted (the store never sees this wrapper's own state)."""
+
+    def __init__(self, model):
+        self._model = model
+        self.nfe = 0
+
+    def forward(self, x, timestep, cond):
+        self.nfe += 1
+        return self._model.forward(x, timestep, cond)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def _store_counts(path):
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM rows").fetchone()
+        metrics = db.execute("SELECT metric_set, COUNT(*) FROM metrics GROUP BY metric_set").fetchall()
+    return rows, dict(metrics)
+
+
+def test_resume_recomputes_exactly_what_changed(tiny_model, tiny_latent, tmp_path):
+    latent, _ = tiny_latent
+    path = tmp_path / "results.sqlite"
+    grid = {"end_at_step": [0, 2]}
+    first = ul.sweep(tiny_model, latent, grid, steps=STEPS, path=path, metrics=["latent"], progress=False)
+    assert first.attrs["rows_computed"] == 4
+
+    counted = _CountingModel(tiny_model)  # same model, same latents, same parameters: nothing runs
+    again = ul.sweep(counted, latent, grid, steps=STEPS, path=path, metrics=["latent"], progress=False)
+    assert counted.nfe == 0 and again.attrs["rows_skipped"] == 4
+    assert again["latent_mse"].tolist() == first["latent_mse"].tolist()
+
+    # other latents (the two images swapped): all rows new; item 0 of the swapped batch is item 1 of the first
+    swapped = {"samples": latent["samples"].flip(0)}
+    other = ul.sweep(tiny_model, swapped, grid, steps=STEPS, path=path, metrics=["latent"], progress=False)
+    assert other.attrs["rows_computed"] == 4 and other.attrs["rows_skipped"] == 0
+    for k in grid["end_at_step"]:
+        a, b = first[first.end_at_step == k], other[other.end_at_step == k]
+        assert b.latent_mse.tolist() == pytest.approx(a.latent_mse.tolist()[::-1], rel=1e-5)
+
+    # another model (other seeded weights): all rows new, equal to a run without any store
+    model_b = ul.load_model(make_tiny_pipeline(seed=1), device="cpu")
+    assert model_fingerprint(model_b) != model_fingerprint(tiny_model)
+    stored = ul.sweep(model_b, latent, grid, steps=STEPS, path=path, metrics=["latent"], progress=False)
+    fresh = ul.sweep(model_b, latent, grid, steps=STEPS, metrics=["latent"], progress=False)
+    assert stored.attrs["rows_computed"] == 4
+    assert stored.latent_mse.tolist() == fresh.latent_mse.tolist() != first.latent_mse.tolist()
+
+    # one more end_at_step: only its rows run (inversion N + resample N - 3)
+    counted = _CountingModel(tiny_model)
+    grown = ul.sweep(counted, latent, {"end_at_step": [0, 2, 3]}, steps=STEPS, path=path, metrics=["latent"],
+                     progress=False)
+    assert grown.attrs["rows_computed"] == 2 and grown.attrs["rows_skipped"] == 4
+    assert counted.nfe == STEPS + (STEPS - 3)
+
+    # more metrics: the rows lacking the noise set are computed again, the stored latent values stay
+    more = ul.sweep(tiny_model, latent, grid, steps=STEPS, path=path, metrics=["latent", "noise"], progress=False)
+    assert more.attrs["rows_computed"] == 4 and more["noise_ks"].notna().all()
+    assert more["latent_mse"].tolist() == first["latent_mse"].tolist()
+    direct = ul.sweep(tiny_model, latent, grid, steps=STEPS, metrics=["noise"], progress=False)
+    assert more["noise_ks"].tolist() == pytest.approx(direct["noise_ks"].tolist())
+
+    table = ul.load_results(path)
+    assert len(table) == 4 + 4 + 4 + 2 and table["model"].nunique() == 2 and table["inputs"].nunique() == 2
+    assert table[table.model == model_fingerprint(tiny_model)].shape[0] == 10
+    assert _store_counts(path) == ((14, 14), {"latent": 14, "noise": 4})
+
+
+def test_csv_path_is_an_export_of_a_store_beside_it(tiny_model, tiny_latent, tmp_path):
+    latent, _ = tiny_latent
+    df = ul.sweep(tiny_model, latent, {"end_at_step": [0, 1]}, steps=STEPS, path=tmp_path / "s.csv",
+                  metrics=["latent"], progress=False)
+    assert (tmp_path / "s.sqlite").exists() and not list(tmp_path.glob("*.tmp"))
+    exported = ul.load_results(tmp_path / "s.csv")
+    assert exported[PARAMS[:2] + ["item", "latent_mse"]].equals(df[PARAMS[:2] + ["item", "latent_mse"]])
+    with pytest.raises(ul.UnsamplingError, match="no results at"):
+        ul.load_results(tmp_path / "missing.sqlite")
+    (tmp_path / "junk.sqlite").write_text("not a database")
+    with pytest.raises(ul.UnsamplingError, match="not a results store"):
+        ul.sweep(tiny_model, latent, {"end_at_step": [0]}, steps=STEPS, path=tmp_path / "junk.sqlite", progress=False)
+
+
+def test_fingerprints_see_weights_and_bytes(tiny_pipe):
+    model = ul.load_model(make_tiny_pipeline(), device="cpu")
+    before = model_fingerprint(model)
+    assert model_fingerprint(ul.load_model(tiny_pipe, device="cpu")) == before  # the same seeded weights
+    with torch.no_grad():
+        model.unet.conv_in.weight.mul_(1.001)  # a fine-tune touches every value; the sample sees it
+    assert model_fingerprint(model) != before
+    x = torch.zeros(2, 4, 8, 8)
+    y = x.clone()
+    y[1, 3, 7, 7] = 1e-30
+    assert tensor_digest(x) != tensor_digest(y) and tensor_digest(x) == tensor_digest(x.clone())
+
+
+# -- processes ---------------------------------------------------------------------------------------------
+_WORKER = textwrap.dedent("""
+    import os, signal, sys, time
+    import torch
+    torch.set_num_threads(1)
+    import unsampling_lab as ul
+    from unsampling_lab.analysis import store
+    from unsampling_lab.testing import tiny_sd_pipeline
+
+    path, latent_file, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    model = ul.load_model(tiny_sd_pipeline(), device="cpu")
+    latent = torch.load(latent_file)
+    if mode == "kill":  # SIGKILL this process inside the third write, after its INSERTs, before COMMIT
+        commits = [0]
+        exit_ = store._Transaction.__exit__
+        def dying_exit(self, exc_type, *exc):
+            commits[0] += 1
+            if commits[0] == 1 + 3:  # the first transaction creates the schema
+                os.kill(os.getpid(), signal.SIGKILL)
+            return exit_(self, exc_type, *exc)
+        store._Transaction.__exit__ = dying_exit
+    else:  # wait until the other process is ready too, so that both write at once
+        open(path + "." + mode, "w").close()
+        while len([m for m in ("a", "b") if os.path.exists(path + "." + m)]) < 2:
+            time.sleep(0.05)
+    grid = {"end_at_step": [0, 1, 2], "positive": ["", "red circle"]}
+    ul.sweep(model, latent, grid, steps=4, path=path, metrics=["latent", "noise"], progress=False)
+    print("done")
+""")
+
+
+def _spawn(tmp_path, path, latent, mode):
+    latent_file = tmp_path / "latent.pt"
+    if not latent_file.exists():
+        torch.save(latent, latent_file)
+    root = str(Path(ul.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *sys.path]), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", _WORKER, str(path), str(latent_file), mode], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_writer_killed_mid_write_resumes_with_every_finished_row_once(tiny_model, tiny_latent, tmp_path):
+    latent, _ = tiny_latent
+    path = tmp_path / "killed.sqlite"
+    proc = _spawn(tmp_path, path, latent, "kill")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == -9, err  # SIGKILL
+    with ResultStore(path) as store:
+        after_kill = store.frame()
+    # two settings (2 items each) were committed; the third's INSERTs died with the process
+    assert len(after_kill) == 4 and after_kill[["noise_ks", "latent_mse"]].notna().all().all()
+    assert _store_counts(path) == ((4, 4), {"latent": 4, "noise": 4})
+
+    counted = _CountingModel(tiny_model)
+    grid = {"end_at_step": [0, 1, 2], "positive": ["", "red circle"]}
+    df = ul.sweep(counted, latent, grid, steps=4, path=path, metrics=["latent", "noise"], progress=False)
+    assert df.attrs["rows_skipped"] == 4 and df.attrs["rows_computed"] == 8
+    assert counted.nfe == (4 + 2) + (4 + 4 + 3 + 2)  # "" with k = 2, then all of "red circle"
+    assert _store_counts(path) == ((12, 12), {"latent": 12, "noise": 12})
+    fresh = ul.sweep(tiny_model, latent, grid, steps=4, metrics=["latent", "noise"], progress=False)
+    assert df["latent_mse"].tolist() == pytest.approx(fresh["latent_mse"].tolist(), rel=1e-6)
+
+
+def test_two_concurrent_sweeps_on_one_store_write_every_row_once(tiny_latent, tmp_path):
+    latent, _ = tiny_latent
+    path = tmp_path / "shared.csv"
+    procs = [_spawn(tmp_path, path, latent, mode) for mode in ("a", "b")]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0 and "done" in out, err
+    assert _store_counts(tmp_path / "shared.sqlite") == ((12, 12), {"latent": 12, "noise": 12})
+    exported = pd.read_csv(path, keep_default_na=False)
+    assert len(exported) == 12 and not exported.duplicated(["positive", "end_at_step", "item"]).any()
+    assert not list(tmp_path.glob(".shared.csv.*"))  # no temporary export left behind

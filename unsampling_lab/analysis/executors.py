@@ -1,0 +1,151 @@
+"""Running work on a `concurrent.futures.Executor`: a Dask cluster, a process pool, or an adapter.
+
+    client = ul.local_cluster(2)                                   # or distributed.Client("tcp://host:8786")
+    df = ul.sweep(ul.ModelSource("path/to/pipeline", device="cuda"), latents, grid, executor=client)
+
+The library never imports dask: a Dask `Client` is recognised by its `get_executor` method and
+used through the Executor it returns (with Dask's own `retries`). A worker receives a model by its
+*source* (`ModelSource`: path or hub id, device, dtype, thread count), loads it on first use and keeps
+it for every later task (`cached_model`); a loaded model object is never pickled to workers.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import UnsamplingError
+
+if TYPE_CHECKING:
+    from ..models.base import DiffusionModel
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How a worker loads the model: `load_model(path, device=..., dtype=...)` after `torch.set_num_threads(threads)`.
+
+    path: a diffusers pipeline folder or a hub id in the local cache (None: the bundled model);
+    dtype: a torch dtype name ("float16", "bfloat16", "float32") or None for the checkpoint's own;
+    threads: torch CPU threads in the worker (None: leave torch's setting).
+    """
+
+    path: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not isinstance(self.path, str):
+            object.__setattr__(self, "path", str(self.path))  # a pathlib.Path is fine too
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise UnsamplingError(f"ModelSource threads must be a whole number >= 1 or None, got {self.threads!r}")
+
+    def load(self) -> "DiffusionModel":
+        import torch
+
+        from ..models.loading import load_model
+
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        dtype = None
+        if self.dtype is not None:
+            dtype = getattr(torch, self.dtype, None)
+            if not isinstance(dtype, torch.dtype):
+                raise UnsamplingError(f"ModelSource dtype {self.dtype!r} is not a torch dtype; use e.g. 'float16'")
+        return load_model(self.path, device=self.device, dtype=dtype)
+
+
+_MODELS: dict[ModelSource, "DiffusionModel"] = {}
+
+
+def cached_model(source: ModelSource) -> "DiffusionModel":
+    """The model of `source`, loaded once per process (each worker keeps its own)."""
+    model = _MODELS.get(source)
+    if model is None:
+        model = _MODELS[source] = source.load()
+    return model
+
+
+def is_dask_client(executor: Any) -> bool:
+    """A Dask `Client` (duck-typed: it has `get_executor` and is no Executor itself)."""
+    return hasattr(executor, "get_executor") and not isinstance(executor, cf.Executor)
+
+
+def check_executor(executor: Any) -> None:
+    if not (isinstance(executor, cf.Executor) or is_dask_client(executor)):
+        raise UnsamplingError(
+            f"executor must be a concurrent.futures.Executor (ProcessPoolExecutor, a Dask client's get_executor(), an "
+            f"adapter) or a Dask Client, got {type(executor).__name__}")
+
+
+@dataclass
+class Failure:
+    """A task that failed on its last attempt."""
+
+    task: Any
+    error: BaseException
+
+
+def run_all(executor: Any, fn: Callable[..., R], tasks: Sequence[T], *args: Any,
+            retries: int = 2) -> Iterator[tuple[T, R | Failure]]:
+    """`fn(task, *args)` for every task on `executor`; yields (task, result or Failure) as tasks finish.
+
+    A failed task is submitted again up to `retries` times (for a Dask Client by Dask itself, which
+    also reruns the tasks of a worker that died). Pending tasks are cancelled if the consumer stops
+    (an exception, Ctrl-C).
+    """
+    check_executor(executor)
+    dask = is_dask_client(executor)
+    pool = executor.get_executor(retries=retries, pure=False) if dask else executor
+    attempts: dict[cf.Future, tuple[int, T]] = {}
+    for i, task in enumerate(tasks):
+        attempts[pool.submit(fn, task, *args)] = (0, task)
+    pending = set(attempts)
+    try:
+        while pending:
+            finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                tries, task = attempts.pop(future)
+                error = future.exception()
+                if error is None:
+                    yield task, future.result()
+                elif not dask and tries < retries and not isinstance(error, cf.process.BrokenProcessPool):
+                    again = pool.submit(fn, task, *args)
+                    attempts[again] = (tries + 1, task)
+                    pending.add(again)
+                else:
+                    yield task, Failure(task, error)
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_limit: str | None = None,
+                  dashboard: bool = False) -> Any:
+    """A Dask `Client` on a new LocalCluster of `n_workers` processes, listening on 127.0.0.1 only.
+
+    Needs the `[dask]` extra (distributed; bokeh for the dashboard). Unlike Dask's default, the
+    workers do not get MALLOC_TRIM_THRESHOLD_=65536: on CPU workers running torch it cost 15-30%
+    more CPU than a serial run for the same work. Close it with `client.close(); client.cluster.close()`
+    or use it as a context manager (`with ul.local_cluster(2) as client:`).
+    """
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UnsamplingError("a local cluster needs Dask: pip install 'unsampling_lab[dask]'") from None
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise UnsamplingError(f"n_workers must be a whole number >= 1, got {n_workers!r}")
+    options: dict[str, Any] = {}
+    if memory_limit is not None:
+        options["memory_limit"] = memory_limit
+    # None unsets one of Dask's pre-spawn variables (distributed.nanny._get_env_variables)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0" if dashboard else None, **options)
+    return Client(cluster)
