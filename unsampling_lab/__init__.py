@@ -10,8 +10,9 @@ Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used
 """
 from __future__ import annotations
 
-from .engine import NORMALIZE_MODES, resample, unsample, unsample_sigmas, unsample_trajectory, unsampled
+from .engine import NORMALIZE_MODES, invert, resample, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError
+from .inversion import INVERSION_METHODS, Inversion
 from .model_sampling import ModelSampling
 from .models.base import Conditioning, DiffusionModel, LatentFormat
 from .models.loading import load_model
@@ -36,7 +37,7 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 
 
 __all__ = [
-    "BUNDLED_MODEL", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
-    "Conditioning", "DiffusionModel", "LatentFormat", "ModelSampling", "Trajectory", "UnsamplingError",
-    "calculate_sigmas", "load_model", "resample", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
+    "BUNDLED_MODEL", "INVERSION_METHODS", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
+    "Conditioning", "DiffusionModel", "Inversion", "LatentFormat", "ModelSampling", "Trajectory", "UnsamplingError",
+    "calculate_sigmas", "invert", "load_model", "resample", "resample_sigmas", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
 ]

@@ -1,0 +1,157 @@
+"""Inversion methods (`ul.invert`) against closed forms: exact Gaussian models, guided Gaussian pairs, mixtures."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import unsampling_lab as ul
+from unsampling_lab.analytic import GaussianData, GaussianMixture
+from unsampling_lab.guidance import GuidedDenoiser
+from unsampling_lab.inversion import METHOD_SPECS, InversionWarning
+from unsampling_lab.models.analytic import AnalyticModel, gaussian_model, mixture_model
+
+F64 = torch.float64
+DATA4 = GaussianData(torch.tensor([0.3, -0.5, 1.0, 0.0], dtype=F64), torch.tensor([0.5, 1.0, 0.8, 1.5], dtype=F64))
+X4 = torch.tensor([[0.1, 0.4, -1.2, 2.0], [1.0, -2.0, 0.5, 0.3]], dtype=F64)[:, :, None, None]
+MU, S = 0.3, 0.5  # the 1-D Gaussian of the contraction tests
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def guided_pair(s_uncond: float, s_cond: float, mu_uncond: float = 0.0, mu_cond: float = 0.5) -> AnalyticModel:
+    """1-D: prompt "c" is N(mu_cond, s_cond²), "" is N(mu_uncond, s_uncond²); D_w is affine in x."""
+    cond = GaussianData(torch.tensor([mu_cond], dtype=F64), torch.tensor([s_cond], dtype=F64))
+    uncond = GaussianData(torch.tensor([mu_uncond], dtype=F64), torch.tensor([s_uncond], dtype=F64))
+
+    def denoise(x, sigma, label):
+        s = sigma[:, None]
+        return torch.where(label[:, None] < 0, uncond.denoise(x, s), cond.denoise(x, s))
+
+    return AnalyticModel(denoise, dim=1, labels=("c",))
+
+
+def contraction(sigmas: torch.Tensor, i: int, *, w: float = 1.0, s_uncond: float = S, s_cond: float = S) -> float:
+    """Slope of g(y) = x_i + Δ_i d_w(y, σ_{i+1}) for Gaussians: from (y − μ) = (x_i − μ) / (1 − Δ σ/(s² + σ²)),
+    with D_w = (1 − w) D_∅ + w D_c each Gaussian: q = Δ σ ((1 − w)/(s_∅² + σ²) + w/(s_c² + σ²))."""
+    lo, hi = float(sigmas[i]), float(sigmas[i + 1])
+    return (hi - lo) * hi * ((1 - w) / (s_uncond**2 + hi**2) + w / (s_cond**2 + hi**2))
+
+
+# -- the registry and bad input ------------------------------------------------------------------------
+def test_registry_is_data_and_unsampler_is_unsample(sd_model):
+    assert set(ul.INVERSION_METHODS) == set(METHOD_SPECS) and "unsampler" in ul.INVERSION_METHODS
+    for spec in METHOD_SPECS.values():
+        assert spec.families and spec.cost and spec.paper and isinstance(dict(spec.options), dict)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, :16] = 1.0
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), "noise_mask": mask}
+    kw = dict(steps=3, cfg=2.0, positive="a", negative="b", progress=False)
+    inv = ul.invert(sd_model, latent, **kw)
+    plain = ul.unsample(sd_model, latent, **kw)
+    assert torch.equal(inv.noise["samples"], plain["samples"]) and inv.noise["noise_mask"] is mask
+    assert inv.method == "unsampler" and inv.nfe == 3 and inv.grad_steps == 0 and inv.converged
+    back = ul.resample(sd_model, inv, **kw)
+    assert torch.equal(back["samples"], ul.resample(sd_model, plain, **kw)["samples"])
+
+
+def test_bad_method_options_sampler_are_clear_errors():
+    m = gaussian_model(DATA4)
+    with pytest.raises(ul.UnsamplingError, match="did you mean 'fixed_point'"):
+        ul.invert(m, X4, method="fixed_pont", progress=False)
+    with pytest.raises(ul.UnsamplingError, match=r"no option 'iteration' \(did you mean 'iterations'\?\).*tol="):
+        ul.invert(m, X4, method="fixed_point", iteration=3, progress=False)
+    with pytest.raises(ul.UnsamplingError, match="unsampler' takes no option 'tol'.*none"):
+        ul.invert(m, X4, tol=1e-3, progress=False)
+    with pytest.raises(ul.UnsamplingError, match="iterations must be a int"):
+        ul.invert(m, X4, method="fixed_point", iterations=2.5, progress=False)
+    with pytest.raises(ul.UnsamplingError, match="sampler_name in .*'lms'.*multistep"):
+        ul.invert(m, X4, method="fixed_point", sampler_name="lms", progress=False)
+
+
+# -- fixed point -----------------------------------------------------------------------------------------
+def test_fixed_point_residual_falls_with_the_closed_form_contraction():
+    m = gaussian_model(GaussianData(torch.tensor([MU], dtype=F64), torch.tensor([S], dtype=F64)))
+    x0 = torch.tensor([[1.4], [-0.9]], dtype=F64)[:, :, None, None]
+    with pytest.warns(InversionWarning):  # tol 0: no step "converges", every iteration is recorded
+        inv = ul.invert(m, x0, method="fixed_point", steps=8, iterations=6, tol=0.0, progress=False)
+    sigmas = ul.resample_sigmas(m, steps=8).flip(0)
+    checked = 0
+    for i, res in enumerate(inv.residuals):
+        q = contraction(sigmas, i)
+        assert 0 < q < 1
+        ratios = [b / a for a, b in zip(res, res[1:]) if b > 1e-8]  # above float64 rounding of the residual
+        for r in ratios:
+            assert r == pytest.approx(q, rel=1e-6)
+        checked += len(ratios)
+    assert checked >= 20
+
+
+def test_fixed_point_diverges_where_the_contraction_exceeds_one_and_says_so():
+    m = guided_pair(s_uncond=1.0, s_cond=0.2)
+    x0 = torch.tensor([[0.55]], dtype=F64)[:, :, None, None]
+    w, steps = 7.5, 6
+    sigmas = ul.resample_sigmas(m, steps=steps).flip(0)
+    q = [contraction(sigmas, i, w=w, s_uncond=1.0, s_cond=0.2) for i in range(steps)]
+    assert max(q) > 1.5 and min(abs(v) for v in q) < 0.5  # some steps diverge, some contract
+    with pytest.warns(InversionWarning, match="did not reach tol"):
+        inv = ul.invert(m, x0, method="fixed_point", steps=steps, cfg=w, positive="c", iterations=12, tol=1e-12,
+                        progress=False)
+    assert not inv.converged
+    for i, res in enumerate(inv.residuals):
+        if abs(q[i]) > 1:
+            assert i in inv.nonconverged_steps
+            assert res[2] / res[1] == pytest.approx(abs(q[i]), rel=1e-6)  # grows by exactly |q| per iteration
+        elif abs(q[i]) < 0.5:
+            assert inv.step_converged[i]
+    # Anderson acceleration is a secant method on this affine map: it converges on every step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InversionWarning)
+        acc = ul.invert(m, x0, method="fixed_point", steps=steps, cfg=w, positive="c", iterations=12, tol=1e-12,
+                        anderson=2, progress=False)
+    assert acc.converged and acc.nfe < steps * 12
+    back = ul.resample(m, acc, steps=steps, cfg=w, positive="c", progress=False)
+    assert rel(back, x0) < 1e-11
+
+
+def test_fixed_point_euler_round_trip_to_float_precision():
+    m = gaussian_model(DATA4)
+    for kw in (dict(iterations=200), dict(iterations=60, anderson=3), dict(iterations=200, averaging=3)):
+        inv = ul.invert(m, X4, method="fixed_point", steps=10, tol=1e-14, **kw, progress=False)
+        back = ul.resample(m, inv, steps=10, progress=False)
+        assert inv.converged and rel(back, X4) < 1e-12, kw
+        assert sum(len(r) for r in inv.residuals) == inv.nfe
+    plain = ul.resample(m, ul.unsample(m, X4, steps=10, progress=False), steps=10, progress=False)
+    assert rel(plain, X4) > 1e-2  # what the Unsampler's explicit step gives at 10 steps
+
+
+def test_fixed_point_other_one_step_samplers_and_end_at_step():
+    m = gaussian_model(DATA4)
+    for name in ("heun", "dpm_2"):
+        inv = ul.invert(m, X4, method="fixed_point", steps=6, end_at_step=2, sampler_name=name, iterations=100,
+                        tol=1e-14, anderson=3, progress=False)
+        back = ul.resample(m, inv, steps=6, start_at_step=2, sampler_name=name, progress=False)
+        assert rel(back, X4) < 1e-12, name
+
+
+# -- negative-prompt inversion ------------------------------------------------------------------------------
+def test_negative_prompt_denoiser_is_the_conditional_one():
+    mixture = GaussianMixture.two_class_2d()
+    m = mixture_model(mixture, labels=("left", "right"))
+    pos = m.encode_prompt(["left", "left"])
+    x = torch.tensor([[0.3, -1.0], [2.0, 0.5]], dtype=F64)[:, :, None, None]
+    sigma = torch.tensor([1.3, 1.3], dtype=F64)
+    npi = GuidedDenoiser(m, pos, pos, 7.5)(x, sigma)
+    cond = GuidedDenoiser(m, pos, None, 1.0)(x, sigma)
+    uncond = GuidedDenoiser(m, m.encode_prompt(["", ""]), None, 1.0)(x, sigma)
+    torch.testing.assert_close(npi, cond, rtol=1e-14, atol=1e-14)
+    assert rel(uncond, cond) > 1e-2
+    x0 = mixture.sample(4, torch.Generator().manual_seed(0))[0][:, :, None, None]
+    inv = ul.invert(m, x0, method="negative_prompt", steps=8, cfg=7.5, positive="left", progress=False)
+    assert torch.equal(inv.noise, ul.unsample(m, x0, steps=8, cfg=1.0, positive="left", progress=False))
+    back = ul.resample(m, inv, steps=8, cfg=7.5, positive="left", progress=False)
+    cfg1 = ul.resample(m, inv.noise, steps=8, cfg=1.0, positive="left", progress=False)
+    torch.testing.assert_close(back, cfg1, rtol=1e-12, atol=1e-12)
