@@ -237,3 +237,42 @@ def as_sampler_spec(name: str, fn: Any, evals_per_step: int = 1) -> Any:
     from ..samplers.base import SamplerSpec
 
     return SamplerSpec(name, fn, deterministic=True, order=1, evals_per_step=evals_per_step)
+
+
+def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step: int = 1,
+                    denoiser: Any = None) -> Latent:
+    """Run a method's own sampling loop `loop(model, x, sigmas, *, callback, noise)` from the noise LATENT,
+    over the sigmas `resample` would use, and return the LATENT as `resample` does.
+
+    The loop continues the inversion's own states, so the resample must start where the inversion ended:
+    same steps, scheduler and start_at_step = end_at_step, and no added noise.
+    """
+    from ..engine import _denoiser, _keep_unmasked, _on_off, _read_latent, _run, _state_dtype, _wrap, resample_sigmas
+
+    inv, model = call.inversion, call.model
+    if _on_off("add_noise", call.add_noise):
+        raise UnsamplingError(f"method {inv.method!r}: its resampling side continues the inverted states; "
+                              "add_noise must be off (resample(..., add_noise=False))")
+    sigmas = resample_sigmas(model, steps=call.steps, start_at_step=call.start_at_step, end_at_step=call.end_at_step,
+                             sampler_name=call.sampler_name, scheduler=call.scheduler,
+                             return_with_leftover_noise=_on_off("return_with_leftover_noise", call.return_with_leftover_noise))
+    top = inv.resampling.get("sigma_top")
+    p = inv.params
+    if len(sigmas) < 2 or top is None or abs(float(sigmas[0]) - float(top)) > 1e-6 * max(1.0, abs(float(top))):
+        raise UnsamplingError(
+            f"method {inv.method!r} resamples from the sigma its inversion ended at ({top}); this resample starts at "
+            f"{float(sigmas[0]) if len(sigmas) else 'nothing'}: call resample with steps={p['steps']}, "
+            f"scheduler={p['scheduler']!r}, start_at_step={min(p['end_at_step'], p['steps'] - 1)} "
+            "(or resample inversion.noise for a plain resample)"
+        )
+    samples, mask = _read_latent(inv.noise, model)
+    latent_in = model.latent_format.process_in(samples.to(model.device, _state_dtype(samples)))
+    ms = model.model_sampling
+    x = inv.resampling.get("state", ms.latent_to_state(sigmas[0], latent_in))
+    if denoiser is None:
+        denoiser = _denoiser(model, latent_in, mask, cfg=call.cfg, positive=call.positive, negative=call.negative,
+                             noise=torch.zeros_like(latent_in))
+    x = _run(as_sampler_spec(name, loop, evals_per_step), denoiser, x.to(model.device), sigmas.to(model.device),
+             callback=call.callback, progress=call.progress, noise_seed=None, desc="resample")
+    x = ms.inverse_noise_scaling(sigmas[-1], x)
+    return _wrap(_keep_unmasked(model.latent_format.process_out(x).cpu(), samples, mask), inv.noise)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import check_choice
-from . import fixed_point, prompts
+from . import exact_pair, fixed_point, prompts
 from .base import MethodSpec
 
 ALL_FAMILIES = ("eps", "v", "flow")
@@ -25,6 +25,12 @@ _SPECS: list[MethodSpec] = [
         "negative_prompt", prompts.invert_negative_prompt, families=ALL_FAMILIES, samplers=None, options={},
         cost="the Unsampler's at cfg 1 (no uncond pass)", paper="Miyake et al. 2023 (arXiv 2305.16807)",
         resample=prompts.resample_negative_prompt,
+    ),
+    MethodSpec(
+        "edict", exact_pair.invert_edict, families=ALL_FAMILIES, samplers=("euler", "ddim"),
+        options=exact_pair.EDICT_OPTIONS, cost="2 evaluations per step, both ways", paper="Wallace et al. CVPR 2023 (arXiv 2211.12446)",
+        resample=exact_pair.resample_edict,
+        why_samplers="EDICT couples two latents through the DDIM/Euler step; its sampling side is its own",
     ),
 ]
 
