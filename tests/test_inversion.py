@@ -188,3 +188,89 @@ def test_edict_round_trip_on_the_tiny_unet(one_thread):
     err = rel(back["samples"], latent["samples"])
     plain = rel(ul.resample(m, ul.unsample(m, latent, **kw), **kw)["samples"], latent["samples"])
     assert err < 1e-12 and plain > 1.0, (err, plain)
+
+
+# -- null-text inversion -------------------------------------------------------------------------------------
+class SmoothToy:
+    """A float64 eps model whose output depends smoothly on the prompt embedding (for gradient checks):
+    eps = tanh(A x + (mean_L embeds) B) per pixel, A [C, C], B [W, C]."""
+
+    def __init__(self, channels: int = 3, width: int = 5, seed: int = 0):
+        from unsampling_lab.model_sampling import ModelSampling
+        from unsampling_lab.models.base import LatentFormat
+
+        g = torch.Generator().manual_seed(seed)
+        self.a = torch.randn(channels, channels, generator=g, dtype=F64) * 0.5
+        self.b = torch.randn(width, channels, generator=g, dtype=F64) * 0.3
+        self.model_sampling = ModelSampling.continuous(sigma_min=0.002, sigma_max=5.0, prediction="eps")
+        self.latent_format = LatentFormat(channels=channels)
+        self.device, self.dtype, self.width = torch.device("cpu"), F64, width
+
+    def encode_prompt(self, prompts):
+        from unsampling_lab.models.base import Conditioning
+
+        return Conditioning(torch.stack([torch.full((2, self.width), float(len(p)) / 10, dtype=F64) for p in prompts]))
+
+    def check_conditioning(self, cond):
+        pass
+
+    def forward(self, x, timestep, cond):
+        h = torch.einsum("ij,bjhw->bihw", self.a, x) + (cond.embeds.mean(1) @ self.b)[:, :, None, None]
+        return torch.tanh(h)
+
+
+def test_null_text_gradients_match_finite_differences():
+    from unsampling_lab.inversion.null_text import null_text_loss
+    from unsampling_lab.models.base import Conditioning
+
+    m = SmoothToy()
+    g = torch.Generator().manual_seed(5)
+    x, target = torch.randn(2, 3, 2, 2, generator=g, dtype=F64) * 3, torch.randn(2, 3, 2, 2, generator=g, dtype=F64)
+    sigma, sigma_next = torch.tensor(2.0, dtype=F64), torch.tensor(1.2, dtype=F64)
+    sig_b = torch.full([2], 2.0, dtype=F64)
+    cond = GuidedDenoiser(m, m.encode_prompt(["abc", "abc"]), None, 1.0)(x, sig_b)
+
+    def loss_of(e):
+        uncond = lambda emb: GuidedDenoiser(m, Conditioning(emb), None, 1.0)(x, sig_b)  # noqa: E731
+        return null_text_loss(uncond, e, x, sigma, sigma_next, target, cond_denoised=cond, cfg=7.5, scale=0.4)[0]
+
+    e = torch.randn(2, 2, 5, generator=g, dtype=F64).requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_of(e), e)
+    h = 1e-6
+    for _ in range(3):
+        v = torch.randn(e.shape, generator=g, dtype=F64)
+        with torch.no_grad():
+            fd = (loss_of(e + h * v) - loss_of(e - h * v)) / (2 * h)
+        assert float((grad * v).sum()) == pytest.approx(float(fd), rel=1e-7, abs=1e-10)
+
+
+def test_null_text_drives_the_per_step_residual_down_and_resamples_its_embeddings():
+    m = SmoothToy()
+    x0 = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    kw = dict(steps=6, cfg=3.0, positive="a prompt", negative="", progress=False)
+    inv = ul.invert(m, x0, method="null_text", inner_steps=20, lr=0.05, **kw)
+    assert len(inv.residuals) == 6 and inv.grad_steps > 0 and inv.nfe > 0
+    for res in inv.residuals:
+        assert res[-1] < res[0]
+    back = ul.resample(m, inv, **kw)
+    torch.testing.assert_close(back, inv.resampling["reconstruction"])
+    plain = ul.resample(m, ul.unsample(m, x0, **kw), **kw)
+    assert rel(back, x0) < 0.5 * rel(plain, x0)
+    with pytest.raises(ul.UnsamplingError, match="cfg 1 never uses"):
+        ul.invert(m, x0, method="null_text", steps=6, cfg=1.0, progress=False)
+    with pytest.raises(ul.UnsamplingError, match="one embedding per step"):
+        ul.resample(m, inv, steps=7, cfg=3.0, positive="a prompt", progress=False)
+
+
+def test_null_text_runs_on_the_bundled_model(one_thread):
+    from unsampling_lab import shapes
+
+    model = ul.load_model(device="cpu")
+    batch = shapes.make_shapes(1, seed=7)
+    latent = model.encode(batch.images)
+    kw = dict(steps=4, cfg=7.5, positive=batch.captions, progress=False)
+    inv = ul.invert(model, latent, method="null_text", inner_steps=3, **kw)
+    assert inv.grad_steps > 0 and all(r[-1] <= r[0] for r in inv.residuals)
+    back = ul.resample(model, inv, **kw)
+    plain = ul.resample(model, ul.unsample(model, latent, **kw), **kw)
+    assert rel(back["samples"], latent["samples"]) < rel(plain["samples"], latent["samples"])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import check_choice
-from . import exact_pair, fixed_point, prompts
+from . import exact_pair, fixed_point, null_text, prompts
 from .base import MethodSpec
 
 ALL_FAMILIES = ("eps", "v", "flow")
@@ -31,6 +31,14 @@ _SPECS: list[MethodSpec] = [
         options=exact_pair.EDICT_OPTIONS, cost="2 evaluations per step, both ways", paper="Wallace et al. CVPR 2023 (arXiv 2211.12446)",
         resample=exact_pair.resample_edict,
         why_samplers="EDICT couples two latents through the DDIM/Euler step; its sampling side is its own",
+    ),
+    MethodSpec(
+        "null_text", null_text.invert_null_text, families=ALL_FAMILIES, samplers=("euler", "ddim"),
+        options=null_text.NULL_TEXT_OPTIONS, gradients=True,
+        cost="pivot: pivot_iterations per step at cfg 1; then per step up to inner_steps forward+backward passes "
+             "(grad_steps) and 2 evaluations", paper="Mokady et al. CVPR 2023",
+        resample=null_text.resample_null_text,
+        why_samplers="its embeddings are optimised for the Euler/DDIM step, one per step",
     ),
 ]
 
