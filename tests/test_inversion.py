@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import unsampling_lab as ul
-from unsampling_lab.analytic import GaussianData, GaussianMixture
+from unsampling_lab.models.gaussian import GaussianData, GaussianMixture
 from unsampling_lab.guidance import GuidedDenoiser
 from unsampling_lab.inversion import METHOD_SPECS, InversionWarning
 from unsampling_lab.models.analytic import AnalyticModel, gaussian_model, mixture_model
@@ -175,7 +175,7 @@ def test_edict_round_trip_to_float_precision_at_cfg_7_5_exact_model():
 def test_edict_round_trip_on_the_tiny_unet(one_thread):
     """float64 state and network: exact to rounding. (In float32 this random UNet at cfg 7.5 amplifies the
     rounding to ~1e-3 over 3 steps, where the Unsampler's round trip is off by ~50x the latent's norm.)"""
-    from conftest import SD15_SCHEDULER, tiny_unet
+    from unsampling_lab.testing import SD15_SCHEDULER, tiny_unet
     from unsampling_lab.models.unet import UNetModel
 
     m = UNetModel(tiny_unet().double(), SD15_SCHEDULER, device="cpu", dtype=F64)
@@ -263,7 +263,7 @@ def test_null_text_drives_the_per_step_residual_down_and_resamples_its_embedding
 
 
 def test_null_text_runs_on_the_bundled_model(one_thread):
-    from unsampling_lab import shapes
+    from unsampling_lab.bundled import shapes
 
     model = ul.load_model(device="cpu")
     batch = shapes.make_shapes(1, seed=7)

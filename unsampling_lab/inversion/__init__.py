@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..conditioning import Prompt
+from ..guidance import Prompt
 from ..errors import UnsamplingError
 from ..models.base import DiffusionModel
 from .base import Inversion, InversionWarning, MethodSpec, Problem, ResampleCall, check_option_values
@@ -38,7 +38,7 @@ def invert(
     **options: Any,
 ) -> Inversion:
     """Invert `latent` with `method` (see `ul.invert`)."""
-    from ..engine import _check_common, _check_int, _describe, _read_latent, _state_dtype
+    from ..engine import _check_common, _check_int, _describe, _read_latent, state_dtype
     from ..samplers import get_sampler
 
     spec = get_method(method)
@@ -48,7 +48,7 @@ def invert(
     check_applicable(spec, model, sampler_name, cfg=cfg)
     get_sampler(sampler_name, invertible=True)
     samples, mask = _read_latent(latent, model)
-    latent_in = model.latent_format.process_in(samples.to(model.device, _state_dtype(samples)))
+    latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     problem = Problem(model, latent, samples, mask, latent_in, steps=steps, end_at_step=end_at_step, cfg=float(cfg),
                       sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
                       progress=progress)

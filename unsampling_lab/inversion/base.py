@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..conditioning import Prompt
+from ..guidance import Prompt
 from ..errors import UnsamplingError
 from ..guidance import EvalCounter, GuidedDenoiser
 from ..models.base import DiffusionModel
@@ -108,9 +108,9 @@ class Problem:
     def denoiser(self, *, cfg: float | None = None, positive: Prompt | None = None,
                  negative: Prompt | None = None) -> GuidedDenoiser:
         """The guided denoiser (mask blend included), counting into this problem's `counter`."""
-        from ..engine import _denoiser
+        from ..engine import guided_denoiser
 
-        den = _denoiser(self.model, self.latent_in, self.mask, cfg=self.cfg if cfg is None else cfg,
+        den = guided_denoiser(self.model, self.latent_in, self.mask, cfg=self.cfg if cfg is None else cfg,
                         positive=self.positive if positive is None else positive,
                         negative=self.negative if negative is None else negative)
         den.counter = self.counter
@@ -247,7 +247,7 @@ def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step:
     The loop continues the inversion's own states, so the resample must start where the inversion ended:
     same steps, scheduler and start_at_step = end_at_step, and no added noise.
     """
-    from ..engine import _denoiser, _keep_unmasked, _on_off, _read_latent, _run, _state_dtype, _wrap, resample_sigmas
+    from ..engine import _keep_unmasked, _on_off, _read_latent, _run, _wrap, guided_denoiser, resample_sigmas, state_dtype
 
     inv, model = call.inversion, call.model
     if _on_off("add_noise", call.add_noise):
@@ -266,11 +266,11 @@ def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step:
             "(or resample inversion.noise for a plain resample)"
         )
     samples, mask = _read_latent(inv.noise, model)
-    latent_in = model.latent_format.process_in(samples.to(model.device, _state_dtype(samples)))
+    latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     ms = model.model_sampling
     x = inv.resampling.get("state", ms.latent_to_state(sigmas[0], latent_in))
     if denoiser is None:
-        denoiser = _denoiser(model, latent_in, mask, cfg=call.cfg, positive=call.positive, negative=call.negative,
+        denoiser = guided_denoiser(model, latent_in, mask, cfg=call.cfg, positive=call.positive, negative=call.negative,
                              noise=torch.zeros_like(latent_in))
     x = _run(as_sampler_spec(name, loop, evals_per_step), denoiser, x.to(model.device), sigmas.to(model.device),
              callback=call.callback, progress=call.progress, noise_seed=None, desc="resample")

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..conditioning import to_conditioning
+from ..guidance import to_conditioning
 from ..guidance import EvalCounter, GuidedDenoiser
 from ..models.base import Conditioning
 from ..samplers.base import report, to_d
