@@ -274,3 +274,80 @@ def test_null_text_runs_on_the_bundled_model(one_thread):
     back = ul.resample(model, inv, **kw)
     plain = ul.resample(model, ul.unsample(model, latent, **kw), **kw)
     assert rel(back["samples"], latent["samples"]) < rel(plain["samples"], latent["samples"])
+
+
+# -- flow models -----------------------------------------------------------------------------------------------
+def _flow_setup():
+    from unsampling_lab.models.analytic import gaussian_flow_model
+
+    data = GaussianData(torch.tensor([0.3, -0.5, 1.0, 0.0], dtype=F64), torch.tensor([0.5, 1.0, 0.8, 1.5], dtype=F64))
+    return data, gaussian_flow_model(data)
+
+
+def test_rf_solver_step_is_a_midpoint_step_and_second_order():
+    data, m = _flow_setup()
+    x0 = X4
+    sigmas = ul.unsample_sigmas(m, steps=8, end_at_step=0, sampler_name="euler", scheduler="simple")  # float32
+    v = lambda x, s: (x - data.denoise_flow(x, s)) / s  # noqa: E731  the exact velocity, independent of the engine
+    x = (1 - sigmas[0].double()) * x0.flatten(1)  # the Unsampler's zero-noise start at sigma_0 = 1e-4
+    for lo, hi in zip(sigmas[:-1], sigmas[1:]):
+        dt, mid = (hi - lo).double(), (lo + (hi - lo) / 2).double()  # sigma arithmetic in the sigmas' float32
+        x = x + dt * v(x + dt / 2 * v(x, lo.double()), mid)
+    x = x.reshape(x0.shape)
+    inv = ul.invert(m, x0, method="rf_solver", steps=8, scheduler="simple", progress=False)
+    torch.testing.assert_close(inv.noise, x, rtol=1e-12, atol=1e-12)
+    assert inv.nfe == 16
+    exact = data.ode_solution_flow(x0.flatten(1), float(sigmas[0]), 1.0).reshape(x0.shape)
+    euler = ul.unsample(m, x0, steps=8, scheduler="simple", progress=False)
+    assert rel(inv.noise, exact) < 0.1 * rel(euler, exact)
+    back = ul.resample(m, inv, steps=8, scheduler="simple", progress=False)
+    plain = ul.resample(m, euler, steps=8, scheduler="simple", progress=False)
+    assert rel(back, x0) < 0.1 * rel(plain, x0)
+
+
+def test_fireflow_one_evaluation_per_step_and_better_than_euler():
+    data, m = _flow_setup()
+    inv = ul.invert(m, X4, method="fireflow", steps=10, scheduler="simple", progress=False)
+    assert inv.nfe == 11
+    back = ul.resample(m, inv, steps=10, scheduler="simple", progress=False)
+    plain = ul.resample(m, ul.unsample(m, X4, steps=10, scheduler="simple", progress=False), steps=10,
+                        scheduler="simple", progress=False)
+    assert rel(back, X4) < 0.5 * rel(plain, X4)
+
+
+def test_rf_inversion_gamma_0_is_euler_and_gamma_1_lands_on_xi():
+    data, m = _flow_setup()
+    kw = dict(steps=6, scheduler="simple", progress=False)
+    inv0 = ul.invert(m, X4, method="rf_inversion", gamma=0.0, **kw)
+    torch.testing.assert_close(inv0.noise, ul.unsample(m, X4, **kw), rtol=0, atol=0)
+    inv1 = ul.invert(m, X4, method="rf_inversion", gamma=1.0, seed=3, **kw)
+    xi = torch.randn(X4.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float32).double()
+    torch.testing.assert_close(inv1.noise, xi, rtol=1e-12, atol=1e-12)
+    # eta = 1 over every resampling step drives the sample onto the source latent
+    inv = ul.invert(m, X4, method="rf_inversion", gamma=0.5, eta=1.0, start=0.0, stop=1.0, **kw)
+    torch.testing.assert_close(ul.resample(m, inv, **kw), X4, rtol=1e-12, atol=1e-12)
+
+
+def test_flow_methods_refuse_other_families_and_samplers(sd_model):
+    data, m = _flow_setup()
+    with pytest.raises(ul.UnsamplingError, match="serves flow models, not this 'eps' model.*straight paths.*fixed_point"):
+        ul.invert(sd_model, torch.zeros(1, 4, 8, 8), method="rf_solver", progress=False)
+    with pytest.raises(ul.UnsamplingError, match="sampler_name in \\['euler'\\], got 'heun'"):
+        ul.invert(m, X4, method="fireflow", sampler_name="heun", progress=False)
+    with pytest.raises(ul.UnsamplingError, match="gamma"):
+        ul.invert(m, X4, method="rf_inversion", gamma=2.0, progress=False)
+
+
+def test_flow_methods_run_on_a_tiny_sd3_transformer(one_thread):
+    from unsampling_lab.testing import tiny_flow_model
+
+    m = tiny_flow_model("sd3")
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    emb, pooled = torch.zeros(1, 3, 16), torch.zeros(1, 8)
+    from unsampling_lab.models.base import Conditioning
+
+    kw = dict(steps=4, scheduler="simple", positive=Conditioning(emb, pooled), progress=False)
+    for method in ("rf_solver", "fireflow", "rf_inversion"):
+        inv = ul.invert(m, latent, method=method, **kw)
+        back = ul.resample(m, inv, **kw)
+        assert back.shape == latent.shape and torch.isfinite(back).all(), method

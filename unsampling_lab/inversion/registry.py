@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from ..errors import check_choice
-from . import exact_pair, fixed_point, null_text, prompts
+from . import exact_pair, fixed_point, flow, null_text, prompts
 from .base import MethodSpec
 
 ALL_FAMILIES = ("eps", "v", "flow")
 #: samplers whose step depends only on the current state (no history), so one step can be solved alone
 ONE_STEP_SAMPLERS = ("euler", "ddim", "heun", "dpm_2", "exp_heun_2_x0")
+
+_FLOW_ONLY = "its update rule is written for the straight paths of a flow model (x = (1 - sigma) x0 + sigma n)"
 
 _SPECS: list[MethodSpec] = [
     MethodSpec(
@@ -39,6 +41,25 @@ _SPECS: list[MethodSpec] = [
              "(grad_steps) and 2 evaluations", paper="Mokady et al. CVPR 2023",
         resample=null_text.resample_null_text,
         why_samplers="its embeddings are optimised for the Euler/DDIM step, one per step",
+    ),
+    MethodSpec(
+        "rf_solver", flow.invert_rf_solver, families=("flow",), samplers=("euler",), options=flow.RF_SOLVER_OPTIONS,
+        cost="2 evaluations per step, both ways", paper="Wang et al. ICML 2025", resample=flow.resample_rf_solver,
+        why_samplers="RF-Solver is its own (midpoint) step; leave sampler_name='euler'",
+        why_families=_FLOW_ONLY,
+    ),
+    MethodSpec(
+        "fireflow", flow.invert_fireflow, families=("flow",), samplers=("euler",), options=flow.FIREFLOW_OPTIONS,
+        cost="1 evaluation per step (+1), both ways", paper="Deng et al. ICML 2025", resample=flow.resample_fireflow,
+        why_samplers="FireFlow is its own (midpoint) step; leave sampler_name='euler'",
+        why_families=_FLOW_ONLY,
+    ),
+    MethodSpec(
+        "rf_inversion", flow.invert_rf_inversion, families=("flow",), samplers=("euler",),
+        options=flow.RF_INVERSION_OPTIONS, cost="1 evaluation per step, both ways", paper="Rout et al. ICLR 2025",
+        resample=flow.resample_rf_inversion,
+        why_samplers="RF-Inversion's controlled ODE is integrated with its own Euler steps; leave sampler_name='euler'",
+        why_families="its controlled drift (xi - x)/(1 - sigma) is the straight path of a flow model to the noise at sigma = 1",
     ),
 ]
 
