@@ -17,11 +17,13 @@ The resampler steps xᵢ = Φᵢ(xᵢ₊₁), Φᵢ its step from σᵢ₊₁ do
   (ReNoise averages the noise predictions of its last renoising iterations, i.e. the d in g).
 - `anderson` (AIDI): Anderson acceleration with memory m on f(y) = g(y) − y: with ΔF, ΔY the last m
   differences of f and y, γ = argmin ‖fₖ − ΔF γ‖ and yₖ₊₁ = yₖ + β fₖ − (ΔY + β ΔF) γ (per batch item).
-  On an affine map it is a Krylov method and converges even where plain iteration diverges.
+  On an affine map it is a Krylov method and converges even where plain iteration diverges. Safeguard:
+  when an accelerated iterate is worse than the best so far, the history restarts from the best iterate
+  with a plain (damped) step.
 
 Each evaluation of Φ costs the sampler's evaluations per step. The residual of an iterate is
-‖xᵢ − Φᵢ(y)‖ / ‖xᵢ‖ (the worst batch item); the step keeps the evaluated iterate with the smallest
-residual, so the residual reported is exactly that of the state returned. A step whose residual stays
+‖xᵢ − Φᵢ(y)‖ / ‖xᵢ‖ per batch item; each item keeps its evaluated iterate with the smallest residual, and
+the step reports the worst item's, so the residual reported is exactly that of the state returned. A step whose residual stays
 above `tol` is reported (a warning, `Inversion.step_converged`, `Inversion.residuals`), never hidden.
 Starting point: the explicit Euler step from xᵢ with the slope the previous step left at σᵢ (free).
 """
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from ..samplers import get_sampler
 from ..samplers.base import Step
-from .base import InversionWarning, MethodResult, Problem, as_sampler_spec, rel_residual
+from .base import InversionWarning, MethodResult, Problem, as_sampler_spec
 
 FIXED_POINT_OPTIONS = dict(iterations=10, tol=1e-5, averaging=0, anderson=0, damping=1.0)
 
@@ -54,39 +56,61 @@ def solve_step(
 ) -> tuple[Tensor, Tensor | None, list[float], bool]:
     """Solve Φ(y) = target from y0; `phi(y)` returns (Φ(y), the slope d(y, σ) it evaluated or None).
 
-    Returns (y, its slope, the residual of every evaluated iterate, converged). `iterations` counts
-    evaluations of Φ (one more with averaging).
+    Every batch item keeps its own best evaluated iterate. Returns (y, its slope, after each evaluation
+    the worst item's best residual, converged). `iterations` counts evaluations of Φ (one more with averaging).
     """
+    b = target.shape[0]
+    view = (b,) + (1,) * (target.ndim - 1)
     residuals: list[float] = []
-    best, best_d, best_r = y0, None, math.inf
+    best, best_f = y0, torch.zeros_like(y0)
+    best_d: Tensor | None = None
+    best_r = torch.full((b,), math.inf, dtype=torch.float64)
     ys: list[Tensor] = []
     fs: list[Tensor] = []
     gs: list[Tensor] = []
     y = y0
 
-    def evaluate(point: Tensor) -> Tensor:
-        nonlocal best, best_d, best_r
+    def evaluate(point: Tensor) -> tuple[Tensor, bool]:
+        nonlocal best, best_f, best_d, best_r
         out, slope = phi(point)
         f = target - out  # g(y) - y
-        r = rel_residual(f, target)
-        residuals.append(r)
-        if r < best_r:  # NaN never wins
-            best, best_d, best_r = point, slope, r
-        return f
+        r = item_residuals(f, target)
+        better = r < best_r  # NaN never wins
+        keep = better.to(point.device).reshape(view)
+        best, best_f = torch.where(keep, point, best), torch.where(keep, f, best_f)
+        if slope is not None:
+            best_d = slope if best_d is None else torch.where(keep, slope, best_d)
+        worse = bool((r > best_r).any())
+        best_r = torch.where(better, r, best_r)
+        residuals.append(float(best_r.max()))
+        return f, worse
 
     for _ in range(iterations):
-        f = evaluate(y)
-        if residuals[-1] <= tol or not torch.isfinite(f).all():
+        f, worse = evaluate(y)
+        if residuals[-1] <= tol:
             break
         gs.append(y + f)
-        if anderson > 0:
-            ys, fs = (ys + [y])[-(anderson + 1):], (fs + [f])[-(anderson + 1):]
+        if anderson > 0 and worse:
+            # safeguard: an accelerated step made some item worse; restart from the best iterates
+            ys, fs = [best], [best_f]
+            y = best + damping * best_f
+        elif anderson > 0:
+            memory = min(anderson, y[0].numel())  # more differences than dimensions: the fit is degenerate
+            ys, fs = (ys + [y])[-(memory + 1):], (fs + [f])[-(memory + 1):]
             y = _anderson_step(ys, fs, damping)
+        elif not torch.isfinite(f).all():
+            break
         else:
             y = y + damping * f
-    if averaging > 0 and best_r > tol and len(gs) >= 2 and len(residuals) < iterations + 1:
+    if averaging > 0 and residuals[-1] > tol and len(gs) >= 2 and len(residuals) < iterations + 1:
         evaluate(torch.stack(gs[-averaging:]).mean(0))
-    return best, best_d, residuals, best_r <= tol
+    return best, best_d, residuals, residuals[-1] <= tol
+
+
+def item_residuals(r: Tensor, x: Tensor) -> Tensor:
+    """‖r_b‖ / ‖x_b‖ per batch item, float64 on the CPU."""
+    num = r.flatten(1).norm(dim=1).double().cpu()
+    return num / x.flatten(1).norm(dim=1).double().cpu().clamp_min(1e-300)
 
 
 def _anderson_step(ys: list[Tensor], fs: list[Tensor], damping: float) -> Tensor:
