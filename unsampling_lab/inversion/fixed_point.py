@@ -18,8 +18,8 @@ The resampler steps xᵢ = Φᵢ(xᵢ₊₁), Φᵢ its step from σᵢ₊₁ do
 - `anderson` (AIDI): Anderson acceleration with memory m on f(y) = g(y) − y: with ΔF, ΔY the last m
   differences of f and y, γ = argmin ‖fₖ − ΔF γ‖ and yₖ₊₁ = yₖ + β fₖ − (ΔY + β ΔF) γ (per batch item).
   On an affine map it is a Krylov method and converges even where plain iteration diverges. Safeguard:
-  when an accelerated iterate is worse than the best so far, the history restarts from the best iterate
-  with a plain (damped) step.
+  when an iterate is worse than the best so far (for some item), the history restarts from the best
+  iterates and the current one (a secant step through both).
 
 Each evaluation of Φ costs the sampler's evaluations per step. The residual of an iterate is
 ‖xᵢ − Φᵢ(y)‖ / ‖xᵢ‖ per batch item; each item keeps its evaluated iterate with the smallest residual, and
@@ -56,8 +56,8 @@ def solve_step(
 ) -> tuple[Tensor, Tensor | None, list[float], bool]:
     """Solve Φ(y) = target from y0; `phi(y)` returns (Φ(y), the slope d(y, σ) it evaluated or None).
 
-    Every batch item keeps its own best evaluated iterate. Returns (y, its slope, after each evaluation
-    the worst item's best residual, converged). `iterations` counts evaluations of Φ (one more with averaging).
+    Every batch item keeps its own best evaluated iterate. Returns (y, its slope, the residual of each
+    evaluated iterate (worst item), converged: every item's best residual <= tol). `iterations` counts evaluations of Φ (one more with averaging).
     """
     b = target.shape[0]
     view = (b,) + (1,) * (target.ndim - 1)
@@ -82,29 +82,28 @@ def solve_step(
             best_d = slope if best_d is None else torch.where(keep, slope, best_d)
         worse = bool((r > best_r).any())
         best_r = torch.where(better, r, best_r)
-        residuals.append(float(best_r.max()))
+        residuals.append(float(r.max()))
         return f, worse
 
     for _ in range(iterations):
         f, worse = evaluate(y)
-        if residuals[-1] <= tol:
+        if float(best_r.max()) <= tol:
             break
         gs.append(y + f)
-        if anderson > 0 and worse:
-            # safeguard: an accelerated step made some item worse; restart from the best iterates
-            ys, fs = [best], [best_f]
-            y = best + damping * best_f
-        elif anderson > 0:
+        if anderson > 0:
             memory = min(anderson, y[0].numel())  # more differences than dimensions: the fit is degenerate
-            ys, fs = (ys + [y])[-(memory + 1):], (fs + [f])[-(memory + 1):]
+            if worse:  # safeguard: this iterate made some item worse; restart the history from the best iterates
+                ys, fs = [best, y], [best_f, f]
+            else:
+                ys, fs = (ys + [y])[-(memory + 1):], (fs + [f])[-(memory + 1):]
             y = _anderson_step(ys, fs, damping)
         elif not torch.isfinite(f).all():
             break
         else:
             y = y + damping * f
-    if averaging > 0 and residuals[-1] > tol and len(gs) >= 2 and len(residuals) < iterations + 1:
+    if averaging > 0 and float(best_r.max()) > tol and len(gs) >= 2 and len(residuals) < iterations + 1:
         evaluate(torch.stack(gs[-averaging:]).mean(0))
-    return best, best_d, residuals, residuals[-1] <= tol
+    return best, best_d, residuals, float(best_r.max()) <= tol
 
 
 def item_residuals(r: Tensor, x: Tensor) -> Tensor:
