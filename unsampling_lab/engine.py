@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from .samplers import Step, get_sampler
 from .samplers.base import NoiseSeed, SamplerSpec
 from .schedulers import sigma_schedule
 from .trajectory import Trajectory, TrajectoryRecorder
+
+if TYPE_CHECKING:
+    from .inversion import Inversion
 
 Latent = Union[dict[str, Any], Tensor]
 Normalize = Literal["disable", "enable", "per_sample", "sigma"]
@@ -122,7 +125,18 @@ def resample(
 
     cfg: one value, or one per batch item (a packed batch of settings). counter: an EvalCounter that
     this call's model evaluations are added to.
+    `latent` may be an `Inversion` (from `invert`): its method's resampling side is applied (per-step
+    null embeddings, the second latent of an exact pair, ...); for a plain LATENT nothing changes.
     """
+    from .inversion import Inversion, resample_inversion
+
+    if isinstance(latent, Inversion):
+        return resample_inversion(
+            model, latent, steps=steps, start_at_step=start_at_step, end_at_step=end_at_step, cfg=cfg,
+            sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative, add_noise=add_noise,
+            noise_seed=noise_seed, return_with_leftover_noise=return_with_leftover_noise, callback=callback,
+            progress=progress,
+        )
     add_noise = _on_off("add_noise", add_noise)
     leftover = _on_off("return_with_leftover_noise", return_with_leftover_noise)
     samples, mask = _read_latent(latent, model)
@@ -132,14 +146,10 @@ def resample(
     end_at_step = _check_int("end_at_step", end_at_step, minimum=0)
     noise_seed = _check_seed("noise_seed", noise_seed)
     ms = model.model_sampling
-    sigmas = sigma_schedule(ms, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
-    if end_at_step < len(sigmas) - 1:
-        sigmas = sigmas[: end_at_step + 1].clone()
-        if not leftover:
-            sigmas[-1] = 0.0
-    if start_at_step >= len(sigmas) - 1:
+    sigmas = resample_sigmas(model, steps=steps, start_at_step=start_at_step, end_at_step=end_at_step,
+                             sampler_name=sampler_name, scheduler=scheduler, return_with_leftover_noise=leftover)
+    if len(sigmas) < 2:
         return _wrap(samples.clone(), latent)  # nothing to do: ComfyUI returns the input latent
-    sigmas = sigmas[start_at_step:]
 
     latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     noise = _seeded_randn(samples.shape, noise_seed).to(model.device, latent_in.dtype) if add_noise else torch.zeros_like(latent_in)
@@ -153,6 +163,48 @@ def resample(
              noise_seed=noise_seed if not spec.deterministic else None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)
     return _wrap(_keep_unmasked(model.latent_format.process_out(x).cpu(), samples, mask), latent)
+
+
+def invert(
+    model: DiffusionModel,
+    latent: Latent,
+    *,
+    method: str = "unsampler",
+    steps: int = 20,
+    end_at_step: int = 0,
+    cfg: float = 1.0,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
+    positive: Prompt = "",
+    negative: Prompt = "",
+    progress: bool = True,
+    **options: Any,
+) -> "Inversion":
+    """Invert `latent` with one of `INVERSION_METHODS`; `method="unsampler"` is exactly `unsample`.
+
+    The result's `.noise` is the LATENT `unsample` would return; `resample(model, inversion, ...)`
+    applies the method's own resampling side. Method options are keyword arguments (see
+    `unsampling_lab.inversion.METHOD_SPECS[method].options`).
+    """
+    from .inversion import invert as _invert
+
+    return _invert(model, latent, method=method, steps=steps, end_at_step=end_at_step, cfg=cfg,
+                   sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
+                   progress=progress, **options)
+
+
+def resample_sigmas(model: DiffusionModel, *, steps: int, start_at_step: int = 0, end_at_step: int = 10000,
+                    sampler_name: str = "euler", scheduler: str = "normal",
+                    return_with_leftover_noise: bool = False) -> Tensor:
+    """The descending sigmas `resample` integrates: schedule(N)[start_at_step : end_at_step + 1], the last
+    set to 0 unless leftover noise is kept. Fewer than 2 entries: nothing to sample."""
+    spec = get_sampler(sampler_name)
+    sigmas = sigma_schedule(model.model_sampling, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
+    if end_at_step < len(sigmas) - 1:
+        sigmas = sigmas[: end_at_step + 1].clone()
+        if not return_with_leftover_noise:
+            sigmas[-1] = 0.0
+    return sigmas[start_at_step:]
 
 
 # -- the inversion ----------------------------------------------------------------------------------

@@ -1,0 +1,278 @@
+"""What every inversion method shares: the problem it is given, the `Inversion` it returns, its registry entry.
+
+Notation (docs: /shared/METHODS.md): D(x, σ) the guided denoiser, d(x, σ) = (x − D)/σ (the velocity for
+flow models), inversion runs σ₀ < … < σ_N with Δᵢ = σᵢ₊₁ − σᵢ. The resampler's Euler step that an
+inversion must undo is xᵢ = xᵢ₊₁ − Δᵢ d(xᵢ₊₁, σᵢ₊₁).
+
+Two sigma lists appear: `Problem.resampler_sigmas()` is the resampler's own schedule, flipped (σ₀ = 0),
+for methods that solve the resampler's step exactly (they evaluate at σᵢ₊₁ > 0 only), and
+`Problem.unsampler_sigmas()` is the Unsampler's (flipped + 1e-4, so σ₀ > 0), for explicit methods that
+evaluate where a step starts.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..guidance import Prompt
+from ..errors import UnsamplingError
+from ..guidance import EvalCounter, GuidedDenoiser
+from ..models.base import DiffusionModel
+
+Latent = Any  # a LATENT dict or a tensor (engine.Latent)
+
+
+class InversionWarning(UserWarning):
+    """An inversion method did not reach its target on some steps (the Inversion says which and by how much)."""
+
+
+@dataclass
+class Inversion:
+    """The result of `ul.invert`: the noise LATENT plus what the method's resampling side needs.
+
+    noise: the LATENT (same type and keys as the input; what `ul.unsample` returns for "unsampler").
+    method, options: the method's name and its options with defaults filled in.
+    nfe: denoiser evaluations (cond and uncond together count one, as in `Trajectory.nfe`).
+    grad_steps: forward + backward passes spent by gradient-based methods (not in `nfe`).
+    params: the call's parameters (steps, end_at_step, cfg, sampler_name, scheduler, prompts as text).
+    residuals: per step, the residual after each iteration (iterative methods; [] otherwise).
+    step_converged: per step, whether the method reached its tolerance (iterative methods; () otherwise).
+    resampling: the method's resampling-side data (null embeddings, second latent, source state, ...).
+    """
+
+    noise: Latent
+    method: str
+    options: dict[str, Any]
+    nfe: int
+    grad_steps: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    residuals: list[list[float]] = field(default_factory=list)
+    step_converged: tuple[bool, ...] = ()
+    resampling: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def converged(self) -> bool:
+        """True unless some step missed its tolerance (non-iterative methods always report True)."""
+        return all(self.step_converged)
+
+    @property
+    def nonconverged_steps(self) -> list[int]:
+        """Indices (in inversion order, 0 = the step leaving the data) of the steps that missed the tolerance."""
+        return [i for i, ok in enumerate(self.step_converged) if not ok]
+
+    @property
+    def samples(self) -> Tensor:
+        """The noise LATENT's tensor."""
+        return self.noise["samples"] if isinstance(self.noise, dict) else self.noise
+
+
+@dataclass
+class Problem:
+    """One inversion call, validated: the model, the processed latent and the guidance settings."""
+
+    model: DiffusionModel
+    latent: Latent
+    samples: Tensor
+    mask: Tensor | None
+    latent_in: Tensor
+    steps: int
+    end_at_step: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    positive: Prompt
+    negative: Prompt
+    progress: bool
+    counter: EvalCounter = field(default_factory=EvalCounter)
+
+    def resampler_sigmas(self) -> Tensor:
+        """Ascending: the sigmas `resample(steps, start_at_step=end_at_step)` visits, flipped (σ₀ = 0)."""
+        from ..engine import resample_sigmas
+
+        end = min(self.end_at_step, self.steps - 1)
+        sig = resample_sigmas(self.model, steps=self.steps, start_at_step=end, sampler_name=self.sampler_name,
+                              scheduler=self.scheduler)
+        return sig.flip(0).to(self.model.device)
+
+    def unsampler_sigmas(self) -> Tensor:
+        """Ascending: ComfyUI's Unsampler sigmas (flipped schedule + 1e-4, clamped to 1 on flow models)."""
+        from ..engine import unsample_sigmas
+
+        return unsample_sigmas(self.model, steps=self.steps, end_at_step=self.end_at_step,
+                               sampler_name=self.sampler_name, scheduler=self.scheduler).to(self.model.device)
+
+    def denoiser(self, *, cfg: float | None = None, positive: Prompt | None = None,
+                 negative: Prompt | None = None) -> GuidedDenoiser:
+        """The guided denoiser (mask blend included), counting into this problem's `counter`."""
+        from ..engine import guided_denoiser
+
+        den = guided_denoiser(self.model, self.latent_in, self.mask, cfg=self.cfg if cfg is None else cfg,
+                        positive=self.positive if positive is None else positive,
+                        negative=self.negative if negative is None else negative)
+        den.counter = self.counter
+        return den
+
+    def start(self, sigma0: Tensor) -> Tensor:
+        """The state at the first sigma with zero noise (the Unsampler's start)."""
+        return self.model.model_sampling.noise_scaling(sigma0, torch.zeros_like(self.latent_in), self.latent_in)
+
+    def finish(self, x: Tensor, sigma_final: Tensor | float) -> Latent:
+        """A final state as the LATENT `unsample` returns (raw latent, unmasked region bit for bit)."""
+        from ..engine import _finish_unsample, _wrap
+
+        out = _finish_unsample(self.model, x, sigma_final=float(sigma_final), normalize="disable",
+                               source=self.samples, mask=self.mask)
+        return _wrap(out, self.latent)
+
+
+@dataclass
+class MethodResult:
+    """What a method's inversion returns to `invert` (which wraps it into an `Inversion`)."""
+
+    noise: Latent
+    residuals: list[list[float]] = field(default_factory=list)
+    step_converged: tuple[bool, ...] = ()
+    grad_steps: int = 0
+    resampling: dict[str, Any] = field(default_factory=dict)
+    nfe: int | None = None  # None: read the problem's counter
+
+
+@dataclass
+class ResampleCall:
+    """The arguments of one `ul.resample(model, inversion, ...)` call, as the method's resampling side sees them."""
+
+    model: DiffusionModel
+    inversion: Inversion
+    steps: int
+    start_at_step: int
+    end_at_step: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    positive: Prompt
+    negative: Prompt
+    add_noise: Any
+    noise_seed: int
+    return_with_leftover_noise: Any
+    callback: Any
+    progress: bool
+
+    def plain(self, latent: Latent | None = None, **changes: Any) -> Latent:
+        """`ul.resample` on the noise LATENT (or `latent`), with some arguments changed."""
+        from ..engine import resample
+
+        kw = dict(steps=self.steps, start_at_step=self.start_at_step, end_at_step=self.end_at_step, cfg=self.cfg,
+                  sampler_name=self.sampler_name, scheduler=self.scheduler, positive=self.positive,
+                  negative=self.negative, add_noise=self.add_noise, noise_seed=self.noise_seed,
+                  return_with_leftover_noise=self.return_with_leftover_noise, callback=self.callback,
+                  progress=self.progress)
+        kw.update(changes)
+        return resample(self.model, self.inversion.noise if latent is None else latent, **kw)
+
+
+InvertFn = Callable[..., MethodResult]  # (problem, **options) -> MethodResult
+ResampleFn = Callable[..., Latent]  # (call: ResampleCall) -> LATENT
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """An inversion method's registry entry: promises kept as data.
+
+    families: the model predictions it serves ("eps", "v", "flow"); a model of another family is refused.
+    samplers: the `sampler_name`s it accepts (None: every deterministic sampler). `why_samplers` says why.
+    options: its keyword options with their defaults (anything else is an error).
+    cost: the network evaluations it spends, in words; gradients: whether it backpropagates.
+    resample: its resampling side (None: a plain `ul.resample` of `.noise`).
+    """
+
+    name: str
+    invert: InvertFn
+    families: tuple[str, ...]
+    samplers: tuple[str, ...] | None
+    options: Mapping[str, Any]
+    cost: str
+    paper: str
+    resample: ResampleFn | None = None
+    gradients: bool = False
+    why_samplers: str = ""
+    why_families: str = ""
+
+
+def check_option_values(method: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill defaults; refuse unknown names (naming the accepted ones) and values of the wrong type."""
+    unknown = [k for k in options if k not in defaults]
+    if unknown:
+        import difflib
+
+        hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, list(defaults), n=1, cutoff=0.5)[0]!r}?)"
+                 if difflib.get_close_matches(k, list(defaults), n=1, cutoff=0.5) else repr(k) for k in unknown]
+        accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
+        raise UnsamplingError(f"method {method!r} takes no option {', '.join(hints)}; its options are: {accepted}")
+    out = dict(defaults)
+    for k, v in options.items():
+        d = defaults[k]
+        ok = (isinstance(v, bool) if isinstance(d, bool)
+              else isinstance(v, int) and not isinstance(v, bool) if isinstance(d, int)
+              else isinstance(v, (int, float)) and not isinstance(v, bool) if isinstance(d, float)
+              else True)
+        if not ok:
+            raise UnsamplingError(f"method {method!r}: option {k} must be a {type(d).__name__} like {d!r}, got {v!r}")
+        out[k] = float(v) if isinstance(d, float) else v
+    return out
+
+
+def rel_residual(r: Tensor, x: Tensor) -> float:
+    """max over batch items of ‖r_b‖ / ‖x_b‖ (the worst item decides convergence)."""
+    num = r.flatten(1).norm(dim=1)
+    den = x.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
+    return float((num / den).max())
+
+
+def as_sampler_spec(name: str, fn: Any, evals_per_step: int = 1) -> Any:
+    """A method's own loop as a SamplerSpec, so the engine's runner (progress, NaN check) runs it."""
+    from ..samplers.base import SamplerSpec
+
+    return SamplerSpec(name, fn, deterministic=True, order=1, evals_per_step=evals_per_step)
+
+
+def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step: int = 1,
+                    denoiser: Any = None) -> Latent:
+    """Run a method's own sampling loop `loop(model, x, sigmas, *, callback, noise)` from the noise LATENT,
+    over the sigmas `resample` would use, and return the LATENT as `resample` does.
+
+    The loop continues the inversion's own states, so the resample must start where the inversion ended:
+    same steps, scheduler and start_at_step = end_at_step, and no added noise.
+    """
+    from ..engine import _keep_unmasked, _on_off, _read_latent, _run, _wrap, guided_denoiser, resample_sigmas, state_dtype
+
+    inv, model = call.inversion, call.model
+    if _on_off("add_noise", call.add_noise):
+        raise UnsamplingError(f"method {inv.method!r}: its resampling side continues the inverted states; "
+                              "add_noise must be off (resample(..., add_noise=False))")
+    sigmas = resample_sigmas(model, steps=call.steps, start_at_step=call.start_at_step, end_at_step=call.end_at_step,
+                             sampler_name=call.sampler_name, scheduler=call.scheduler,
+                             return_with_leftover_noise=_on_off("return_with_leftover_noise", call.return_with_leftover_noise))
+    top = inv.resampling.get("sigma_top")
+    p = inv.params
+    if len(sigmas) < 2 or top is None or abs(float(sigmas[0]) - float(top)) > 1e-6 * max(1.0, abs(float(top))):
+        raise UnsamplingError(
+            f"method {inv.method!r} resamples from the sigma its inversion ended at ({top}); this resample starts at "
+            f"{float(sigmas[0]) if len(sigmas) else 'nothing'}: call resample with steps={p['steps']}, "
+            f"scheduler={p['scheduler']!r}, start_at_step={min(p['end_at_step'], p['steps'] - 1)} "
+            "(or resample inversion.noise for a plain resample)"
+        )
+    samples, mask = _read_latent(inv.noise, model)
+    latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
+    ms = model.model_sampling
+    x = inv.resampling.get("state", ms.latent_to_state(sigmas[0], latent_in))
+    if denoiser is None:
+        denoiser = guided_denoiser(model, latent_in, mask, cfg=call.cfg, positive=call.positive, negative=call.negative,
+                             noise=torch.zeros_like(latent_in))
+    x = _run(as_sampler_spec(name, loop, evals_per_step), denoiser, x.to(model.device), sigmas.to(model.device),
+             callback=call.callback, progress=call.progress, noise_seed=None, desc="resample")
+    x = ms.inverse_noise_scaling(sigmas[-1], x)
+    return _wrap(_keep_unmasked(model.latent_format.process_out(x).cpu(), samples, mask), inv.noise)
