@@ -14,7 +14,7 @@ import argparse
 import math
 import time
 
-from _tiny import benchmark_model
+from unsampling_lab.testing import benchmark_model
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     from diffusers import DDIMInverseScheduler
 
     import unsampling_lab as ul
-    from unsampling_lab.conditioning import to_conditioning
+    from unsampling_lab.guidance import to_conditioning
     from unsampling_lab.guidance import GuidedDenoiser
     from unsampling_lab.samplers import SAMPLER_SPECS
 

@@ -16,7 +16,8 @@ import time
 import torch
 
 import unsampling_lab as ul
-from unsampling_lab import detector, metrics, shapes
+from unsampling_lab.bundled import detector, shapes
+from unsampling_lab.analysis import metrics
 
 
 def _edit_prompts(colours: list[str], shape_names: list[str]) -> tuple[list[str], list[str]]:

@@ -1,4 +1,4 @@
-"""Quality and speed of the bundled shapes model, judged by `unsampling_lab.detector`.
+"""Quality and speed of the bundled shapes model, judged by `unsampling_lab.bundled.detector`.
 
     python benchmarks/model_quality.py --n 200 [--cfg 1 3 5] [--write-card]
 
@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from unsampling_lab.bundled import BUNDLED_MODEL, RECOMMENDED_CFG
-from unsampling_lab.detector import detect
-from unsampling_lab.shapes import CAPTIONS, make_shapes
+from unsampling_lab.bundled.detector import detect
+from unsampling_lab.bundled.shapes import CAPTIONS, make_shapes
 
 
 def load_pipeline(model: Path):
@@ -111,7 +111,7 @@ def main() -> None:
 
     lines = [f"Generation: diffusers StableDiffusionPipeline + EulerDiscreteScheduler, {args.steps} steps, "
              f"{args.n} images per cfg (prompts cycle through the {len(CAPTIONS)} captions, seeds {args.seed}.."
-             f"{args.seed + args.n - 1}), judged by `unsampling_lab.detector`. Recommended cfg: **{RECOMMENDED_CFG:g}**.",
+             f"{args.seed + args.n - 1}), judged by `unsampling_lab.bundled.detector`. Recommended cfg: **{RECOMMENDED_CFG:g}**.",
              "", "| cfg | colour adherence | shape adherence | both | no foreground | seconds |",
              "| --- | --- | --- | --- | --- | --- |"]
     for cfg, acc, seconds in rows:

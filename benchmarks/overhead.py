@@ -40,7 +40,7 @@ def main() -> None:
     latent = torch.randn(1, model.latent_format.channels, 8, 8)
     positive = model.encode_prompt(["red circle"]) if model.__dict__.get("text_encoder") is not None else torch.randn(1, 4, model.embed_width)
     negative = model.encode_prompt([""]) if model.__dict__.get("text_encoder") is not None else torch.randn(1, 4, model.embed_width)
-    from unsampling_lab.conditioning import concat, to_conditioning
+    from unsampling_lab.guidance import concat, to_conditioning
 
     pos = to_conditioning(model, positive, batch_size=1, name="positive")
     cond = concat([to_conditioning(model, negative, batch_size=1, name="negative"), pos]) if args.cfg != 1 else pos

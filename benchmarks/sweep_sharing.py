@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _tiny import benchmark_model
+from unsampling_lab.testing import benchmark_model
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     import torch
 
     import unsampling_lab as ul
-    from unsampling_lab.sweeps import _CountingModel
+    from unsampling_lab.analysis.sweeps import _CountingModel
 
     torch.set_num_threads(args.threads)
     model, latent, what = benchmark_model(args.model)

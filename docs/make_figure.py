@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import unsampling_lab as ul  # noqa: E402
-from unsampling_lab import plots, shapes  # noqa: E402
+from unsampling_lab.analysis import plots
+from unsampling_lab.bundled import shapes  # noqa: E402
 
 STEPS, END_AT_STEP, CFG = 20, 8, 3.0
 

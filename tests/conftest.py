@@ -24,63 +24,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-SD15_SCHEDULER = {
-    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-    "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,
-}
-
-
-def tiny_unet(*, seed: int = 0, sdxl: bool = False, cross_attention_dim: int = 32):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    kwargs = dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
-    )
-    if sdxl:
-        kwargs.update(addition_embed_type="text_time", addition_time_embed_dim=8,
-                      projection_class_embeddings_input_dim=16 + 6 * 8, transformer_layers_per_block=1)
-    return UNet2DConditionModel(**kwargs).eval()
-
-
-def tiny_vae(*, seed: int = 0):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         norm_num_groups=8, sample_size=16).eval()
-
-
-def tiny_tokenizer(tmp_path: Path):
-    """A character-level CLIPTokenizer written to `tmp_path` (bytes-to-unicode vocabulary, no merges)."""
-    from transformers import CLIPTokenizer
-
-    # GPT-2/CLIP byte-to-unicode alphabet: printable bytes map to themselves, the rest above 255.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    extra = [b for b in range(256) if b not in printable]
-    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
-    vocab = {c: i for i, c in enumerate(chars)}
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=16)
-
-
-def tiny_text_encoder(*, seed: int, hidden: int, vocab_size: int, projection: int | None = None):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=16, projection_dim=projection or hidden,
-                            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
-    return cls(config).eval()
+from unsampling_lab.testing import SD15_SCHEDULER, char_tokenizer as tiny_tokenizer, tiny_text_encoder, tiny_unet, tiny_vae  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

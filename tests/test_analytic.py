@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from unsampling_lab.analytic import GaussianData, GaussianMixture
+from unsampling_lab.models.gaussian import GaussianData, GaussianMixture
 
 F64 = torch.float64
 DATA = GaussianData(torch.tensor([0.5, -1.0, 2.0], dtype=F64), torch.tensor([0.7, 1.3, 0.2], dtype=F64))

@@ -45,7 +45,7 @@ def _explorer_notebook(path: Path, model_source: str | None) -> None:
 
     load = f"ul.load_model({model_source!r}, device='cpu')" if model_source else "ul.load_model(device='cpu')"
     code = (
-        "import torch\nimport unsampling_lab as ul\nfrom unsampling_lab.shapes import make_shapes\n"
+        "import torch\nimport unsampling_lab as ul\nfrom unsampling_lab.bundled.shapes import make_shapes\n"
         "torch.set_num_threads(1)\n"
         f"model = {load}\n"
         "shapes = make_shapes(1, seed=3)\n"

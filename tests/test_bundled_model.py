@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from unsampling_lab.bundled import BUNDLED_MODEL, RECOMMENDED_CFG
-from unsampling_lab.detector import detect
-from unsampling_lab.shapes import CAPTIONS
+from unsampling_lab.bundled.detector import detect
+from unsampling_lab.bundled.shapes import CAPTIONS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -79,7 +79,7 @@ def test_generations_follow_the_prompt(pipe) -> None:
 
 
 def test_import_stays_light() -> None:
-    code = ("import sys, unsampling_lab.bundled, unsampling_lab.shapes, unsampling_lab.detector;"
+    code = ("import sys, unsampling_lab.bundled, unsampling_lab.bundled.shapes, unsampling_lab.bundled.detector;"
             "print(any(m in sys.modules for m in ('diffusers', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

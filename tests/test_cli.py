@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from fixtures_analysis import *  # noqa: F401,F403
-from unsampling_lab import cli
+from unsampling_lab.lab import cli
 
 FAST = ["--steps", "3", "--end-at-step", "0", "2", "--cfg", "2", "--normalize", "disable", "enable",
         "--images", "2", "--no-progress", "--format", "csv"]

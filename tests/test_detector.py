@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from unsampling_lab.detector import detect, foreground_iou, hue_degrees
-from unsampling_lab.shapes import make_shapes
+from unsampling_lab.bundled.detector import detect, foreground_iou, hue_degrees
+from unsampling_lab.bundled.shapes import make_shapes
 
 
 def test_accuracy_on_dataset() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import unsampling_lab as ul
-from unsampling_lab.analytic import GaussianData, GaussianMixture
+from unsampling_lab.models.gaussian import GaussianData, GaussianMixture
 from unsampling_lab.models.analytic import gaussian_model, mixture_model
 
 
@@ -83,7 +83,7 @@ def test_cfg_batches_cond_and_uncond_and_skips_negative_at_cfg_1(sd_model):
 def test_cfg_is_x0_space_extrapolation(sd2v_model):
     """denoised = uncond + cfg (cond - uncond): linear in cfg at a fixed state."""
     from unsampling_lab.guidance import GuidedDenoiser
-    from unsampling_lab.conditioning import to_conditioning
+    from unsampling_lab.guidance import to_conditioning
 
     emb_p, emb_n = torch.randn(1, 4, 32), torch.randn(1, 4, 32)
     p = to_conditioning(sd2v_model, emb_p, batch_size=1, name="positive")

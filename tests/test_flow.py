@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import unsampling_lab as ul
-from unsampling_lab.analytic import GaussianData
-from unsampling_lab.models.flow import (
-    compare_with_comfyui, comfyui_flow, flow_model_sampling, flux_mu, gaussian_flow_model, load_flow_model,
-    pack_latents, tiny_flow_model, unpack_latents,
-)
+from unsampling_lab.models.gaussian import GaussianData
+from unsampling_lab.lab.comfyui_flow import compare_with_comfyui, comfyui_flow
+from unsampling_lab.model_sampling import flow_model_sampling, flux_mu
+from unsampling_lab.models.analytic import gaussian_flow_model
+from unsampling_lab.models.flow import load_flow_model, pack_latents, unpack_latents
+from unsampling_lab.testing import tiny_flow_model
 
 EMBED, POOLED = 16, 8
 
@@ -249,7 +250,7 @@ def test_unsample_resample_pair_on_comfyuis_sigmas(flow_model):
         assert first[0].sigma == pytest.approx(float(schedule[k]), abs=1e-7)
         # ComfyUI's pairing: the state at schedule[k] + 1e-4 restarts at schedule[k] as (1 - s) * x / (1 - s')
         scale = 1.0 if k == 0 else (1 - float(schedule[k])) / (1 - s_unsample)
-        torch.testing.assert_close(first[0].x, traj.state_at(k) * scale, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(first[0].x, ul.engine.trajectory_state(traj, k) * scale, rtol=1e-5, atol=1e-5)
 
 
 def test_guidance_option_and_conditioning_errors(flow_model):

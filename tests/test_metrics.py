@@ -1,4 +1,4 @@
-"""Metrics against known answers; Trajectory.to_frame / save / load."""
+"""Metrics against known answers; metrics.trajectory_frame; Trajectory save / load."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from unsampling_lab import metrics as M
+from unsampling_lab.analysis import metrics as M
 from unsampling_lab.model_sampling import ModelSampling
 from unsampling_lab.trajectory import Trajectory
 
@@ -89,7 +89,7 @@ def _toy_trajectory() -> Trajectory:
 
 def test_trajectory_to_frame_per_step_metrics():
     traj = _toy_trajectory()
-    df = traj.to_frame()
+    df = M.trajectory_frame(traj)
     assert len(df) == 4 * 2 and list(df["end_at_step"].unique()) == [3, 2, 1, 0]
     first = df[(df.step == 0) & (df.item == 0)].iloc[0]
     assert first.denoised_drift == pytest.approx(0.0)
@@ -113,8 +113,8 @@ def test_trajectory_save_load_round_trip(tmp_path):
 
 
 def test_detector_metrics_on_shapes():
-    shapes = pytest.importorskip("unsampling_lab.shapes")
-    pytest.importorskip("unsampling_lab.detector")
+    shapes = pytest.importorskip("unsampling_lab.bundled.shapes")
+    pytest.importorskip("unsampling_lab.bundled.detector")
     batch = shapes.make_shapes(3, seed=0)
     rows = M.detector_metrics(batch.images, batch.images, prompts=batch.captions)
     assert [r["fg_iou"] for r in rows] == pytest.approx([1.0, 1.0, 1.0])

@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
-from unsampling_lab import plots  # noqa: E402
+from unsampling_lab.analysis import plots  # noqa: E402
+from unsampling_lab.analysis.metrics import trajectory_frame  # noqa: E402
 from unsampling_lab.trajectory import Trajectory  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def test_latent_stats_from_trajectory_or_frame(traj, tmp_path):
     assert isinstance(ax, Axes) and len(ax.lines) == 4  # std and schedule per item
     _png(ax.figure, tmp_path, "stats.png")
     fig, given = plt.subplots()
-    assert plots.latent_stats(traj.to_frame(), ax=given) is given
+    assert plots.latent_stats(trajectory_frame(traj), ax=given) is given
     plt.close(fig)
 
 

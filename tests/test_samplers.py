@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdiffusion_ref import kdiffusion_sampling
-from unsampling_lab.analytic import GaussianData
+from unsampling_lab.models.gaussian import GaussianData
 from unsampling_lab.errors import UnsamplingError
 from unsampling_lab.model_sampling import ModelSampling
 from unsampling_lab.samplers import INVERTIBLE_SAMPLERS, SAMPLER_SPECS, SAMPLERS, get_sampler

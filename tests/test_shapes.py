@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from unsampling_lab.shapes import CAPTIONS, COLOURS, SHAPES, make_shapes
+from unsampling_lab.bundled.shapes import CAPTIONS, COLOURS, SHAPES, make_shapes
 
 
 def test_vocabulary() -> None:

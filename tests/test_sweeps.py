@@ -9,8 +9,8 @@ import torch
 
 import unsampling_lab as ul
 from fixtures_analysis import *  # noqa: F401,F403
-from unsampling_lab import metrics as M
-from unsampling_lab.sweeps import _CountingModel
+from unsampling_lab.analysis import metrics as M
+from unsampling_lab.analysis.sweeps import _CountingModel
 
 STEPS = 4
 

@@ -10,7 +10,7 @@ pytest.importorskip("ipywidgets")
 
 import unsampling_lab as ul  # noqa: E402
 from unsampling_lab.errors import UnsamplingError  # noqa: E402
-from unsampling_lab.shapes import make_shapes  # noqa: E402
+from unsampling_lab.bundled.shapes import make_shapes  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
@@ -130,7 +130,7 @@ def test_sweep_button_runs_the_grid_with_progress(model, image, tmp_path):
 
 def test_update_latency_on_the_bundled_model(bundled, image):
     if bundled is None:
-        pytest.skip("the bundled model is missing (unsampling_lab/bundled_model); the latency budget is for it")
+        pytest.skip("the bundled model is missing (unsampling_lab/bundled/weights); the latency budget is for it")
     ex = ul.widgets.explorer(bundled, image, steps=10, source="red circle", edit="blue circle")
     times = []
     for k in (9, 5, 0, 3, 7, 1, 8):

@@ -6,10 +6,16 @@
     noise = ul.unsample(model, latent, steps=20)  # ComfyUI's Unsampler
     out = ul.resample(model, noise, steps=20)     # ComfyUI's KSamplerAdvanced
 
+Layers (each imports only those above it in this list, never below):
+    core      errors, model_sampling, schedulers, samplers/, guidance, engine, trajectory, models/
+    analysis  analysis/ (metrics, sweeps, plots)
+    lab       lab/ (widgets, cli, teaching, comfyui_flow)
+    bundled/  the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
 Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used.
 """
 from __future__ import annotations
 
+from .analysis.sweeps import sweep
 from .engine import NORMALIZE_MODES, resample, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError
 from .model_sampling import ModelSampling
@@ -17,10 +23,17 @@ from .models.base import Conditioning, DiffusionModel, LatentFormat
 from .models.loading import load_model
 from .samplers import INVERTIBLE_SAMPLERS, SAMPLERS
 from .schedulers import SCHEDULERS, calculate_sigmas
-from .sweeps import sweep
 from .trajectory import Trajectory
 
 __version__ = "0.1.0"
+
+
+#: Submodules reachable as attributes (`ul.metrics`, `ul.widgets`, ...), imported on first use.
+_SUBMODULES: dict[str, str] = {
+    "metrics": ".analysis.metrics", "plots": ".analysis.plots", "sweeps": ".analysis.sweeps",
+    "widgets": ".lab.widgets", "teaching": ".lab.teaching", "cli": ".lab.cli",
+    "analytic": ".models.gaussian", "detector": ".bundled.detector", "shapes": ".bundled.shapes", "testing": ".testing",
+}
 
 
 def __getattr__(name: str):  # lazy: the bundled model's path and heavier submodules
@@ -28,10 +41,10 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
         from .bundled import BUNDLED_MODEL
 
         return BUNDLED_MODEL
-    if name in ("metrics", "plots", "sweeps", "widgets", "analytic", "detector", "shapes", "teaching"):
+    if name in _SUBMODULES:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(_SUBMODULES[name], __name__)
     raise AttributeError(f"module 'unsampling_lab' has no attribute {name!r}")
 
 

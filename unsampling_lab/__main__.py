@@ -1,4 +1,4 @@
-"""`python -m unsampling_lab sweep ...`: see `unsampling_lab.cli`."""
-from .cli import main
+"""`python -m unsampling_lab sweep ...`: see `unsampling_lab.lab.cli`."""
+from .lab.cli import main
 
 raise SystemExit(main())

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
-from .conditioning import Prompt, to_conditioning
+from .guidance import Prompt, to_conditioning
 from .errors import UnsamplingError, check_choice
 from .guidance import EvalCounter, GuidedDenoiser
 from .models.base import DiffusionModel
@@ -87,10 +87,9 @@ def unsampled(
     like: the LATENT the trajectory was recorded from; the result takes its type and keys, and the
     region outside its `noise_mask` comes back bit for bit, as from `unsample`.
     """
-    steps = int(trajectory.params["steps"])
     _check_int("end_at_step", end_at_step, minimum=0)
-    state = trajectory.state_at(end_at_step)
-    index = steps - min(end_at_step, steps - 1)
+    state = trajectory_state(trajectory, end_at_step)
+    index = state_index(int(trajectory.params["steps"]), end_at_step)
     source, mask = _read_latent(like, model) if like is not None else (None, None)
     out = _finish_unsample(model, state, sigma_final=float(trajectory.sigmas[index]), normalize=_normalize_mode(normalize),
                            source=source, mask=None if mask is None else mask.cpu())
@@ -134,13 +133,13 @@ def resample(
         return _wrap(samples.clone(), latent)  # nothing to do: ComfyUI returns the input latent
     sigmas = sigmas[start_at_step:]
 
-    latent_in = model.latent_format.process_in(samples.to(model.device, _state_dtype(samples)))
+    latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     noise = _seeded_randn(samples.shape, noise_seed).to(model.device, latent_in.dtype) if add_noise else torch.zeros_like(latent_in)
     if add_noise:
         x = ms.noise_scaling(sigmas[0], noise, latent_in, max_denoise=ms.is_max_denoise(float(sigmas[0])))
     else:  # the latent is a state in LATENT form (e.g. unsample's output): ComfyUI's zero-noise start, except
         x = ms.latent_to_state(sigmas[0], latent_in)  # at flow sigma 1, where ComfyUI's 0 * latent loses it
-    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative, noise=noise)
+    denoiser = guided_denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative, noise=noise)
     x = _run(spec, denoiser, x, sigmas.to(model.device), callback=callback, progress=progress,
              noise_seed=noise_seed if not spec.deterministic else None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)
@@ -148,6 +147,32 @@ def resample(
 
 
 # -- the inversion ----------------------------------------------------------------------------------
+def state_index(steps: int, end_at_step: int) -> int:
+    """Where `unsample(steps=N, end_at_step=k)` stops, as an index into the N + 1 states of a full unsample:
+    N - min(k, N - 1) (ComfyUI's `last_step`; k >= N still takes one step). The one place this rule lives."""
+    return steps - min(end_at_step, steps - 1)
+
+
+def end_at_step_for(steps: int, index: int) -> int:
+    """The inverse of `state_index` for index 1..N: the end_at_step whose unsample stops at state `index`
+    (index 0, the input latent itself, maps to N, which no unsample returns)."""
+    return steps - index
+
+
+def trajectory_state(trajectory: Trajectory, end_at_step: int) -> Tensor:
+    """The processed-space state that `unsample(..., end_at_step=end_at_step)` stops at, read off a recorded
+    full inversion (refused for samplers whose rule depends on the number of sigmas)."""
+    index = state_index(int(trajectory.params["steps"]), int(end_at_step))
+    if index > trajectory.n_steps:
+        raise UnsamplingError(f"the trajectory has {trajectory.n_steps} steps; it does not reach end_at_step={end_at_step}")
+    if not trajectory.params.get("prefix_consistent", True) and index != trajectory.n_steps:
+        raise UnsamplingError(
+            f"sampler {trajectory.params.get('sampler_name')!r} changes its rule with the number of steps, so a partial "
+            "unsample is not a prefix of the full one; call unsample(..., end_at_step=k) for this sampler"
+        )
+    return trajectory.xs[index]
+
+
 def unsample_sigmas(model: DiffusionModel, *, steps: int, end_at_step: int, sampler_name: str, scheduler: str) -> Tensor:
     """The ascending sigmas the Unsampler integrates: flip(schedule) + 1e-4, cut at end_at_step.
 
@@ -156,7 +181,6 @@ def unsample_sigmas(model: DiffusionModel, *, steps: int, end_at_step: int, samp
     VP models have no limit and keep ComfyUI's sigmas bit for bit.
     """
     spec = get_sampler(sampler_name, invertible=True)
-    end = min(end_at_step, steps - 1)
     ms = model.model_sampling
     sigmas = sigma_schedule(ms, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
     sigmas = sigmas.flip(0) + UNSAMPLE_SIGMA_OFFSET
@@ -167,7 +191,7 @@ def unsample_sigmas(model: DiffusionModel, *, steps: int, end_at_step: int, samp
                 "the Unsampler's +1e-4 pushes past it; use fewer steps or another scheduler (e.g. 'simple')"
             )
         sigmas = sigmas.clamp(max=ms.sigma_limit)
-    return sigmas[: steps - end + 1]
+    return sigmas[: state_index(steps, end_at_step) + 1]
 
 
 def _unsample(
@@ -182,9 +206,9 @@ def _unsample(
     mode = _normalize_mode(normalize)
     sigmas = unsample_sigmas(model, steps=steps, end_at_step=end_at_step, sampler_name=sampler_name, scheduler=scheduler)
 
-    latent_in = model.latent_format.process_in(samples.to(model.device, _state_dtype(samples)))
+    latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     x = model.model_sampling.noise_scaling(sigmas[0], torch.zeros_like(latent_in), latent_in)
-    denoiser = _denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative)
+    denoiser = guided_denoiser(model, latent_in, mask, cfg=cfg, positive=positive, negative=negative)
     recorder = TrajectoryRecorder() if record else None
     hooks = [h for h in (callback, recorder) if h is not None]
     x = _run(spec, denoiser, x, sigmas.to(model.device), callback=_fanout(hooks), progress=progress,
@@ -252,8 +276,9 @@ def _run(spec: SamplerSpec, denoiser: GuidedDenoiser, x: Tensor, sigmas: Tensor,
     return out
 
 
-def _denoiser(model: DiffusionModel, latent_in: Tensor, mask: Tensor | None, *, cfg: float,
-              positive: Prompt, negative: Prompt, noise: Tensor | None = None) -> GuidedDenoiser:
+def guided_denoiser(model: DiffusionModel, latent_in: Tensor, mask: Tensor | None, *, cfg: float,
+                    positive: Prompt, negative: Prompt, noise: Tensor | None = None) -> GuidedDenoiser:
+    """The denoiser the samplers call for this model, prompts and cfg (the negative prompt is not encoded at cfg 1)."""
     b = latent_in.shape[0]
     pos = to_conditioning(model, positive, batch_size=b, name="positive").to(model.device)
     neg = None
@@ -319,7 +344,7 @@ def prepare_mask(mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
     return m.expand(b, c, h, w).contiguous()
 
 
-def _state_dtype(samples: Tensor) -> torch.dtype:
+def state_dtype(samples: Tensor) -> torch.dtype:
     """The sampler state is float32 (as in ComfyUI) whatever the network's dtype; float64 stays float64."""
     return torch.float64 if samples.dtype == torch.float64 else torch.float32
 

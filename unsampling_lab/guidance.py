@@ -1,4 +1,10 @@
-"""The denoiser a sampler calls: network + classifier-free guidance + inpainting mask, as ComfyUI wires it.
+"""Prompts -> conditioning -> the denoiser a sampler calls (network + classifier-free guidance + inpainting mask, as ComfyUI wires it).
+
+Prompts: a string, a list of strings (one per batch item), a tensor of prompt embeddings shaped like the
+pipeline's `prompt_embeds` [B, L, D] (or [L, D]), ComfyUI CONDITIONING (`[[embeds, {"pooled_output": pooled}]]`),
+or a `Conditioning`; `to_conditioning` checks them against the model and repeats them to the batch.
+
+Guidance:
 
     denoised(x, sigma) = uncond + cfg * (cond - uncond)        (in x0 space; at cfg == 1 only cond)
     with a noise mask m (1 = may change):  input x*m + noised(latent)*(1-m),  output out*m + latent*(1-m)
@@ -10,14 +16,104 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .conditioning import concat
+from .errors import UnsamplingError
 from .models.base import Conditioning, DiffusionModel
 
+Prompt = Union[str, Sequence[str], Tensor, Conditioning, list]
 
+
+# -- prompts -> Conditioning ------------------------------------------------------------------
+def to_conditioning(model: DiffusionModel, prompt: Prompt, *, batch_size: int, name: str) -> Conditioning:
+    """`prompt` as the model's Conditioning, checked against the model and repeated to `batch_size`."""
+    if isinstance(prompt, Conditioning):
+        cond = prompt
+    elif isinstance(prompt, str):
+        cond = _encode(model, [prompt], name)
+    elif isinstance(prompt, Tensor):
+        embeds = prompt if prompt.ndim == 3 else prompt.unsqueeze(0) if prompt.ndim == 2 else None
+        if embeds is None:
+            raise UnsamplingError(f"{name}: prompt embeddings must be [B, L, D] or [L, D], got shape {tuple(prompt.shape)}")
+        cond = Conditioning(embeds)
+    elif _is_comfy_conditioning(prompt):
+        cond = _from_comfy(prompt, name)
+    elif isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt) and len(prompt) > 0:
+        if len(prompt) not in (1, batch_size):
+            raise UnsamplingError(
+                f"{name}: got {len(prompt)} prompts for a batch of {batch_size}; pass one prompt, or one per batch item"
+            )
+        cond = _encode(model, list(prompt), name)
+    else:
+        raise UnsamplingError(
+            f"{name}: expected a prompt string, a list of strings, a [B, L, D] embedding tensor, ComfyUI "
+            f"CONDITIONING [[embeds, {{'pooled_output': ...}}]] or a Conditioning; got {type(prompt).__name__}"
+        )
+    if not torch.isfinite(cond.embeds).all() or (cond.pooled is not None and not torch.isfinite(cond.pooled).all()):
+        raise UnsamplingError(f"{name}: the prompt embeddings contain NaN or Inf")
+    try:
+        model.check_conditioning(cond)
+    except UnsamplingError as e:
+        raise UnsamplingError(f"{name}: {e}") from None
+    return repeat_to_batch(cond, batch_size, name=name)
+
+
+def repeat_to_batch(cond: Conditioning, batch_size: int, *, name: str = "conditioning") -> Conditioning:
+    """Repeat a batch-1 conditioning to `batch_size`; a batch of another size is an error."""
+    b = cond.batch_size
+    if b == batch_size:
+        return cond
+    if b != 1:
+        raise UnsamplingError(f"{name}: conditioning has batch {b} but the latent has batch {batch_size}; use 1 or {batch_size}")
+    pooled = None if cond.pooled is None else cond.pooled.expand(batch_size, *cond.pooled.shape[1:])
+    return Conditioning(cond.embeds.expand(batch_size, *cond.embeds.shape[1:]), pooled, dict(cond.extra))
+
+
+def concat(conds: Sequence[Conditioning]) -> Conditioning:
+    """Stack conditionings along the batch, as ComfyUI does for cond + uncond in one forward pass.
+
+    Sequence lengths that differ are repeated to their least common multiple (ComfyUI's rule).
+    """
+    lengths = [c.embeds.shape[1] for c in conds]
+    lcm = math.lcm(*lengths)
+    embeds = torch.cat([c.embeds.repeat(1, lcm // c.embeds.shape[1], 1) for c in conds])
+    has_pooled = [c.pooled is not None for c in conds]
+    if any(has_pooled) and not all(has_pooled):
+        raise UnsamplingError("positive and negative conditioning must both have a pooled output, or neither")
+    pooled = torch.cat([c.pooled for c in conds]) if all(has_pooled) else None  # type: ignore[misc]
+    return Conditioning(embeds, pooled, dict(conds[0].extra))
+
+
+def _encode(model: DiffusionModel, prompts: list[str], name: str) -> Conditioning:
+    try:
+        return model.encode_prompt(prompts)
+    except UnsamplingError as e:
+        raise UnsamplingError(f"{name}: {e}") from None
+
+
+def _is_comfy_conditioning(prompt: Any) -> bool:
+    return (
+        isinstance(prompt, (list, tuple)) and len(prompt) > 0
+        and all(isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], Tensor) for p in prompt)
+    )
+
+
+def _from_comfy(prompt: Sequence[Any], name: str) -> Conditioning:
+    if len(prompt) != 1:
+        raise UnsamplingError(
+            f"{name}: ComfyUI CONDITIONING with {len(prompt)} entries (area/mask combinations) is not supported; "
+            "pass a single [[embeds, {...}]] entry"
+        )
+    embeds, options = prompt[0]
+    if embeds.ndim != 3:
+        raise UnsamplingError(f"{name}: CONDITIONING embeddings must be [B, L, D], got shape {tuple(embeds.shape)}")
+    return Conditioning(embeds, options.get("pooled_output"))
+
+
+# -- the guided denoiser ---------------------------------------------------------------------------
 @dataclass
 class EvalCounter:
     """Counts denoiser evaluations (NFE: one per sigma, cond and uncond together) and network rows."""

@@ -276,3 +276,71 @@ class ModelSampling:
         if self.prediction == "flow":
             return (s**2 + ((1 - s) * data_std) ** 2) ** 0.5
         return (s**2 + data_std**2) ** 0.5
+
+
+FlowKind = Literal["sd3", "flux"]
+#: The resolution mu defaults to (1024 x 1024 pixels = a 128 x 128 latent): Flux's mu = 1.15, ComfyUI's default shift.
+DEFAULT_LATENT_SIZE = (128, 128)
+
+
+# -- flow tables (SD3, Flux) from diffusers' FlowMatchEulerDiscreteScheduler configs ---------------------------------------------------------------------------------
+def flux_mu(
+    latent: Tensor | Mapping[str, Any] | tuple[int, int],
+    *,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    patch_size: int = 2,
+) -> float:
+    """Flux's resolution-dependent shift mu, as diffusers' `calculate_shift` computes it.
+
+    latent: a LATENT dict, a [B, C, H, W] latent, or its (H, W). L = (H / 2)(W / 2) packed patches;
+    mu = base_shift + (max_shift - base_shift) (L - base_seq_len) / (max_seq_len - base_seq_len).
+    """
+    if isinstance(latent, Mapping):
+        latent = latent["samples"]
+    if isinstance(latent, Tensor):
+        if latent.ndim != 4:
+            raise UnsamplingError(f"flux_mu needs a [B, C, H, W] latent or its (H, W), got shape {tuple(latent.shape)}")
+        h, w = int(latent.shape[-2]), int(latent.shape[-1])
+    else:
+        h, w = (int(v) for v in latent)
+    seq_len = (h // patch_size) * (w // patch_size)
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return seq_len * m + base_shift - m * base_seq_len
+
+
+def flow_model_sampling(kind: FlowKind, scheduler_config: Mapping[str, Any] | None = None, *,
+                        mu: float | None = None) -> ModelSampling:
+    """The ComfyUI sigma table for a diffusers `FlowMatchEulerDiscreteScheduler` config.
+
+    SD3: `ModelSampling.flow(shift)`; Flux: `ModelSampling.flux(shift=mu)` (10000 entries, as ComfyUI).
+    With `use_dynamic_shifting` the shift is e^mu, mu given or `flux_mu` of a 1024 x 1024 image.
+    """
+    if kind not in ("sd3", "flux"):
+        raise UnsamplingError(f"unknown flow model kind {kind!r}; expected 'sd3' or 'flux'")
+    config = dict(scheduler_config or {})
+    if config.get("time_shift_type", "exponential") != "exponential":
+        raise UnsamplingError(
+            f"time_shift_type {config['time_shift_type']!r} is not supported; only diffusers' default 'exponential' "
+            "shift (SD3, Flux) has a ComfyUI sigma table"
+        )
+    dynamic = bool(config.get("use_dynamic_shifting", kind == "flux"))
+    if dynamic:
+        if mu is None:
+            mu = flux_mu(DEFAULT_LATENT_SIZE, **_shift_params(config))
+        log_shift = float(mu)
+    else:
+        if mu is not None:
+            raise UnsamplingError("mu applies to schedulers with use_dynamic_shifting; this one has a fixed shift")
+        log_shift = math.log(float(config.get("shift", 3.0 if kind == "sd3" else 1.0)))
+    if kind == "flux":  # timestep = sigma; e^mu / (e^mu + 1/t - 1) is the SD3 shift with s = e^mu
+        return ModelSampling.flux(shift=log_shift)
+    return ModelSampling.flow(shift=math.exp(log_shift), multiplier=float(config.get("num_train_timesteps", 1000)))
+
+
+def _shift_params(config: Mapping[str, Any]) -> dict[str, float]:
+    keys = {"base_shift": "base_shift", "max_shift": "max_shift", "base_seq_len": "base_image_seq_len",
+            "max_seq_len": "max_image_seq_len"}
+    return {k: config[c] for k, c in keys.items() if config.get(c) is not None}

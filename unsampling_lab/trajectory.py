@@ -2,7 +2,8 @@
 
 One full unsample (end_at_step = 0) passes through the state that `unsample(end_at_step=k)`
 returns for every k (for prefix-consistent samplers), so a sweep over end_at_step needs one
-inversion, not one per value.
+inversion, not one per value: `engine.trajectory_state(traj, k)` reads it, `engine.unsampled` returns it
+as the node would. A data object: per-step statistics live in `analysis.metrics.trajectory_frame`.
 """
 from __future__ import annotations
 
@@ -35,34 +36,6 @@ class Trajectory:
     @property
     def n_steps(self) -> int:
         return int(self.sigmas.shape[0]) - 1
-
-    def state_at(self, end_at_step: int) -> Tensor:
-        """The processed-space state that `unsample(..., end_at_step=end_at_step)` stops at."""
-        steps = int(self.params["steps"])
-        end = min(int(end_at_step), steps - 1)
-        index = steps - end
-        if index > self.n_steps:
-            raise UnsamplingError(f"the trajectory has {self.n_steps} steps; it does not reach end_at_step={end_at_step}")
-        if not self.params.get("prefix_consistent", True) and index != self.n_steps:
-            raise UnsamplingError(
-                f"sampler {self.params.get('sampler_name')!r} changes its rule with the number of steps, so a partial "
-                "unsample is not a prefix of the full one; call unsample(..., end_at_step=k) for this sampler"
-            )
-        return self.xs[index]
-
-    # -- analysis and storage (pandas and safetensors load only here) -----------------------------
-    def to_frame(self, *, model_sampling: Any = None) -> Any:
-        """A tidy pandas DataFrame, one row per (state index, batch item), with the per-step metrics.
-
-        Columns: step, end_at_step, item, sigma, x_mean, x_std, expected_std, std_ratio,
-        denoised_drift, denoised_mse (see `unsampling_lab.metrics.step_stats`). Pass the model's
-        `model_sampling` for its own expected std (flow models); the default is the VP formula.
-        """
-        import pandas as pd
-
-        from .metrics import step_stats
-
-        return pd.DataFrame(step_stats(self, model_sampling=model_sampling))
 
     def save(self, path: str | Path) -> Path:
         """Write `path` (.safetensors: sigmas, xs, denoised) and `path` with suffix .json (params, nfe)."""

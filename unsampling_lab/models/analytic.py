@@ -17,7 +17,7 @@ from ..model_sampling import ModelSampling, Prediction
 from .base import Conditioning, LatentFormat
 
 if TYPE_CHECKING:
-    from ..analytic import GaussianData, GaussianMixture
+    from .gaussian import GaussianData, GaussianMixture
 
 #: denoise(x [B, D], sigma [B], label [B] with -1 = unconditional) -> x0 [B, D]
 DenoiseFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -101,3 +101,15 @@ def mixture_model(mixture: "GaussianMixture", *, labels: Sequence[str] | None = 
         return out
 
     return AnalyticModel(denoise, dim=int(mixture.means.shape[-1]), labels=labels)
+
+
+def gaussian_flow_model(data: "GaussianData") -> AnalyticModel:
+    """An exact flow model for Gaussian data (`models.gaussian.GaussianData`): denoised = E[x0 | x] in flow form.
+
+    Latents are [B, D, 1, 1]; the sigma table is the unshifted flow table (timestep = 1000 sigma), on
+    which `AnalyticModel` reads sigma back from the timestep exactly (on a shifted table ComfyUI's
+    `sigma(timestep)` applies the shift a second time, as it must for its schedulers).
+    """
+    dim = int(torch.as_tensor(data.mean).numel())
+    return AnalyticModel(lambda x, sigma, label: data.denoise_flow(x, sigma), dim=dim, prediction="flow",
+                         model_sampling=ModelSampling.flow(shift=1.0))

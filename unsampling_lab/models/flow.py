@@ -1,4 +1,4 @@
-"""Flow-matching transformers from diffusers (SD3, Flux), and ComfyUI's flow behaviour for comparison.
+"""Flow-matching transformers from diffusers (SD3, Flux): the adapter and latent packing.
 
 Flow models (ComfyUI's CONST): x = sigma * noise + (1 - sigma) * x0, sigma in [0, 1], the network
 predicts a velocity v = noise - x0 and denoised = x - sigma * v. Their sigma tables:
@@ -17,14 +17,13 @@ starts below sigma = 1, so its "full" unsample never reaches pure noise.
 ComfyUI's Unsampler ends a full unsample at sigma 1 + 1e-4 and divides by 1 - sigma: output
 = -1e4 x noise, and the paired resample restarts from 0 * latent. `ul.unsample` clamps the
 sigmas to 1 and returns the noise itself there (see `ModelSampling.inverse_noise_scaling`);
-`comfyui_flow(model)` gives the same model with ComfyUI's arithmetic, to measure the difference.
+`unsampling_lab.lab.comfyui_flow.comfyui_flow(model)` gives the same model with ComfyUI's arithmetic, to measure
+the difference. The sigma tables (`flux_mu`, `flow_model_sampling`) live in `model_sampling`.
 """
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -32,81 +31,14 @@ import torch
 from torch import Tensor
 
 from ..errors import UnsamplingError
-from ..model_sampling import ModelSampling, _view
+from ..model_sampling import FlowKind, ModelSampling, _shift_params, flow_model_sampling, flux_mu
 from .base import Conditioning, DiffusionModel, LatentFormat
 from .vae import VAEImages
-
-FlowKind = Literal["sd3", "flux"]
 
 #: ComfyUI's latent formats when the VAE config does not say: (scale, shift).
 LATENT_SCALE_SHIFT: dict[str, tuple[float, float]] = {"sd3": (1.5305, 0.0609), "flux": (0.3611, 0.1159)}
 #: Flux-dev's distilled guidance in diffusers' pipeline and ComfyUI's FluxGuidance node.
 DEFAULT_FLUX_GUIDANCE = 3.5
-#: The resolution mu defaults to (1024 x 1024 pixels = a 128 x 128 latent): Flux's mu = 1.15, ComfyUI's default shift.
-DEFAULT_LATENT_SIZE = (128, 128)
-
-
-# -- sigma tables ---------------------------------------------------------------------------------
-def flux_mu(
-    latent: Tensor | Mapping[str, Any] | tuple[int, int],
-    *,
-    base_shift: float = 0.5,
-    max_shift: float = 1.15,
-    base_seq_len: int = 256,
-    max_seq_len: int = 4096,
-    patch_size: int = 2,
-) -> float:
-    """Flux's resolution-dependent shift mu, as diffusers' `calculate_shift` computes it.
-
-    latent: a LATENT dict, a [B, C, H, W] latent, or its (H, W). L = (H / 2)(W / 2) packed patches;
-    mu = base_shift + (max_shift - base_shift) (L - base_seq_len) / (max_seq_len - base_seq_len).
-    """
-    if isinstance(latent, Mapping):
-        latent = latent["samples"]
-    if isinstance(latent, Tensor):
-        if latent.ndim != 4:
-            raise UnsamplingError(f"flux_mu needs a [B, C, H, W] latent or its (H, W), got shape {tuple(latent.shape)}")
-        h, w = int(latent.shape[-2]), int(latent.shape[-1])
-    else:
-        h, w = (int(v) for v in latent)
-    seq_len = (h // patch_size) * (w // patch_size)
-    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    return seq_len * m + base_shift - m * base_seq_len
-
-
-def flow_model_sampling(kind: FlowKind, scheduler_config: Mapping[str, Any] | None = None, *,
-                        mu: float | None = None) -> ModelSampling:
-    """The ComfyUI sigma table for a diffusers `FlowMatchEulerDiscreteScheduler` config.
-
-    SD3: `ModelSampling.flow(shift)`; Flux: `ModelSampling.flux(shift=mu)` (10000 entries, as ComfyUI).
-    With `use_dynamic_shifting` the shift is e^mu, mu given or `flux_mu` of a 1024 x 1024 image.
-    """
-    if kind not in ("sd3", "flux"):
-        raise UnsamplingError(f"unknown flow model kind {kind!r}; expected 'sd3' or 'flux'")
-    config = dict(scheduler_config or {})
-    if config.get("time_shift_type", "exponential") != "exponential":
-        raise UnsamplingError(
-            f"time_shift_type {config['time_shift_type']!r} is not supported; only diffusers' default 'exponential' "
-            "shift (SD3, Flux) has a ComfyUI sigma table"
-        )
-    dynamic = bool(config.get("use_dynamic_shifting", kind == "flux"))
-    if dynamic:
-        if mu is None:
-            mu = flux_mu(DEFAULT_LATENT_SIZE, **_shift_params(config))
-        log_shift = float(mu)
-    else:
-        if mu is not None:
-            raise UnsamplingError("mu applies to schedulers with use_dynamic_shifting; this one has a fixed shift")
-        log_shift = math.log(float(config.get("shift", 3.0 if kind == "sd3" else 1.0)))
-    if kind == "flux":  # timestep = sigma; e^mu / (e^mu + 1/t - 1) is the SD3 shift with s = e^mu
-        return ModelSampling.flux(shift=log_shift)
-    return ModelSampling.flow(shift=math.exp(log_shift), multiplier=float(config.get("num_train_timesteps", 1000)))
-
-
-def _shift_params(config: Mapping[str, Any]) -> dict[str, float]:
-    keys = {"base_shift": "base_shift", "max_shift": "max_shift", "base_seq_len": "base_image_seq_len",
-            "max_seq_len": "max_image_seq_len"}
-    return {k: config[c] for k, c in keys.items() if config.get(c) is not None}
 
 
 # -- the adapter ----------------------------------------------------------------------------------
@@ -342,101 +274,3 @@ def _pipeline_encoder(src: Any, kind: FlowKind) -> Encoder | None:
     return encode
 
 
-def tiny_flow_model(kind: FlowKind, *, seed: int = 0, embed_width: int = 16, pooled_width: int = 8,
-                    device: torch.device | str = "cpu") -> FlowTransformerModel:
-    """A seeded, randomly initialised SD3 or Flux transformer from a tiny config (4 latent channels,
-    one block; no download), for tests and teaching. Conditioning: embeds [B, L, 16], pooled [B, 8]."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
-
-    torch.manual_seed(seed)
-    if kind == "sd3":
-        net = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
-                                    num_attention_heads=2, joint_attention_dim=embed_width, caption_projection_dim=16,
-                                    pooled_projection_dim=pooled_width, out_channels=4, pos_embed_max_size=16)
-        sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    elif kind == "flux":
-        net = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
-                                     num_attention_heads=2, joint_attention_dim=embed_width, pooled_projection_dim=pooled_width,
-                                     guidance_embeds=True, axes_dims_rope=(2, 2, 4))
-        sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
-    else:
-        raise UnsamplingError(f"unknown flow model kind {kind!r}; expected 'sd3' or 'flux'")
-    return load_flow_model({"transformer": net.eval(), "scheduler": sched}, device=device)
-
-
-# -- ComfyUI's behaviour, for comparison ------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class ComfyUIFlowSampling(ModelSampling):
-    """ComfyUI's CONST model sampling as it is: no sigma limit (the Unsampler ends at 1 + 1e-4),
-    LATENT = x / (1 - sigma) at every sigma, and the zero-noise start (1 - sigma) * latent."""
-
-    @property
-    def sigma_limit(self) -> float:
-        return math.inf
-
-    def inverse_noise_scaling(self, sigma: Tensor, x: Tensor) -> Tensor:
-        return x / (1.0 - _view(sigma, x))
-
-    def latent_to_state(self, sigma: Tensor, latent: Tensor) -> Tensor:
-        return self.noise_scaling(sigma, torch.zeros_like(latent), latent)
-
-
-def comfyui_flow(model: DiffusionModel) -> DiffusionModel:
-    """`model` with ComfyUI's flow arithmetic, so `ul.unsample(comfyui_flow(model), ...)` gives what
-    ComfyUI's Unsampler gives (-1e4 x the noise on a full unsample). A shallow copy: the networks are shared."""
-    ms = model.model_sampling
-    if ms.prediction != "flow":
-        raise UnsamplingError("comfyui_flow is for flow models; on eps/v models ul.unsample already matches ComfyUI")
-    out = copy.copy(model)
-    out.model_sampling = ComfyUIFlowSampling(sigmas=ms.sigmas, prediction=ms.prediction, timestep_map=ms.timestep_map,
-                                             shift=ms.shift, multiplier=ms.multiplier)
-    return out
-
-
-def gaussian_flow_model(data: Any) -> DiffusionModel:
-    """An exact flow model for Gaussian data (`ul.analytic.GaussianData`): denoised = E[x0 | x] in flow form.
-
-    Latents are [B, D, 1, 1]; the sigma table is the unshifted flow table (timestep = 1000 sigma), on
-    which `AnalyticModel` reads sigma back from the timestep exactly (on a shifted table ComfyUI's
-    `sigma(timestep)` applies the shift a second time, as it must for its schedulers).
-    """
-    from .analytic import AnalyticModel
-
-    dim = int(torch.as_tensor(data.mean).numel())
-    return AnalyticModel(lambda x, sigma, label: data.denoise_flow(x, sigma), dim=dim, prediction="flow",
-                         model_sampling=ModelSampling.flow(shift=1.0))
-
-
-def compare_with_comfyui(
-    model: DiffusionModel,
-    latent: Tensor | dict[str, Any],
-    *,
-    noise: Tensor,
-    steps: int = 20,
-    sampler_name: str = "euler",
-    scheduler: str = "simple",
-    end_at_step: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Unsample and resample (add_noise off) with ComfyUI's flow arithmetic and ours, against the true `noise`.
-
-    Per method: `ratio` = <out, noise> / <noise, noise> (1 is right; ComfyUI gives about -1e4 on a
-    full unsample), `noise_error` = |out - noise| / |noise|, `roundtrip_error` = |resample - x0| / |x0|.
-    `noise` is the exact unsampled latent (e.g. `GaussianData.ode_solution_flow` of the start state).
-    """
-    from ..engine import resample, unsample
-
-    x0 = latent["samples"] if isinstance(latent, dict) else latent
-    rows: dict[str, dict[str, float]] = {}
-    for name, m in (("comfyui", comfyui_flow(model)), ("unsampling_lab", model)):
-        kw = dict(steps=steps, sampler_name=sampler_name, scheduler=scheduler, progress=False)
-        out = unsample(m, latent, end_at_step=end_at_step, **kw)
-        back = resample(m, out, start_at_step=end_at_step, add_noise=False, **kw)
-        out_t = out["samples"] if isinstance(out, dict) else out
-        back_t = back["samples"] if isinstance(back, dict) else back
-        ref = noise.to(out_t)
-        rows[name] = {
-            "ratio": float((out_t * ref).sum() / (ref * ref).sum()),
-            "noise_error": float((out_t - ref).norm() / ref.norm()),
-            "roundtrip_error": float((back_t - x0.to(back_t)).norm() / x0.norm()),
-        }
-    return rows

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from .errors import UnsamplingError, suggest
+from ..errors import UnsamplingError, suggest
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .models.base import DiffusionModel
-    from .trajectory import Trajectory
+    from ..models.base import DiffusionModel
+    from ..trajectory import Trajectory
 
 #: The sweepable parameters (the engine's names) and their defaults. `edit` is the resample prompt
 #: (None: the positive prompt, i.e. a plain reconstruction); `seed` is resample's noise_seed.
@@ -91,7 +91,7 @@ def sweep(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from . import engine
+    from .. import engine
 
     values = _grid_values(grid, fixed)
     chosen = _metric_sets(metrics)
@@ -195,10 +195,10 @@ def _grid_values(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) ->
             values[name] = [_canonical(name, x) for x in v]
         else:
             values[name] = [_canonical(name, fixed.get(name, DEFAULTS[name]))]
-    from .engine import NORMALIZE_MODES
-    from .errors import check_choice
-    from .samplers import SAMPLERS
-    from .schedulers import SCHEDULERS
+    from ..engine import NORMALIZE_MODES
+    from ..errors import check_choice
+    from ..samplers import SAMPLERS
+    from ..schedulers import SCHEDULERS
 
     for v in values["normalize"]:
         check_choice(v, NORMALIZE_MODES, what="normalize mode")
@@ -273,13 +273,13 @@ def _row_key(combo_or_row: Mapping[str, Any], b: int | None = None) -> tuple:
 def _metric_sets(metrics: Sequence[str] | None) -> set[str]:
     if metrics is None:
         return set(METRIC_SETS)
-    from .errors import check_choice
+    from ..errors import check_choice
 
     return {check_choice(m, METRIC_SETS, what="metric set") for m in metrics}
 
 
 def prefix_consistent(sampler_name: str) -> bool:
-    from .samplers import get_sampler
+    from ..samplers import get_sampler
 
     return bool(get_sampler(sampler_name, invertible=True).prefix_consistent)
 
@@ -306,6 +306,7 @@ def pixel_reference(model: Any, samples: Tensor, images: Tensor | None,
 def metric_rows(model: Any, combo: Mapping[str, Any], samples: Tensor, result: Tensor, traj: "Trajectory",
                  decoded: Tensor | None, reference: Tensor | None, ceiling: Tensor | None, chosen: set[str],
                  batch: int) -> list[dict[str, Any]]:
+    from .. import engine
     from . import metrics as M
 
     rows = [_row_params(combo, b) for b in range(batch)]
@@ -320,7 +321,7 @@ def metric_rows(model: Any, combo: Mapping[str, Any], samples: Tensor, result: T
             row.update(psnr=float(p[b]), ssim=float(s[b]), psnr_vae=float(pv[b]), ssim_vae=float(sv[b]))
     if "noise" in chosen:
         steps = combo["steps"]
-        index = steps - min(combo["end_at_step"], steps - 1)
+        index = engine.state_index(steps, combo["end_at_step"])
         index = traj.n_steps if index > traj.n_steps else index
         state, sigma = traj.xs[index], float(traj.sigmas[index])
         data_std = traj.xs[0].double().flatten(1).std(dim=1)

@@ -1,6 +1,6 @@
 """Train the bundled shapes model from scratch: VAE, then text encoder + UNet on cached latents.
 
-    python -m unsampling_lab.train [--out DIR] [--seed 0]
+    python -m unsampling_lab.bundled.train [--out DIR] [--seed 0]
 
 VAE:   loss = mean (x_hat - x)^2 + kl_weight * mean KL(q(z|x) || N(0, I)),  x in [-1, 1]
        scaling_factor = 1 / std(z) over the training set (as SD measured it)
@@ -302,8 +302,8 @@ TODO (lead): unsample -> resample PSNR and edit success over `end_at_step`, meas
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: train everything and write the pipeline folder plus MODEL_CARD.md and training.json."""
-    from .bundled import BUNDLED_MODEL
-    from ._tokenizer import write_tokenizer
+    from . import BUNDLED_MODEL
+    from .tokenizer import write_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=BUNDLED_MODEL, help="pipeline folder to write")
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
     out: Path = args.out
-    command = "python -m unsampling_lab.train " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m unsampling_lab.bundled.train " + shlex.join(argv if argv is not None else sys.argv[1:])
 
     start = time.time()
 

@@ -23,9 +23,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..engine import end_at_step_for
+
 if TYPE_CHECKING:
-    from .model_sampling import ModelSampling
-    from .trajectory import Trajectory
+    import pandas as pd
+
+    from ..model_sampling import ModelSampling
+    from ..trajectory import Trajectory
 
 __all__ = [
     "autocorrelation", "autocorrelation_map", "detector_metrics", "ks_statistic", "latent_mse", "noise_stats",
@@ -210,6 +214,18 @@ def autocorrelation_map(z: Tensor, *, max_lag: int = 4) -> Tensor:
 
 
 # -- along a trajectory -------------------------------------------------------------------------------
+def trajectory_frame(trajectory: "Trajectory", *, model_sampling: "ModelSampling | None" = None) -> "pd.DataFrame":
+    """`step_stats` as a tidy pandas DataFrame, one row per (state index, batch item).
+
+    Columns: step, end_at_step, item, sigma, x_mean, x_std, expected_std, std_ratio, denoised_drift,
+    denoised_mse. Pass the model's `model_sampling` for its own expected std (flow models); the default
+    is the VP formula.
+    """
+    import pandas as pd
+
+    return pd.DataFrame(step_stats(trajectory, model_sampling=model_sampling))
+
+
 def step_stats(trajectory: "Trajectory", *, model_sampling: "ModelSampling | None" = None) -> list[dict[str, Any]]:
     """One record per (state index, batch item) of a recorded inversion.
 
@@ -234,7 +250,7 @@ def step_stats(trajectory: "Trajectory", *, model_sampling: "ModelSampling | Non
                 else math.sqrt(s * s + d * d)
             std = float(x[b].std())
             rec: dict[str, Any] = {
-                "step": i, "end_at_step": steps - i, "item": b, "sigma": s,
+                "step": i, "end_at_step": end_at_step_for(steps, i), "item": b, "sigma": s,
                 "x_mean": float(x[b].mean()), "x_std": std, "expected_std": expected, "std_ratio": std / expected,
                 "denoised_drift": math.nan, "denoised_mse": math.nan,
             }
@@ -248,7 +264,7 @@ def step_stats(trajectory: "Trajectory", *, model_sampling: "ModelSampling | Non
 
 # -- the bundled model's detector ------------------------------------------------------------------------
 def detector_metrics(images: Tensor, reference: Tensor, *, prompts: Sequence[str] | None = None) -> list[dict[str, Any]] | None:
-    """Colour, shape and foreground IoU of `images` [B, H, W, 3] judged by `unsampling_lab.detector`, per item.
+    """Colour, shape and foreground IoU of `images` [B, H, W, 3] judged by `unsampling_lab.bundled.detector`, per item.
 
     fg_iou: IoU of the foreground masks of `images` and `reference` (structure kept);
     colour_kept / shape_kept: same detected colour / shape as the reference;
@@ -256,8 +272,8 @@ def detector_metrics(images: Tensor, reference: Tensor, *, prompts: Sequence[str
     Returns None when the detector module is not available.
     """
     try:
-        from . import detector
-        from .shapes import COLOURS, SHAPES
+        from ..bundled import detector
+        from ..bundled.shapes import COLOURS, SHAPES
     except ImportError:
         return None
     out, ref = detector.detect(images), detector.detect(reference)

@@ -1,6 +1,6 @@
 """matplotlib figures for inversions. Each function takes `ax=None` (or `axes=`) and returns what it drew on.
 
-Nothing here computes more than a reshape: the numbers come from `unsampling_lab.metrics` and
+Nothing here computes more than a reshape: the numbers come from `unsampling_lab.analysis.metrics` and
 `unsampling_lab.sweep`, so a notebook, a widget and the command line show the same values.
 Never calls plt.show().
 """
@@ -18,13 +18,13 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
 
-    from .trajectory import Trajectory
+    from ..trajectory import Trajectory
 
-__all__ = ["autocorrelation_map", "error_along_inversion", "error_heatmaps", "error_vs_steps", "image_grid", "image_strip",
-           "latent_stats", "noise_histogram", "noise_qq", "rate_plot", "text_colour"]
+__all__ = ["autocorrelation_map", "ensure_ax", "error_along_inversion", "error_heatmaps", "error_vs_steps", "image_grid",
+           "image_strip", "latent_stats", "noise_histogram", "noise_qq", "rate_plot", "text_colour"]
 
 
-def _ax(ax: "Axes | None", **fig_kw: Any) -> "Axes":
+def ensure_ax(ax: "Axes | None", **fig_kw: Any) -> "Axes":
     if ax is not None:
         return ax
     import matplotlib.pyplot as plt
@@ -35,10 +35,13 @@ def _ax(ax: "Axes | None", **fig_kw: Any) -> "Axes":
 def latent_stats(trajectory: "Trajectory | pd.DataFrame", *, model_sampling: Any = None, ax: "Axes | None" = None) -> "Axes":
     """Each state's std along the inversion against the schedule's prediction sqrt(sigma^2 + d^2), over sigma.
 
-    Takes a Trajectory or its `to_frame()`; one line per batch item, the prediction dashed.
+    Takes a Trajectory or its `metrics.trajectory_frame`; one line per batch item, the prediction dashed.
     """
-    frame = trajectory if not hasattr(trajectory, "to_frame") else trajectory.to_frame(model_sampling=model_sampling)
-    ax = _ax(ax, figsize=(5, 3.5))
+    from ..trajectory import Trajectory
+    from .metrics import trajectory_frame
+
+    frame = trajectory_frame(trajectory, model_sampling=model_sampling) if isinstance(trajectory, Trajectory) else trajectory
+    ax = ensure_ax(ax, figsize=(5, 3.5))
     for item, part in frame.groupby("item"):
         part = part.sort_values("sigma")
         line, = ax.plot(part["sigma"], part["x_std"], marker="o", ms=3, label=f"item {item}: std(x)")
@@ -114,7 +117,7 @@ def error_vs_steps(df: "pd.DataFrame", *, value: str = "relative_error", x: str 
     curve would keep (p = -1: first-order, halving the error needs twice the steps). `label` prefixes
     every legend entry (e.g. the model's name when two models share the axes).
     """
-    ax = _ax(ax, figsize=(5, 3.6))
+    ax = ensure_ax(ax, figsize=(5, 3.6))
     if value not in df.columns:
         raise KeyError(f"no column {value!r} in the table; available: {', '.join(map(str, df.columns))}")
     table = df.pivot_table(index=x, columns=hue, values=value, aggfunc="mean").sort_index()
@@ -145,7 +148,7 @@ def error_along_inversion(df: "pd.DataFrame", *, value: str = "relative_error", 
 
     One point per end_at_step (mean over items): how the error builds up as the inversion climbs.
     """
-    ax = _ax(ax, figsize=(5, 3.4))
+    ax = ensure_ax(ax, figsize=(5, 3.4))
     table = df.groupby(x)[value].mean().sort_index()
     ax.plot(table.index.to_numpy(), table.to_numpy(), "o-", ms=3, label=label)
     ax.set_xscale("log")
@@ -163,7 +166,7 @@ def rate_plot(summary: "pd.DataFrame", *, x: str, y: str, hue: str, ax: "Axes | 
 
     `annotate`: a column whose value labels each point, offset so that neighbouring labels do not overlap.
     """
-    ax = _ax(ax, figsize=(5, 3.6))
+    ax = ensure_ax(ax, figsize=(5, 3.6))
     for i, (h, part) in enumerate(summary.groupby(hue, sort=True)):
         part = part.sort_values(x)
         yv = part[y].to_numpy(dtype=float)
@@ -254,7 +257,7 @@ def image_strip(original: Tensor, noise: Tensor | None = None, reconstruction: T
 
 def noise_histogram(z: Tensor, *, bins: int = 60, ax: "Axes | None" = None) -> "Axes":
     """Histogram of standardized noise z against the N(0, 1) density."""
-    ax = _ax(ax, figsize=(4, 3))
+    ax = ensure_ax(ax, figsize=(4, 3))
     x = z.detach().double().cpu().reshape(-1).numpy()
     ax.hist(x, bins=bins, density=True, alpha=0.6, label="noise")
     grid = np.linspace(min(-4.0, x.min()), max(4.0, x.max()), 200)
@@ -267,7 +270,7 @@ def noise_histogram(z: Tensor, *, bins: int = 60, ax: "Axes | None" = None) -> "
 
 def noise_qq(z: Tensor, *, ax: "Axes | None" = None, max_points: int = 4000) -> "Axes":
     """Q-Q plot of standardized noise z against N(0, 1): sorted z over Phi^-1((i - 0.5) / n)."""
-    ax = _ax(ax, figsize=(3.5, 3.5))
+    ax = ensure_ax(ax, figsize=(3.5, 3.5))
     x = z.detach().double().cpu().reshape(-1).sort().values
     n = x.numel()
     theory = torch.special.ndtri((torch.arange(1, n + 1, dtype=torch.float64) - 0.5) / n)
@@ -285,7 +288,7 @@ def autocorrelation_map(z: Tensor, *, max_lag: int = 4, ax: "Axes | None" = None
     """The spatial autocorrelation map of z (`metrics.autocorrelation_map`), lag 0 in the centre."""
     from .metrics import autocorrelation_map as ac_map
 
-    ax = _ax(ax, figsize=(3.5, 3))
+    ax = ensure_ax(ax, figsize=(3.5, 3))
     m = ac_map(z, max_lag=max_lag).numpy()
     k = m.shape[0] // 2
     im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, extent=(-k - 0.5, k + 0.5, k + 0.5, -k - 0.5))

@@ -52,9 +52,9 @@ def cfg_value(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .engine import NORMALIZE_MODES
-    from .samplers import INVERTIBLE_SAMPLERS
-    from .schedulers import SCHEDULERS
+    from ..engine import NORMALIZE_MODES
+    from ..samplers import INVERTIBLE_SAMPLERS
+    from ..schedulers import SCHEDULERS
 
     parser = argparse.ArgumentParser(prog="unsampling-lab", description="Diffusion inversion (unsampling) experiments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -112,16 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
-    from . import engine
-    from .errors import UnsamplingError
-    from .models.loading import load_model
-    from .sweeps import sweep
+    from .. import engine
+    from ..errors import UnsamplingError
+    from ..models.loading import load_model
+    from ..analysis.sweeps import sweep
 
     if args.threads:
         torch.set_num_threads(args.threads)
     bundled = args.model is None
     if bundled:
-        from .bundled import BUNDLED_MODEL
+        from ..bundled import BUNDLED_MODEL
 
         if not Path(BUNDLED_MODEL, "model_index.json").exists():
             parser.error(f"the bundled model is not installed at {BUNDLED_MODEL}; pass --model PATH to a diffusers "
@@ -185,14 +185,14 @@ def _source(model: Any, args: argparse.Namespace, *, bundled: bool) -> tuple[Any
     """(latents, images or None, positive prompt(s), description) of the source images."""
     import torch
 
-    from . import engine
+    from .. import engine
 
     use_shapes = args.source == "shapes" or (args.source == "auto" and bundled)
     if use_shapes:
         try:
-            from . import shapes
+            from ..bundled import shapes
         except ImportError:
-            raise SystemExit("error: --source shapes needs unsampling_lab.shapes, which is not installed") from None
+            raise SystemExit("error: --source shapes needs unsampling_lab.bundled.shapes, which is not installed") from None
         if getattr(model, "vae", None) is None:
             raise SystemExit("error: --source shapes needs a model with a VAE to encode the images")
         batch = shapes.make_shapes(args.images, seed=args.seed)
@@ -215,8 +215,9 @@ def _figures(model: Any, df: Any, kept: dict[str, Any], images: Any, out: Path, 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from . import metrics as M
-    from . import plots
+    from .. import engine
+    from ..analysis import metrics as M
+    from ..analysis import plots
 
     written: list[Path] = []
 
@@ -234,7 +235,7 @@ def _figures(model: Any, df: Any, kept: dict[str, Any], images: Any, out: Path, 
             save(axes[0].figure, f"heatmap_{value}.png")
     rec = kept.get("reconstruction")
     traj = rec.trajectory if rec is not None else kept["trajectory_only"]
-    index = min(steps - min(end_at_step, steps - 1), traj.n_steps)
+    index = min(engine.state_index(steps, end_at_step), traj.n_steps)
     data_std = float(traj.xs[0].double().std())
     z = M.standardize_noise(traj.xs[index], float(traj.sigmas[index]), model.model_sampling, data_std=data_std)
     ax = plots.latent_stats(traj, model_sampling=model.model_sampling)

@@ -19,21 +19,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import engine
-from .conditioning import to_conditioning
-from .errors import UnsamplingError
-from .guidance import GuidedDenoiser
-from .samplers import get_sampler
-from .samplers.base import seeded_noise
-from .schedulers import sigma_schedule
+from .. import engine
+from ..errors import UnsamplingError
+from ..analysis.plots import ensure_ax
+from ..samplers import get_sampler
+from ..samplers.base import seeded_noise
+from ..schedulers import sigma_schedule
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
 
-    from .analytic import GaussianMixture
-    from .models.analytic import AnalyticModel
-    from .trajectory import Trajectory
+    from ..models.gaussian import GaussianMixture
+    from ..models.analytic import AnalyticModel
+    from ..trajectory import Trajectory
 
 TOY_LABELS: tuple[str, str] = ("left", "right")
 CLASS_COLOURS: tuple[str, str] = ("tab:blue", "tab:orange")
@@ -42,8 +41,8 @@ CLASS_COLOURS: tuple[str, str] = ("tab:blue", "tab:orange")
 # -- the 2-D toy ---------------------------------------------------------------------------------------
 def toy_model() -> tuple["GaussianMixture", "AnalyticModel"]:
     """The two-class 2-D mixture and the model the engine runs on it (prompts "left", "right", "")."""
-    from .analytic import GaussianMixture
-    from .models.analytic import mixture_model
+    from ..models.gaussian import GaussianMixture
+    from ..models.analytic import mixture_model
 
     mixture = GaussianMixture.two_class_2d()
     return mixture, mixture_model(mixture, labels=TOY_LABELS)
@@ -87,7 +86,7 @@ def sample_path(model: Any, latent: Tensor, **resample_kwargs: Any) -> tuple[Ten
 def plot_density(mixture: "GaussianMixture", *, sigma: float = 0.0, ax: "Axes | None" = None,
                  lim: float = 3.5, label: int | None = None) -> "Axes":
     """Filled contours of the (noised) data density log p_sigma in the plane; class means marked."""
-    ax = _ax(ax)
+    ax = ensure_ax(ax, figsize=(4, 4))
     g = torch.linspace(-lim, lim, 150, dtype=torch.float64)
     xx, yy = torch.meshgrid(g, g, indexing="xy")
     pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
@@ -112,7 +111,7 @@ def plot_paths(xs: Tensor, sigmas: Tensor, *, ax: "Axes | None" = None, colour: 
     The legend names the markers: `start_label` for the first state, `end_label` for the last; the
     grey contours are the data density and the + marks the class means (blue "left", orange "right").
     """
-    ax = _ax(ax)
+    ax = ensure_ax(ax, figsize=(4, 4))
     u = vp_view(xs, torch.nan_to_num(sigmas, nan=0.0)).numpy()
     for b in range(u.shape[1]):
         ax.plot(u[:, b, 0], u[:, b, 1], "-", color=colour, lw=0.8, alpha=alpha, label=label if b == 0 else None)
@@ -125,7 +124,7 @@ def plot_paths(xs: Tensor, sigmas: Tensor, *, ax: "Axes | None" = None, colour: 
 def plot_round_trip(original: Tensor, noise: Tensor, sigma_max: float, reconstruction: Tensor, *,
                     ax: "Axes | None" = None) -> "Axes":
     """Originals (dots), the unsampled noise in the VP view (grey) and each reconstruction joined to its original."""
-    ax = _ax(ax)
+    ax = ensure_ax(ax, figsize=(4, 4))
     a, r = plane(original).numpy(), plane(reconstruction).numpy()
     z = (plane(noise) / math.sqrt(1 + sigma_max**2)).numpy()
     ax.plot(z[:, 0], z[:, 1], ".", color="0.6", ms=3, label="noise u")
@@ -180,11 +179,9 @@ def comfyui_unsample(model: Any, latent: Tensor | dict[str, Any], *, steps: int 
     sigmas = sigma_schedule(model.model_sampling, scheduler, steps,
                             discard_penultimate=get_sampler(sampler_name).discard_penultimate_sigma)
     sigmas = (sigmas.flip(0) + engine.UNSAMPLE_SIGMA_OFFSET).tolist()
-    x = model.latent_format.process_in(samples.to(model.device, engine._state_dtype(samples)))
+    x = model.latent_format.process_in(samples.to(model.device, engine.state_dtype(samples)))
     b = x.shape[0]
-    pos = to_conditioning(model, positive, batch_size=b, name="positive").to(model.device)
-    neg = None if math.isclose(cfg, 1.0) else to_conditioning(model, negative, batch_size=b, name="negative").to(model.device)
-    denoise = GuidedDenoiser(model, pos, neg, cfg, latent=x)
+    denoise = engine.guided_denoiser(model, x, None, cfg=cfg, positive=positive, negative=negative)
     noise = seeded_noise(x, seed)
     with torch.inference_mode():
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
@@ -203,7 +200,7 @@ def ddim_vs_ddim_inverse(model: Any, latent: dict[str, Any] | Tensor, *, steps: 
     """
     import pandas as pd
 
-    from . import metrics
+    from ..analysis import metrics
 
     samples = latent["samples"] if isinstance(latent, dict) else latent
     rows = []
@@ -235,8 +232,8 @@ def normalize_modes(model: Any, trajectory: "Trajectory", *, end_at_step: int = 
     """
     import pandas as pd
 
-    from .engine import NORMALIZE_MODES
-    from .plots import noise_histogram
+    from ..engine import NORMALIZE_MODES
+    from ..analysis.plots import noise_histogram
 
     steps = int(trajectory.params["steps"])
     index = steps - min(end_at_step, steps - 1)
@@ -302,7 +299,7 @@ def noise_report(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0, 
     """
     import pandas as pd
 
-    from . import metrics
+    from ..analysis import metrics
 
     steps = int(trajectory.params["steps"])
     index = steps - min(end_at_step, steps - 1)
@@ -322,7 +319,7 @@ def noise_report(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0, 
 
 def standardized_noise(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0) -> Tensor:
     """The state where the inversion stopped divided by the schedule's std sqrt(sigma^2 + d^2) (~N(0, 1) if proper)."""
-    from . import metrics
+    from ..analysis import metrics
 
     steps = int(trajectory.params["steps"])
     index = steps - min(end_at_step, steps - 1)
@@ -345,7 +342,7 @@ def edit_grid(model: Any, images: Tensor, *, source: str | Sequence[str], edit: 
     """
     import pandas as pd
 
-    from . import sweeps
+    from ..analysis import sweeps
 
     latent = model.encode(images)
     samples = latent["samples"]
@@ -423,7 +420,7 @@ def load_image(path: str | None, *, size: int = 512) -> Tensor:
     import numpy as np
 
     if path is None:
-        from .shapes import make_shapes
+        from ..bundled.shapes import make_shapes
 
         img = make_shapes(1, seed=7).images.permute(0, 3, 1, 2)
         img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
@@ -435,14 +432,6 @@ def load_image(path: str | None, *, size: int = 512) -> Tensor:
     left, top = (im.width - s) // 2, (im.height - s) // 2
     im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
-
-
-def _ax(ax: "Axes | None") -> "Axes":
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(4, 4))[1]
 
 
 __all__ = [

@@ -23,17 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import engine, sweeps
-from .engine import NORMALIZE_MODES
-from .errors import UnsamplingError
-from .samplers import INVERTIBLE_SAMPLERS
-from .schedulers import SCHEDULERS
+from .. import engine
+from ..analysis import sweeps
+from ..engine import NORMALIZE_MODES
+from ..errors import UnsamplingError
+from ..samplers import INVERTIBLE_SAMPLERS
+from ..schedulers import SCHEDULERS
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .models.base import DiffusionModel
-    from .trajectory import Trajectory
+    from ..models.base import DiffusionModel
+    from ..trajectory import Trajectory
 
 #: Parameters whose change needs a new inversion (the sweep's INVERSION_KEY).
 INVERSION_KEY: tuple[str, ...] = sweeps.INVERSION_KEY
@@ -243,7 +244,7 @@ class Explorer:
         if decoded is not None:
             tiles += [decoded[0], decoded[1]]
             names += [f"resampled: {p['positive'] or '(empty)'}", f"edit: {p['edit'] or p['positive'] or '(empty)'}"]
-        self.strip.value = image_strip(tiles)
+        self.strip.value = tile_png(tiles)
         self.caption.value = " | ".join(f"<b>{_escape(n)}</b>" for n in names)
 
     def _draw_stats(self, traj: "Trajectory", k: int) -> None:
@@ -273,7 +274,7 @@ class StatsFigure:
     def __init__(self, traj: "Trajectory", model_sampling: Any) -> None:
         from matplotlib.figure import Figure
 
-        from .plots import latent_stats
+        from ..analysis.plots import latent_stats
 
         self.steps = int(traj.params["steps"])
         self.sigmas = [float(v) for v in traj.sigmas]
@@ -293,7 +294,7 @@ class StatsFigure:
     def render(self, end_at_step: int) -> bytes:
         from PIL import ImageDraw
 
-        index = min(self.steps - min(end_at_step, self.steps - 1), len(self.sigmas) - 1)
+        index = min(engine.state_index(self.steps, end_at_step), len(self.sigmas) - 1)
         im = self.base.copy()
         x = self.xs[index]
         ImageDraw.Draw(im).line([(x, self.y0), (x, self.y1)], fill=(214, 39, 40), width=2)
@@ -323,7 +324,7 @@ def latent_preview(latent: Tensor) -> Tensor:
     return x.permute(1, 2, 0)
 
 
-def image_strip(images: Sequence[Tensor], *, tile: int = TILE, gap: int = 4) -> bytes:
+def tile_png(images: Sequence[Tensor], *, tile: int = TILE, gap: int = 4) -> bytes:
     """PNG bytes of images [H, W, 3] in 0..1 side by side, each scaled to `tile` pixels (nearest)."""
     from PIL import Image
 

@@ -1,0 +1,1 @@
+"""Measuring inversions: metrics (known-answer statistics), sweeps (grids sharing one inversion per setting), plots."""
