@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..trajectory import Trajectory
 
 __all__ = ["autocorrelation_map", "ensure_ax", "error_along_inversion", "error_heatmaps", "error_vs_steps", "image_grid",
-           "image_strip", "latent_stats", "noise_histogram", "noise_qq", "rate_plot", "text_colour"]
+           "image_strip", "psnr_against_ceiling", "latent_stats", "noise_histogram", "noise_qq", "rate_plot", "text_colour"]
 
 
 def ensure_ax(ax: "Axes | None", **fig_kw: Any) -> "Axes":
@@ -139,6 +139,24 @@ def error_vs_steps(df: "pd.DataFrame", *, value: str = "relative_error", x: str 
         handles.append(Line2D([], [], ls=":", color="0.3"))
         labels.append("slope " + ", ".join(f"{p:g}" for p in slopes) + " through the first point")
     ax.legend(handles, labels, fontsize=7)
+    return ax
+
+
+def psnr_against_ceiling(df: "pd.DataFrame", *, x: str = "nfe_budget", hue: str = "sampler_name",
+                         ax: "Axes | None" = None) -> "Axes":
+    """Mean reconstruction PSNR against `x`, one line per `hue`, under the VAE's ceiling (mean `psnr_vae`, dashed).
+
+    `psnr_vae` is PSNR(decode(encode(x)), x): no inversion can reconstruct better than the VAE it decodes through.
+    """
+    ax = ensure_ax(ax, figsize=(5, 3.4))
+    table = df.pivot_table(index=x, columns=hue, values="psnr", aggfunc="mean").sort_index()
+    for h in table.columns:
+        ax.plot(table.index.to_numpy(dtype=float), table[h].to_numpy(dtype=float), "o-", ms=4, label=str(h))
+    ax.axhline(float(df["psnr_vae"].mean()), color="k", ls="--", lw=1, label="VAE ceiling: decode(encode(x))")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per inversion" if x == "nfe_budget" else x)
+    ax.set_ylabel("PSNR of the round trip (dB)")
+    ax.legend(fontsize=7)
     return ax
 
 
