@@ -18,6 +18,7 @@ from __future__ import annotations
 from .analysis.sweeps import sweep
 from .engine import NORMALIZE_MODES, resample, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError
+from .latent_files import load_latent, save_latent
 from .model_sampling import ModelSampling
 from .models.base import Conditioning, DiffusionModel, LatentFormat
 from .models.loading import load_model
@@ -41,6 +42,10 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
         from .bundled import BUNDLED_MODEL
 
         return BUNDLED_MODEL
+    if name == "load_images":  # lab/ is the user layer; the core never imports it
+        from .lab.images import load_images
+
+        return load_images
     if name in _SUBMODULES:
         import importlib
 
@@ -51,5 +56,5 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 __all__ = [
     "BUNDLED_MODEL", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "LatentFormat", "ModelSampling", "Trajectory", "UnsamplingError",
-    "calculate_sigmas", "load_model", "resample", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
+    "calculate_sigmas", "load_images", "load_latent", "load_model", "resample", "save_latent", "sweep", "unsample", "unsample_sigmas", "unsample_trajectory", "unsampled",
 ]

@@ -10,9 +10,11 @@ resample(N, start_at_step=k, add_noise=False).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, Literal, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -87,7 +89,8 @@ def unsampled(
     like: the LATENT the trajectory was recorded from; the result takes its type and keys, and the
     region outside its `noise_mask` comes back bit for bit, as from `unsample`.
     """
-    _check_int("end_at_step", end_at_step, minimum=0)
+    _check_model(model)
+    end_at_step = _check_int("end_at_step", end_at_step, minimum=0)
     state = trajectory_state(trajectory, end_at_step)
     index = state_index(int(trajectory.params["steps"]), end_at_step)
     source, mask = _read_latent(like, model) if like is not None else (None, None)
@@ -119,10 +122,10 @@ def resample(
     leftover = _on_off("return_with_leftover_noise", return_with_leftover_noise)
     samples, mask = _read_latent(latent, model)
     spec = get_sampler(sampler_name)
-    _check_common(steps=steps, cfg=cfg)
-    _check_int("start_at_step", start_at_step, minimum=0)
-    _check_int("end_at_step", end_at_step, minimum=0)
-    _check_int("noise_seed", noise_seed, minimum=0)
+    steps, cfg = _check_common(steps=steps, cfg=cfg)
+    start_at_step = _check_int("start_at_step", start_at_step, minimum=0)
+    end_at_step = _check_int("end_at_step", end_at_step, minimum=0)
+    noise_seed = _check_seed("noise_seed", noise_seed)
     ms = model.model_sampling
     sigmas = sigma_schedule(ms, scheduler, steps, discard_penultimate=spec.discard_penultimate_sigma)
     if end_at_step < len(sigmas) - 1:
@@ -201,8 +204,8 @@ def _unsample(
 ) -> tuple[Latent, Trajectory | None]:
     samples, mask = _read_latent(latent, model)
     spec = get_sampler(sampler_name, invertible=True)
-    _check_common(steps=steps, cfg=cfg)
-    _check_int("end_at_step", end_at_step, minimum=0)
+    steps, cfg = _check_common(steps=steps, cfg=cfg)
+    end_at_step = _check_int("end_at_step", end_at_step, minimum=0)
     mode = _normalize_mode(normalize)
     sigmas = unsample_sigmas(model, steps=steps, end_at_step=end_at_step, sampler_name=sampler_name, scheduler=scheduler)
 
@@ -256,7 +259,7 @@ def _run(spec: SamplerSpec, denoiser: GuidedDenoiser, x: Tensor, sigmas: Tensor,
     from tqdm.auto import tqdm
 
     n = len(sigmas) - 1
-    with tqdm(total=n, desc=f"{desc} ({spec.name})", disable=not progress, leave=False) as bar:
+    with tqdm(total=n, desc=f"{desc} ({spec.name})", disable=_progress_disable(progress), leave=False) as bar:
         def hook(step: Step) -> None:
             if callback is not None:
                 callback(step)
@@ -301,7 +304,12 @@ def _fanout(hooks: list[Callable[[Step], None]]) -> Callable[[Step], None] | Non
 
 
 def _read_latent(latent: Latent, model: DiffusionModel) -> tuple[Tensor, Tensor | None]:
-    """Validate a LATENT dict or tensor; return (samples, prepared mask or None). Never mutates it."""
+    """Validate the model and a LATENT dict or tensor; return (samples on the CPU, prepared mask or None).
+
+    Never mutates the input. A latent on another device than the CPU is copied to it (the engine keeps
+    the source latent on the CPU and moves only the sampler state to the model's device).
+    """
+    _check_model(model)
     if isinstance(latent, dict):
         if "samples" not in latent:
             raise UnsamplingError("a LATENT dict needs a 'samples' tensor [B, C, H, W] (ComfyUI's convention)")
@@ -319,8 +327,16 @@ def _read_latent(latent: Latent, model: DiffusionModel) -> tuple[Tensor, Tensor 
             f"latent has {samples.shape[1]} channels but this model's latents have {channels}; encode the image "
             "with this model's VAE (model.encode(images))"
         )
+    if samples.numel() == 0:
+        raise UnsamplingError(
+            f"latent is empty (shape {tuple(samples.shape)}); it needs at least one item of at least 1x1 latent "
+            "cells (encode at least one image)"
+        )
     if not samples.is_floating_point():
-        raise UnsamplingError(f"latent samples must be floating point, got {samples.dtype}")
+        raise UnsamplingError(f"latent samples must be floating point, got {samples.dtype}; use samples.float()")
+    if samples.device.type == "meta":
+        raise UnsamplingError("latent is on the 'meta' device and holds no values; pass a real tensor")
+    samples = samples.detach().cpu()
     if not torch.isfinite(samples).all():
         raise UnsamplingError("latent contains NaN or Inf values; check the encoder output or the previous node")
     mask = None if raw_mask is None else prepare_mask(raw_mask, samples.shape).to(model.device)
@@ -328,18 +344,36 @@ def _read_latent(latent: Latent, model: DiffusionModel) -> tuple[Tensor, Tensor 
 
 
 def prepare_mask(mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """ComfyUI's prepare_mask: [H, W], [B, H, W] or [B, 1, H, W] -> bilinear to the latent size, every channel."""
+    """ComfyUI's prepare_mask: [H, W], [B, H, W] or [B, 1, H, W] -> bilinear to the latent size, every channel.
+
+    Values must be floats in 0..1 (1 = may change) or booleans; uint8 0/255 masks and floats outside
+    0..1 are errors (ComfyUI would scale the noise by them: a 255 mask gives outputs around 1e18).
+    """
     if not isinstance(mask, Tensor) or mask.ndim not in (2, 3, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
         got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise UnsamplingError(f"noise_mask must be [H, W], [B, H, W] or [B, 1, H, W], got {got}")
+    if mask.numel() == 0:
+        raise UnsamplingError(f"noise_mask is empty (shape {tuple(mask.shape)}); pass a mask of at least 1x1, "
+                              "or no noise_mask to change the whole latent")
+    mask = mask.detach().cpu()
+    if mask.dtype == torch.bool:
+        mask = mask.float()
+    if not mask.is_floating_point():
+        lo, hi = int(mask.min()), int(mask.max())
+        raise UnsamplingError(
+            f"noise_mask is {mask.dtype} with values {lo}..{hi}; it must be floats in 0..1 (1 = may change): "
+            f"use (mask.float() / {hi if hi > 1 else 1})" + (" for a 0/255 mask" if hi == 255 else "")
+        )
     if not torch.isfinite(mask).all():
         raise UnsamplingError("noise_mask contains NaN or Inf")
+    lo, hi = float(mask.min()), float(mask.max())
+    if lo < 0 or hi > 1:
+        hint = "divide by 255" if hi > 1.5 and hi <= 255 else "clamp it with mask.clamp(0, 1)"
+        raise UnsamplingError(f"noise_mask must be in 0..1 (1 = may change), got values in {lo:.4g}..{hi:.4g}; {hint}")
     b, c, h, w = shape
     m = mask.float().reshape(-1, 1, mask.shape[-2], mask.shape[-1])
     if m.shape[0] not in (1, b):
         raise UnsamplingError(f"noise_mask has batch {m.shape[0]} but the latent has batch {b}; use 1 or {b}")
-    if min(m.shape[-2:]) < 1:
-        raise UnsamplingError(f"noise_mask is empty (shape {tuple(mask.shape)})")
     m = torch.nn.functional.interpolate(m, size=(h, w), mode="bilinear")
     return m.expand(b, c, h, w).contiguous()
 
@@ -376,17 +410,55 @@ def _on_off(name: str, value: bool | str) -> bool:
     raise UnsamplingError(f"{name} must be True/False or 'enable'/'disable', got {value!r}")
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UnsamplingError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise UnsamplingError(f"{name} must be >= {minimum}, got {value}")
+def _progress_disable(progress: bool) -> bool | None:
+    """tqdm's `disable`: None turns the bar off when stderr is not a terminal (logs, CI) and on in notebooks."""
+    return None if progress else True
 
 
-def _check_common(*, steps: int, cfg: float) -> None:
-    _check_int("steps", steps, minimum=1)
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
+def _check_model(model: Any) -> None:
+    """The engine runs adapters from `ul.load_model`; anything else gets told how to make one."""
+    if all(hasattr(model, a) for a in ("model_sampling", "latent_format", "forward", "device")):
+        return
+    if hasattr(model, "scheduler") and (hasattr(model, "unet") or hasattr(model, "transformer")):
+        raise UnsamplingError(f"model is a raw diffusers {type(model).__name__}; wrap it first: model = ul.load_model(pipe)")
+    raise UnsamplingError(
+        f"model must be a loaded model (model = ul.load_model() for the bundled one, or ul.load_model(path)), "
+        f"got {type(model).__name__}"
+    )
+
+
+#: ComfyUI's seed widget range (0 to 0xffffffffffffffff).
+MAX_SEED = 2**64 - 1
+
+
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    """`value` as a Python int: ints and numpy integers pass; bools, floats and strings are errors."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        whole = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
+        hint = f"; use {int(value)}" if whole else ""
+        raise UnsamplingError(f"{name} must be a whole number, got {value!r}{hint}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        limits = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise UnsamplingError(f"{name} must be {limits}, got {value}")
+    return value
+
+
+def _check_seed(name: str, seed: Any) -> int:
+    """A seed in ComfyUI's range 0..2**64-1, used as ComfyUI's prepare_noise uses it (torch.manual_seed(seed)).
+
+    As in ComfyUI, torch's CPU generator keeps only the low 32 bits of the seed for its Mersenne
+    twister: seeds 0 and 2**32 draw the same noise there and here (measured: identical tensors).
+    """
+    return _check_int(name, seed, minimum=0, maximum=MAX_SEED)
+
+
+def _check_common(*, steps: int, cfg: float) -> tuple[int, float]:
+    """(steps, cfg) as Python numbers, checked; numpy scalars are accepted."""
+    steps = _check_int("steps", steps, minimum=1)
+    if isinstance(cfg, (bool, np.bool_)) or not isinstance(cfg, numbers.Real) or not math.isfinite(float(cfg)) or cfg < 0:
         raise UnsamplingError(f"cfg must be a finite number >= 0 (1.0 = no guidance), got {cfg!r}")
+    return steps, float(cfg)
 
 
 def _describe(prompt: Prompt) -> Any:

@@ -23,3 +23,7 @@ def check_choice(name: str, choices: Iterable[str], *, what: str) -> str:
     if name not in choices:
         raise suggest(name, choices, what=what)
     return name
+
+
+class UnsamplingWarning(UserWarning):
+    """Something was changed or dropped on the way in (e.g. a prompt cut to the tokenizer's length)."""

@@ -26,6 +26,23 @@ from .models.base import Conditioning, DiffusionModel
 
 Prompt = Union[str, Sequence[str], Tensor, Conditioning, list]
 
+#: ComfyUI's KSampler cfg widget goes up to 100; far beyond it guidance overflows float32.
+MAX_SENSIBLE_CFG = 100.0
+
+
+def _bad_parameters(model: DiffusionModel) -> str:
+    """'3 weight tensors contain NaN/Inf, e.g. unet.conv_in.weight' for the model's networks, or ''."""
+    bad: list[str] = []
+    for part in ("unet", "transformer"):
+        net = getattr(model, part, None)
+        if net is None or not hasattr(net, "named_parameters"):
+            continue
+        bad += [f"{part}.{name}" for name, p in net.named_parameters() if not bool(torch.isfinite(p).all())]
+    if not bad:
+        return ""
+    return f"{len(bad)} of its weight tensors contain NaN/Inf (e.g. {bad[0]})" if len(bad) > 1 else f"its weight {bad[0]} contains NaN/Inf"
+
+
 
 # -- prompts -> Conditioning ------------------------------------------------------------------
 def to_conditioning(model: DiffusionModel, prompt: Prompt, *, batch_size: int, name: str) -> Conditioning:
@@ -153,10 +170,41 @@ class GuidedDenoiser:
             uncond, cond = both.chunk(2)
             out = uncond + (cond - uncond) * self.cfg
         else:
-            out = self._run(x, sigma, self._batched)
+            both = out = self._run(x, sigma, self._batched)
+        if not bool(torch.isfinite(out).all()):
+            raise self._non_finite(x, sigma, both)
         if m is not None:
             out = out * m + self.latent * (1.0 - m)
         return out
+
+    def _non_finite(self, x: Tensor, sigma: Tensor, raw: Tensor) -> UnsamplingError:
+        """Say what produced NaN/Inf: the network itself (on its first call: its weights or dtype), the
+        state it was given (grown by a huge cfg), or the guidance sum overflowing float32."""
+        n, s = self.counter.nfe, float(sigma.flatten()[0])
+        big_cfg = self.use_uncond and abs(self.cfg) > MAX_SENSIBLE_CFG
+        if bool(torch.isfinite(raw).all()):  # cond and uncond finite: the cfg product overflowed
+            return UnsamplingError(
+                f"cfg={self.cfg:g} overflowed float32: uncond + cfg * (cond - uncond) is Inf at sigma {s:.4g}; use a "
+                f"cfg within ComfyUI's range 0..{MAX_SENSIBLE_CFG:g}"
+            )
+        if n == 1:
+            bad = _bad_parameters(self.model)
+            where = f"; {bad}" if bad else ""
+            return UnsamplingError(
+                f"the model's own output is NaN/Inf at its first evaluation (sigma {s:.4g}, finite input), before any "
+                f"sampler step: the model is broken, not the sampler{where}. Check its weights, or load it with "
+                "dtype='float32' if float16 overflows"
+            )
+        grown = float(x.abs().max()) if bool(torch.isfinite(x).all()) else float("inf")
+        if big_cfg:
+            return UnsamplingError(
+                f"the model's output became NaN/Inf at evaluation {n} (sigma {s:.4g}) because cfg={self.cfg:g} blew "
+                f"the sampler state up to |x| = {grown:.3g}; use a cfg within ComfyUI's range 0..{MAX_SENSIBLE_CFG:g}"
+            )
+        return UnsamplingError(
+            f"the model's output became NaN/Inf at evaluation {n} (sigma {s:.4g}; the state had reached |x| = "
+            f"{grown:.3g}): the sampler diverged on this input; try another sampler or scheduler, or a smaller cfg"
+        )
 
     def _run(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         ms = self.model.model_sampling

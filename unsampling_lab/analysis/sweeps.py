@@ -113,7 +113,7 @@ def sweep(
     computed = skipped = 0
     nfe_total = 0
     cache: dict[tuple, Any] = {}
-    with tqdm(total=len(combos), desc="sweep", disable=not progress) as bar:
+    with tqdm(total=len(combos), desc="sweep", disable=None if progress else True) as bar:  # None: off without a terminal
         for combo in combos:
             keys = [_row_key(combo, b) for b in range(batch)]
             if all(k in done for k in keys):

@@ -5,12 +5,13 @@ the model's sigma table; the sampler state stays float32 whatever the network's 
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from ..errors import UnsamplingError
+from ..errors import UnsamplingError, UnsamplingWarning
 from ..model_sampling import ModelSampling
 from .base import Conditioning, LatentFormat
 from .vae import VAEImages
@@ -97,8 +98,18 @@ class UNetModel(VAEImages):
             return Conditioning(torch.cat(hidden, dim=-1).float(), None if pooled is None else pooled.float())
 
     def _tokenize(self, tokenizer: Any, prompts: Sequence[str]) -> Tensor:
-        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
+        """Token ids padded/cut to the tokenizer's length (as the diffusers pipelines do); a cut prompt warns."""
+        limit = int(tokenizer.model_max_length)
+        ids = tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
+        for prompt, kept in zip(prompts, ids):
+            n = len(tokenizer(prompt, verbose=False).input_ids)  # uncut length; verbose=False: no transformers warning
+            if n > limit:
+                text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+                warnings.warn(
+                    f"prompt {prompt!r} is {n} tokens, more than this tokenizer's {limit} (start and end included); "
+                    f"the model sees only {text!r}. Shorten it or pass prompt embeddings.",
+                    UnsamplingWarning, stacklevel=2,
+                )
         return ids.to(self.device)
 
     def check_conditioning(self, cond: Conditioning) -> None:

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UnsamplingError
+from ..pixels import ImageInput, as_image_batch
 
 
 class VAEImages:
@@ -15,19 +16,31 @@ class VAEImages:
     vae: Any
     device: torch.device
 
-    def encode(self, images: Tensor) -> dict[str, Tensor]:
-        """Images float [B, H, W, 3] in 0..1 (ComfyUI IMAGE) -> LATENT dict of raw VAE latents (the mean).
+    def encode(self, images: ImageInput) -> dict[str, Tensor]:
+        """Images -> LATENT dict of raw VAE latents (the posterior mean, so unsampling stays deterministic).
 
-        The posterior mean, not a sample: unsampling is deterministic end to end.
+        images: float [B, H, W, 3] in 0..1 (ComfyUI IMAGE), uint8 0..255, a PIL image, a path, or a list
+        of those (see `unsampling_lab.pixels`); H and W must be multiples of the VAE's pixel grid.
         """
         vae = self._need_vae()
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[-1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise UnsamplingError(f"images must be float [B, H, W, 3] in 0..1, got {shape}")
-        pixels = images.permute(0, 3, 1, 2).to(self.device, vae.dtype) * 2 - 1
+        pixels = as_image_batch(images)
+        grid = self.pixel_grid
+        h, w = pixels.shape[1:3]
+        if h % grid or w % grid:
+            raise UnsamplingError(
+                f"images are {h}x{w} (H x W), not a multiple of this VAE's {grid}-pixel grid; crop or resize them, "
+                f"e.g. ul.load_images(paths, multiple_of={grid})"
+            )
+        x = pixels.permute(0, 3, 1, 2).to(self.device, vae.dtype) * 2 - 1
         with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.mean
+            latents = vae.encode(x).latent_dist.mean
         return {"samples": latents.float().cpu()}
+
+    @property
+    def pixel_grid(self) -> int:
+        """Pixels per latent cell: 2 ** (number of VAE blocks - 1), 8 for SD, SDXL, SD3 and Flux."""
+        vae = self._need_vae()
+        return 2 ** (len(vae.config.block_out_channels) - 1)
 
     def decode(self, latent: dict[str, Tensor] | Tensor) -> Tensor:
         """LATENT dict or raw latent tensor -> images float [B, H, W, 3] in 0..1."""
