@@ -179,10 +179,12 @@ def error_along_inversion(df: "pd.DataFrame", *, value: str = "relative_error", 
 
 
 def rate_plot(summary: "pd.DataFrame", *, x: str, y: str, hue: str, ax: "Axes | None" = None,
-              annotate: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> "Axes":
+              annotate: str | None = None, annotate_label: str | None = None, xlabel: str | None = None,
+              ylabel: str | None = None) -> "Axes":
     """Rates with error bars: columns `x`, `y` (means) and `{y}_lo`, `{y}_hi` (an interval), one line per `hue`.
 
-    `annotate`: a column whose value labels each point, offset so that neighbouring labels do not overlap.
+    `annotate`: a column whose value labels each point (as `annotate_label=value`, default the column name),
+    offset per line so that labels of neighbouring lines do not overlap.
     """
     ax = ensure_ax(ax, figsize=(5, 3.6))
     for i, (h, part) in enumerate(summary.groupby(hue, sort=True)):
@@ -191,15 +193,15 @@ def rate_plot(summary: "pd.DataFrame", *, x: str, y: str, hue: str, ax: "Axes | 
         err = None
         if f"{y}_lo" in part and f"{y}_hi" in part:
             err = np.vstack([yv - part[f"{y}_lo"].to_numpy(dtype=float), part[f"{y}_hi"].to_numpy(dtype=float) - yv])
-        name = f"{hue} {h:g}" if isinstance(h, float) else f"{hue} {h}"
+        name = f"{h:g}" if isinstance(h, float) else str(h)
         cont = ax.errorbar(part[x].to_numpy(dtype=float), yv, yerr=err, marker="o", ms=4, capsize=2, label=name)
         if annotate is not None:
             for j, (_, r) in enumerate(part.iterrows()):
-                ax.annotate(f"{annotate}={r[annotate]:g}", (r[x], r[y]), xytext=(4, 4 + 7 * (i % 3)),
+                ax.annotate(f"{annotate_label or annotate}={r[annotate]:g}", (r[x], r[y]), xytext=(4, 4 + 7 * (i % 4)),
                             textcoords="offset points", fontsize=6, color=cont.lines[0].get_color())
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
-    ax.legend(fontsize=7, title="bars: 95% interval", title_fontsize=7)
+    ax.legend(fontsize=7, title=f"{hue} (bars: 95% interval)", title_fontsize=7)
     return ax
 
 
@@ -227,7 +229,8 @@ def image_grid(images: Mapping[tuple[Any, Any], Tensor], *, rows: Sequence[Any],
             ax.imshow(_to_rgb(images[(r, c)], latent=False), interpolation="nearest")
             if i == 0:
                 ax.set_title(f"{col_label}={c:g}" if isinstance(c, float) else f"{col_label}={c}", fontsize=8)
-        axes[i, 0].set_ylabel(f"{row_label}={r:g}" if isinstance(r, float) else f"{row_label}={r}", fontsize=8)
+        value = f"{r:g}" if isinstance(r, float) else str(r)
+        axes[i, 0].set_ylabel(f"{row_label}={value}" if row_label else value, fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

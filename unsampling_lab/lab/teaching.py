@@ -13,6 +13,7 @@ matplotlib loads only inside the plotting functions.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -269,6 +270,31 @@ def loglog_slopes(df: "pd.DataFrame", *, value: str = "relative_error", x: str =
     return {h: float(np.polyfit(lx, np.log(table[h].to_numpy(dtype=float)), 1)[0]) for h in table.columns}
 
 
+def inversion_errors(model: Any, latent: Tensor, true_noise: Tensor, *, samplers: Sequence[str],
+                     steps: Sequence[int], scheduler: str = "simple") -> "pd.DataFrame":
+    """Against a known answer: unsample's output vs the exact noise, and the round trip vs the latent.
+
+    For a model whose ODE is solved in closed form (`GaussianData.ode_solution_flow`), `true_noise`
+    is what an exact inversion returns. Columns: sampler_name, steps, nfe (of the inversion),
+    noise_error = ||unsample - true_noise|| / ||true_noise||, relative_error = ||resample(unsample) - x0|| / ||x0||.
+    """
+    import pandas as pd
+
+    from ..analysis import metrics
+
+    rows = []
+    for name in samplers:
+        for n in steps:
+            traj = engine.unsample_trajectory(model, latent, steps=int(n), sampler_name=name, scheduler=scheduler,
+                                              progress=False)
+            z = engine.unsampled(model, traj, 0)
+            back = engine.resample(model, z, steps=int(n), sampler_name=name, scheduler=scheduler, progress=False)
+            rows.append(dict(sampler_name=name, steps=int(n), nfe=traj.nfe,
+                             noise_error=float(metrics.relative_error(z, true_noise).mean()),
+                             relative_error=float(metrics.relative_error(back, latent).mean())))
+    return pd.DataFrame(rows)
+
+
 def steps_for_budget(sampler_name: str, nfe: int) -> int:
     """The number of steps whose inversion costs about `nfe` network evaluations (nfe // evals_per_step, >= 1)."""
     return max(1, int(nfe) // int(get_sampler(sampler_name).evals_per_step))
@@ -386,7 +412,9 @@ def edit_grid(model: Any, images: Tensor, *, source: str | Sequence[str], edit: 
                                       sampler_name=sampler_name, scheduler=scheduler, positive=edit, progress=False)
                 decoded = model.decode(out)
                 combo = {**sweeps.DEFAULTS, "steps": steps, "cfg": float(icfg), "end_at_step": int(k),
-                         "sampler_name": sampler_name, "scheduler": scheduler, "positive": source, "edit": edit}
+                         "sampler_name": sampler_name, "scheduler": scheduler,  # per-item prompts as the sweep keeps them
+                         "positive": source if isinstance(source, str) else tuple(source),
+                         "edit": edit if isinstance(edit, str) else tuple(edit)}
                 for row in sweeps.metric_rows(model, combo, samples, out["samples"], traj, decoded, reference, ceiling,
                                               chosen, int(samples.shape[0])):
                     row["resample_cfg"] = float(rcfg)
@@ -423,7 +451,6 @@ def rates(df: "pd.DataFrame", by: Sequence[str], columns: Sequence[str], *, z: f
 
 def real_model_ready(model_id: str) -> tuple[bool, str]:
     """(ready, reason): a CUDA device and the weights available offline (a local folder or the HF cache)?"""
-    from pathlib import Path
 
     if not torch.cuda.is_available():
         return False, "No CUDA GPU here, so this notebook stops; run it on a machine with a GPU to see a real model."
@@ -441,28 +468,29 @@ def real_model_ready(model_id: str) -> tuple[bool, str]:
     return True, f"GPU {torch.cuda.get_device_name(0)}; {model_id} found in the local cache."
 
 
-def load_image(path: str | None, *, size: int = 512) -> Tensor:
-    """An image file as float [1, size, size, 3] in 0..1 (centre crop); None: a procedural shapes image scaled up."""
-    import numpy as np
+#: The sample pictures shipped with the package (64 x 64 PNGs drawn by docs/make_sample_images.py):
+#: two drawings like the bundled model's training images, two photograph-like scenes it never saw.
+SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "bundled" / "images"
+#: Their prompts for the bundled model (source, edit), by file stem.
+SAMPLE_PROMPTS: dict[str, tuple[str, str]] = {
+    "drawing_cyan_cross": ("cyan cross", "red cross"),
+    "drawing_red_circle": ("red circle", "blue circle"),
+    "photo_blue_box": ("blue square", "green square"),
+    "photo_sunset": ("yellow circle", "magenta circle"),
+}
 
-    if path is None:
-        from ..bundled.shapes import make_shapes
 
-        img = make_shapes(1, seed=7).images.permute(0, 3, 1, 2)
-        img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
-        return img.permute(0, 2, 3, 1).clamp(0, 1)
-    from PIL import Image
+def sample_prompts(paths_or_folder: Any = SAMPLE_IMAGES) -> tuple[list[str], list[str]]:
+    """(sources, edits) for the sample pictures in `ul.load_images` order; other files get ("", "")."""
+    from .images import list_images
 
-    im = Image.open(path).convert("RGB")
-    s = min(im.size)
-    left, top = (im.width - s) // 2, (im.height - s) // 2
-    im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
+    pairs = [SAMPLE_PROMPTS.get(p.stem, ("", "")) for p in list_images(paths_or_folder)]
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 __all__ = [
     "COMFYUI_ANCESTRAL", "TOY_LABELS", "cfg_endpoints", "comfyui_unsample", "ddim_vs_ddim_inverse", "edit_grid",
-    "equal_budget_sweep", "steps_for_budget", "load_image", "loglog_slopes", "noise_report", "noise_spread", "normalize_modes", "rates", "standardized_noise", "toy_prompts",
+    "equal_budget_sweep", "inversion_errors", "steps_for_budget", "loglog_slopes", "SAMPLE_IMAGES", "SAMPLE_PROMPTS", "sample_prompts", "noise_report", "noise_spread", "normalize_modes", "rates", "standardized_noise", "toy_prompts",
     "plane", "plot_cfg_endpoints", "plot_density", "plot_paths", "plot_round_trip", "real_model_ready",
     "sample_path", "toy_data", "toy_model", "vp_view",
 ]
