@@ -63,3 +63,49 @@ def test_image_strip_noise_histogram_qq_autocorrelation(tmp_path):
     assert plots.noise_qq(noise, ax=b) is b
     assert plots.autocorrelation_map(noise, ax=c) is c
     _png(fig, tmp_path, "noise.png")
+
+
+def test_heatmap_panels_share_one_colour_scale_and_readable_numbers():
+    rows = [dict(end_at_step=k, cfg=c, normalize=n, item=0, psnr=(30.0 if n == "disable" else 10.0) + k - c)
+            for k in (0, 2) for c in (1.0, 3.0) for n in ("disable", "enable")]
+    axes = plots.error_heatmaps(pd.DataFrame(rows), value="psnr", log=False)
+    norms = [(a.images[0].norm.vmin, a.images[0].norm.vmax) for a in axes]
+    assert norms[0] == norms[1] == (7.0, 31.0), "both panels must map the same number to the same colour"
+    fig = axes[0].figure
+    assert len(fig.axes) == 3, "one shared colour bar, not one per panel"
+    cmap = axes[0].images[0].get_cmap()
+    for ax in axes:
+        for text, im_value in zip(ax.texts, ax.images[0].get_array().ravel()):
+            rgba = cmap(ax.images[0].norm(im_value))
+            assert text.get_color() == plots.text_colour(rgba)
+    assert plots.text_colour((1.0, 1.0, 0.0, 1.0)) == "black" and plots.text_colour((0.2, 0.0, 0.3, 1.0)) == "white"
+    plt.close(fig)
+
+
+def test_error_vs_steps_draws_slope_lines_through_the_first_point(tmp_path):
+    rows = [dict(steps=n, cfg=c, item=0, relative_error=c / n) for n in (10, 20, 40) for c in (1.0, 3.0)]
+    ax = plots.error_vs_steps(pd.DataFrame(rows), slopes=(-1.0,))
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    data, ref = ax.lines[0], ax.lines[1]  # cfg 1 and its slope line
+    assert list(ref.get_ydata()) == pytest.approx(list(data.get_ydata()))  # an exact 1/N curve lies on it
+    assert any("slope -1" in t.get_text() for t in ax.get_legend().get_texts())
+    _png(ax.figure, tmp_path, "steps.png")
+
+
+def test_rate_plot_image_grid_and_ceiling(tmp_path):
+    summary = pd.DataFrame(dict(k=[0, 3, 0, 3], setting=["a", "a", "b", "b"], rate=[0.5, 0.25, 0.75, 1.0],
+                                rate_lo=[0.2, 0.1, 0.4, 0.7], rate_hi=[0.8, 0.5, 0.9, 1.0]))
+    ax = plots.rate_plot(summary, x="k", y="rate", hue="setting", annotate="k")
+    assert len(ax.containers) == 2 and len(ax.texts) == 4
+    _png(ax.figure, tmp_path, "rates.png")
+    g = torch.Generator().manual_seed(2)
+    images = {(r, c): torch.rand(8, 8, 3, generator=g) for r in ("x", "y") for c in (0, 5)}
+    axes = plots.image_grid(images, rows=["x", "y"], cols=[0, 5], row_label="edit", col_label="k",
+                            first=torch.rand(8, 8, 3, generator=g))
+    assert axes.shape == (2, 3) and axes[0, 2].get_title() == "k=5" and axes[1, 0].get_ylabel() == "edit=y"
+    _png(axes[0, 0].figure, tmp_path, "grid.png")
+    df = pd.DataFrame(dict(nfe_budget=[10, 20, 10, 20], sampler_name=["euler", "euler", "heun", "heun"],
+                           psnr=[20.0, 25.0, 22.0, 27.0], psnr_vae=[33.0] * 4))
+    ax = plots.psnr_against_ceiling(df)
+    assert ax.lines[-1].get_ydata()[0] == 33.0 and "VAE ceiling" in ax.get_legend().get_texts()[-1].get_text()
+    _png(ax.figure, tmp_path, "ceiling.png")

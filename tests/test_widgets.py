@@ -140,3 +140,51 @@ def test_update_latency_on_the_bundled_model(bundled, image):
     print(f"explorer end_at_step update: median {statistics.median(times) * 1000:.0f} ms, "
           f"max {max(times) * 1000:.0f} ms (steps=10)")
     assert statistics.median(times) <= 0.3, f"end_at_step updates took {times} s; the budget is 0.3 s"
+
+
+def test_resample_cfg_is_its_own_slider_and_reuses_the_inversion(model, image):
+    ex = ul.widgets.explorer(model, image, steps=4, cfg=1.0, resample_cfg=3.0, **_prompts(model))
+    assert ex.cfg.value == 1.0 and ex.resample_cfg.value == 3.0
+    assert ex.trajectory.params["cfg"] == 1.0, "the inversion runs at the inversion cfg"
+    table = ex.table.value
+    ex.resample_cfg.value = 1.0
+    assert ex.inversions == 1, "the resampling cfg does not change the inversion"
+    assert ex.table.value != table and {r["resample_cfg"] for r in ex.rows} == {1.0}
+    # the same as calling the engine by hand: invert at cfg 1, resample at cfg 3
+    ex.resample_cfg.value = 3.0
+    noise = ul.unsample(model, ex.latent, steps=4, cfg=1.0, positive="red circle", progress=False)
+    back = ul.resample(model, noise, steps=4, cfg=3.0, positive="red circle", progress=False)
+    assert ex.rows[0]["latent_mse"] == pytest.approx(float(ul.metrics.latent_mse(back["samples"], ex.latent["samples"])[0]),
+                                                     rel=1e-5)
+
+
+def test_explorer_defaults_resample_cfg_to_cfg(model, image):
+    ex = ul.widgets.explorer(model, image, steps=3, cfg=2.0, **_prompts(model))
+    assert ex.resample_cfg.value == 2.0
+
+
+def test_truncated_prompt_is_warned(bundled, image):
+    if bundled is None:
+        pytest.skip("the bundled model's 8-token tokenizer is what truncates")
+    ex = ul.widgets.explorer(bundled, image, steps=3, source="red circle", edit="blue circle")
+    assert ex.warning.value == ""
+    long = "a photograph of a big shiny red circle on a wooden table"
+    ex.edit.value = long
+    assert "tokens" in ex.warning.value and "8" in ex.warning.value
+    note = ul.widgets.prompt_truncation(bundled, long)
+    assert note is not None and "sees only" in note
+    assert ul.widgets.prompt_truncation(bundled, "red circle") is None
+
+
+def test_layout_fits_a_1000_px_output_area(model, image):
+    ex = ul.widgets.explorer(model, image, steps=3, **_prompts(model))
+    controls, view = ex.widget.children[0].children
+    width = lambda w: int(w.layout.width.removesuffix("px"))  # noqa: E731
+    assert width(controls) + width(view) <= 1000
+    w, h = ul.widgets.StatsFigure.pixel_size()
+    from PIL import Image
+    import io
+
+    png = Image.open(io.BytesIO(ex.stats.value))
+    assert png.size == (w, h), "the statistics plot is drawn at the size it is shown (no stretching)"
+    assert ex.stats.layout.width == f"{w}px"

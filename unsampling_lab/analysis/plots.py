@@ -7,7 +7,7 @@ Never calls plt.show().
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     from ..trajectory import Trajectory
 
-__all__ = ["autocorrelation_map", "ensure_ax", "error_heatmaps", "image_strip", "latent_stats", "noise_histogram", "noise_qq"]
+__all__ = ["autocorrelation_map", "ensure_ax", "error_along_inversion", "error_heatmaps", "error_vs_steps", "image_grid",
+           "image_strip", "psnr_against_ceiling", "latent_stats", "noise_histogram", "noise_qq", "rate_plot", "text_colour"]
 
 
 def ensure_ax(ax: "Axes | None", **fig_kw: Any) -> "Axes":
@@ -56,33 +57,183 @@ def latent_stats(trajectory: "Trajectory | pd.DataFrame", *, model_sampling: Any
 
 
 def error_heatmaps(df: "pd.DataFrame", *, value: str = "latent_mse", row: str = "end_at_step", col: str = "cfg",
-                   facet: str = "normalize", axes: Sequence["Axes"] | None = None, log: bool = True) -> list["Axes"]:
-    """Heatmaps of `value` (mean over batch items and other parameters) over row x col, one panel per `facet` value."""
+                   facet: str = "normalize", axes: Sequence["Axes"] | None = None, log: bool = True,
+                   cmap: str = "viridis", fmt: str = "{:.3g}") -> list["Axes"]:
+    """Heatmaps of `value` (mean over batch items and other parameters) over row x col, one panel per `facet` value.
+
+    All panels share one colour scale and one colour bar (a colour means the same number in every
+    panel); each cell is annotated with its value in black on light colours and white on dark ones.
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
 
     if value not in df.columns:
         raise KeyError(f"no column {value!r} in the sweep table; available: {', '.join(map(str, df.columns))}")
     facets = list(dict.fromkeys(df[facet])) if facet in df.columns else [None]
     if axes is None:
-        fig, axs = plt.subplots(1, len(facets), figsize=(3.6 * len(facets), 3.2), squeeze=False)
+        fig, axs = plt.subplots(1, len(facets), figsize=(3.2 * len(facets) + 1.0, 3.2), squeeze=False,
+                                layout="constrained")
         axes = list(axs[0])
     axes = list(axes)
     if len(axes) < len(facets):
         raise ValueError(f"need {len(facets)} axes (one per {facet} value), got {len(axes)}")
-    for ax, f in zip(axes, facets):
+    tables = []
+    for f in facets:
         part = df if f is None else df[df[facet] == f]
         table = part.pivot_table(index=row, columns=col, values=value, aggfunc="mean").sort_index()
         data = table.to_numpy(dtype=float)
-        shown = np.log10(np.clip(data, 1e-300, None)) if log else data
-        im = ax.imshow(shown, aspect="auto", origin="lower", cmap="viridis")
+        tables.append((table, data, np.log10(np.clip(data, 1e-300, None)) if log else data))
+    finite = np.concatenate([t[2][np.isfinite(t[2])].ravel() for t in tables] or [np.zeros(1)])
+    norm = Normalize(vmin=float(finite.min()) if finite.size else 0.0, vmax=float(finite.max()) if finite.size else 1.0)
+    colormap = plt.get_cmap(cmap)
+    im = None
+    for ax, f, (table, data, shown) in zip(axes, facets, tables):
+        im = ax.imshow(shown, aspect="auto", origin="lower", cmap=colormap, norm=norm)
         ax.set_xticks(range(table.shape[1]), [f"{c:g}" if isinstance(c, float) else str(c) for c in table.columns])
         ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
         ax.set_xlabel(col)
         ax.set_ylabel(row)
         ax.set_title(f"{facet}={f}" if f is not None else value, fontsize=9)
         for (i, j), v in np.ndenumerate(data):
-            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
-        ax.figure.colorbar(im, ax=ax, label=f"log10 {value}" if log else value)
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
+                    color=text_colour(colormap(norm(shown[i, j]))))
+    if im is not None:
+        axes[0].figure.colorbar(im, ax=axes[: len(facets)], label=f"log10 {value}" if log else value, shrink=0.9)
+    return axes
+
+
+def text_colour(rgba: Sequence[float]) -> str:
+    """"black" on light backgrounds, "white" on dark ones (relative luminance 0.2126 R + 0.7152 G + 0.0722 B > 0.5)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
+
+
+def error_vs_steps(df: "pd.DataFrame", *, value: str = "relative_error", x: str = "steps", hue: str = "cfg",
+                   slopes: Sequence[float] = (-1.0,), ax: "Axes | None" = None, label: str = "",
+                   marker: str = "o", linestyle: str = "-") -> "Axes":
+    """log-log plot of `value` (mean over items) against `x`, one line per `hue` value, with slope lines.
+
+    A reference line of slope p through each curve's first point shows the rate error ~ x^p that the
+    curve would keep (p = -1: first-order, halving the error needs twice the steps). `label` prefixes
+    every legend entry (e.g. the model's name when two models share the axes).
+    """
+    ax = ensure_ax(ax, figsize=(5, 3.6))
+    if value not in df.columns:
+        raise KeyError(f"no column {value!r} in the table; available: {', '.join(map(str, df.columns))}")
+    table = df.pivot_table(index=x, columns=hue, values=value, aggfunc="mean").sort_index()
+    xs = table.index.to_numpy(dtype=float)
+    for h in table.columns:
+        ys = table[h].to_numpy(dtype=float)
+        name = f"{label}{hue} {h:g}" if isinstance(h, float) else f"{label}{hue} {h}"
+        line, = ax.plot(xs, ys, marker=marker, ls=linestyle, ms=4, label=name)
+        for p in slopes:
+            ax.plot(xs, ys[0] * (xs / xs[0]) ** p, ls=":", lw=1, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(value)
+    handles, labels = ax.get_legend_handles_labels()
+    if slopes:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], ls=":", color="0.3"))
+        labels.append("slope " + ", ".join(f"{p:g}" for p in slopes) + " through the first point")
+    ax.legend(handles, labels, fontsize=7)
+    return ax
+
+
+def psnr_against_ceiling(df: "pd.DataFrame", *, x: str = "nfe_budget", hue: str = "sampler_name",
+                         ax: "Axes | None" = None) -> "Axes":
+    """Mean reconstruction PSNR against `x`, one line per `hue`, under the VAE's ceiling (mean `psnr_vae`, dashed).
+
+    `psnr_vae` is PSNR(decode(encode(x)), x): no inversion can reconstruct better than the VAE it decodes through.
+    """
+    ax = ensure_ax(ax, figsize=(5, 3.4))
+    table = df.pivot_table(index=x, columns=hue, values="psnr", aggfunc="mean").sort_index()
+    for h in table.columns:
+        ax.plot(table.index.to_numpy(dtype=float), table[h].to_numpy(dtype=float), "o-", ms=4, label=str(h))
+    ax.axhline(float(df["psnr_vae"].mean()), color="k", ls="--", lw=1, label="VAE ceiling: decode(encode(x))")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per inversion" if x == "nfe_budget" else x)
+    ax.set_ylabel("PSNR of the round trip (dB)")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def error_along_inversion(df: "pd.DataFrame", *, value: str = "relative_error", x: str = "sigma_final",
+                          ax: "Axes | None" = None, label: str | None = None) -> "Axes":
+    """Round-trip error of unsample(end_at_step=k) + resample(start_at_step=k) against the sigma reached.
+
+    One point per end_at_step (mean over items): how the error builds up as the inversion climbs.
+    """
+    ax = ensure_ax(ax, figsize=(5, 3.4))
+    table = df.groupby(x)[value].mean().sort_index()
+    ax.plot(table.index.to_numpy(), table.to_numpy(), "o-", ms=3, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sigma where the inversion stopped" if x == "sigma_final" else x)
+    ax.set_ylabel(value)
+    if label is not None:
+        ax.legend(fontsize=7)
+    return ax
+
+
+def rate_plot(summary: "pd.DataFrame", *, x: str, y: str, hue: str, ax: "Axes | None" = None,
+              annotate: str | None = None, annotate_label: str | None = None, xlabel: str | None = None,
+              ylabel: str | None = None) -> "Axes":
+    """Rates with error bars: columns `x`, `y` (means) and `{y}_lo`, `{y}_hi` (an interval), one line per `hue`.
+
+    `annotate`: a column whose value labels each point (as `annotate_label=value`, default the column name),
+    offset per line so that labels of neighbouring lines do not overlap.
+    """
+    ax = ensure_ax(ax, figsize=(5, 3.6))
+    for i, (h, part) in enumerate(summary.groupby(hue, sort=True)):
+        part = part.sort_values(x)
+        yv = part[y].to_numpy(dtype=float)
+        err = None
+        if f"{y}_lo" in part and f"{y}_hi" in part:
+            err = np.vstack([yv - part[f"{y}_lo"].to_numpy(dtype=float), part[f"{y}_hi"].to_numpy(dtype=float) - yv])
+        name = f"{h:g}" if isinstance(h, float) else str(h)
+        cont = ax.errorbar(part[x].to_numpy(dtype=float), yv, yerr=err, marker="o", ms=4, capsize=2, label=name)
+        if annotate is not None:
+            for j, (_, r) in enumerate(part.iterrows()):
+                ax.annotate(f"{annotate_label or annotate}={r[annotate]:g}", (r[x], r[y]), xytext=(4, 4 + 7 * (i % 4)),
+                            textcoords="offset points", fontsize=6, color=cont.lines[0].get_color())
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    ax.legend(fontsize=7, title=f"{hue} (bars: 95% interval)", title_fontsize=7)
+    return ax
+
+
+def image_grid(images: Mapping[tuple[Any, Any], Tensor], *, rows: Sequence[Any], cols: Sequence[Any],
+               row_label: str = "", col_label: str = "", axes: Any = None, first: Tensor | None = None,
+               first_title: str = "original", size: float = 1.3) -> Any:
+    """Images [H, W, 3] keyed by (row value, col value) on a grid, labelled `row_label=v` / `col_label=v`.
+
+    `first`: an image drawn in an extra leading column (e.g. the original). Returns the 2-D array of Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    extra = 1 if first is not None else 0
+    if axes is None:
+        _, axes = plt.subplots(len(rows), len(cols) + extra, figsize=(size * (len(cols) + extra), size * len(rows) + 0.4),
+                               squeeze=False, layout="constrained")
+    axes = np.asarray(axes).reshape(len(rows), len(cols) + extra)
+    for i, r in enumerate(rows):
+        if first is not None:
+            axes[i, 0].imshow(_to_rgb(first, latent=False), interpolation="nearest")
+            if i == 0:
+                axes[i, 0].set_title(first_title, fontsize=8)
+        for j, c in enumerate(cols):
+            ax = axes[i, j + extra]
+            ax.imshow(_to_rgb(images[(r, c)], latent=False), interpolation="nearest")
+            if i == 0:
+                ax.set_title(f"{col_label}={c:g}" if isinstance(c, float) else f"{col_label}={c}", fontsize=8)
+        value = f"{r:g}" if isinstance(r, float) else str(r)
+        axes[i, 0].set_ylabel(f"{row_label}={value}" if row_label else value, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     return axes
 
 
@@ -165,5 +316,5 @@ def autocorrelation_map(z: Tensor, *, max_lag: int = 4, ax: "Axes | None" = None
     ax.set_xlabel("lag x")
     ax.set_ylabel("lag y")
     ax.set_title("autocorrelation", fontsize=9)
-    ax.figure.colorbar(im, ax=ax)
+    ax.figure.colorbar(im, ax=ax, label="correlation")
     return ax

@@ -13,6 +13,7 @@ matplotlib loads only inside the plotting functions.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,11 @@ def toy_data(mixture: "GaussianMixture", n: int, *, seed: int = 0) -> tuple[Tens
     return x[:, :, None, None], labels
 
 
+def toy_prompts(labels: Tensor) -> list[str]:
+    """Each point's own class name as its prompt ("left" / "right"), for per-item conditioning."""
+    return [TOY_LABELS[int(c)] for c in labels]
+
+
 def plane(latents: Tensor) -> Tensor:
     """[..., B, 2, 1, 1] latents as [..., B, 2] points."""
     return latents.reshape(*latents.shape[:-3], latents.shape[-3])
@@ -93,18 +99,26 @@ def plot_density(mixture: "GaussianMixture", *, sigma: float = 0.0, ax: "Axes | 
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
+    ax.set_xlabel("u1 = x1 / sqrt(1 + sigma^2)")
+    ax.set_ylabel("u2")
     return ax
 
 
 def plot_paths(xs: Tensor, sigmas: Tensor, *, ax: "Axes | None" = None, colour: Any = "C3", alpha: float = 0.6,
-               start: str = "o", end: str = "x", label: str | None = None) -> "Axes":
-    """Paths of states [n+1, B, 2, 1, 1] at sigmas [n+1] in the VP view u = x / sqrt(1 + sigma^2)."""
+               start: str = "o", end: str = "x", label: str | None = None,
+               start_label: str = "start", end_label: str = "end") -> "Axes":
+    """Paths of states [n+1, B, 2, 1, 1] at sigmas [n+1] in the VP view u = x / sqrt(1 + sigma^2).
+
+    The legend names the markers: `start_label` for the first state, `end_label` for the last; the
+    grey contours are the data density and the + marks the class means (blue "left", orange "right").
+    """
     ax = ensure_ax(ax, figsize=(4, 4))
     u = vp_view(xs, torch.nan_to_num(sigmas, nan=0.0)).numpy()
     for b in range(u.shape[1]):
         ax.plot(u[:, b, 0], u[:, b, 1], "-", color=colour, lw=0.8, alpha=alpha, label=label if b == 0 else None)
-    ax.plot(u[0, :, 0], u[0, :, 1], start, color=colour, ms=3)
-    ax.plot(u[-1, :, 0], u[-1, :, 1], end, color=colour, ms=4)
+    ax.plot(u[0, :, 0], u[0, :, 1], start, color=colour, ms=3, label=start_label)
+    ax.plot(u[-1, :, 0], u[-1, :, 1], end, color=colour, ms=4, label=end_label)
+    ax.legend(fontsize=7, loc="lower left")
     return ax
 
 
@@ -209,31 +223,234 @@ def ddim_vs_ddim_inverse(model: Any, latent: dict[str, Any] | Tensor, *, steps: 
 
 def normalize_modes(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0,
                     axes: Sequence["Axes"] | None = None) -> "pd.DataFrame":
-    """Each normalize mode's output read off one trajectory: its raw values' histogram and moments.
+    """Each normalize mode's output read off one trajectory: its values' histogram, moments, and the std it would have.
 
-    "disable" is the state itself (std ~ sigma_max); "enable" z-scores the whole batch tensor and
-    "per_sample" each item; "sigma" divides the processed state by the final sigma (~ eps).
+    "disable" is the state itself, stored as a LATENT, i.e. in raw VAE units (process_out divides the
+    model-space state by the latent scale factor): proper noise would have std sqrt(sigma^2 + d^2) / scale.
+    "enable" z-scores the whole batch tensor and "per_sample" each item (std 1 by construction);
+    "sigma" divides the model-space state by the final sigma: std 1 only if the inversion produced proper noise.
+    Column `proper_std`: the std each mode's output would have were the state x_0 + sigma n, n ~ N(0, I).
     """
     import pandas as pd
 
     from ..engine import NORMALIZE_MODES
     from ..analysis.plots import noise_histogram
 
+    steps = int(trajectory.params["steps"])
+    index = steps - min(end_at_step, steps - 1)
+    sigma = float(trajectory.sigmas[index])
+    proper = math.sqrt(sigma**2 + float(trajectory.xs[0].double().var()))
+    like = trajectory.xs[index]
+    lf = model.latent_format
+    raw_proper = float((lf.process_out(torch.full_like(like, proper)) - lf.process_out(torch.zeros_like(like))).mean())
     rows = []
     for i, mode in enumerate(NORMALIZE_MODES):
         z = engine.unsampled(model, trajectory, end_at_step, mode)
         flat = z.double().reshape(-1)
         rows.append(dict(normalize=mode, mean=float(flat.mean()), std=float(flat.std()),
+                         proper_std=raw_proper if mode == "disable" else 1.0,
                          min=float(flat.min()), max=float(flat.max())))
         if axes is not None:
-            ax = noise_histogram(z, ax=axes[i])
-            ax.set_title(f"normalize={mode!r}: std {float(flat.std()):.3g}", fontsize=9)
+            ax = noise_histogram(z / flat.std() if mode == "disable" else z, ax=axes[i])
+            shown = " (divided by its std)" if mode == "disable" else ""
+            ax.set_title(f"normalize={mode!r}{shown}\nstd {float(flat.std()):.3g}", fontsize=9)
     return pd.DataFrame(rows)
+
+
+def loglog_slopes(df: "pd.DataFrame", *, value: str = "relative_error", x: str = "steps",
+                  hue: str = "cfg") -> dict[Any, float]:
+    """Least-squares slope p of log(value) = p log(x) + c (means over items), per `hue` value.
+
+    p = -1: the error halves when the steps double (first order); p ~ 0: more steps do not help.
+    """
+    import numpy as np
+
+    table = df.pivot_table(index=x, columns=hue, values=value, aggfunc="mean").sort_index()
+    lx = np.log(table.index.to_numpy(dtype=float))
+    return {h: float(np.polyfit(lx, np.log(table[h].to_numpy(dtype=float)), 1)[0]) for h in table.columns}
+
+
+def inversion_errors(model: Any, latent: Tensor, true_noise: Tensor, *, samplers: Sequence[str],
+                     steps: Sequence[int], scheduler: str = "simple") -> "pd.DataFrame":
+    """Against a known answer: unsample's output vs the exact noise, and the round trip vs the latent.
+
+    For a model whose ODE is solved in closed form (`GaussianData.ode_solution_flow`), `true_noise`
+    is what an exact inversion returns. Columns: sampler_name, steps, nfe (of the inversion),
+    noise_error = ||unsample - true_noise|| / ||true_noise||, relative_error = ||resample(unsample) - x0|| / ||x0||.
+    """
+    import pandas as pd
+
+    from ..analysis import metrics
+
+    rows = []
+    for name in samplers:
+        for n in steps:
+            traj = engine.unsample_trajectory(model, latent, steps=int(n), sampler_name=name, scheduler=scheduler,
+                                              progress=False)
+            z = engine.unsampled(model, traj, 0)
+            back = engine.resample(model, z, steps=int(n), sampler_name=name, scheduler=scheduler, progress=False)
+            rows.append(dict(sampler_name=name, steps=int(n), nfe=traj.nfe,
+                             noise_error=float(metrics.relative_error(z, true_noise).mean()),
+                             relative_error=float(metrics.relative_error(back, latent).mean())))
+    return pd.DataFrame(rows)
+
+
+def steps_for_budget(sampler_name: str, nfe: int) -> int:
+    """The number of steps whose inversion costs about `nfe` network evaluations (nfe // evals_per_step, >= 1)."""
+    return max(1, int(nfe) // int(get_sampler(sampler_name).evals_per_step))
+
+
+def equal_budget_sweep(model: Any, latents: dict[str, Any] | Tensor, *, samplers: Sequence[str],
+                       budgets: Sequence[int], grid: dict[str, Sequence[Any]] | None = None,
+                       **sweep_kwargs: Any) -> "pd.DataFrame":
+    """`sweep` each sampler at the steps that give each network-evaluation budget, so samplers compare at equal cost.
+
+    heun takes two evaluations per step, euler and dpmpp_2m one: at a budget of 20, heun runs 10 steps
+    and the others 20. Adds the column `nfe_budget`; `nfe` holds what was really spent.
+    """
+    import pandas as pd
+
+    from ..analysis.sweeps import sweep
+
+    frames = []
+    for name in samplers:
+        for budget in budgets:
+            df = sweep(model, latents, dict(grid or {}), sampler_name=name, steps=steps_for_budget(name, budget),
+                       progress=False, **sweep_kwargs)
+            frames.append(df.assign(nfe_budget=int(budget)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def noise_spread(model: Any, latent: dict[str, Any] | Tensor, *, steps: Sequence[int], **unsample_kwargs: Any) -> "pd.DataFrame":
+    """The spread of the fully unsampled state against the schedule's promise, for each number of steps.
+
+    ratio = std(x_N) / sqrt(sigma_N^2 + var(x_0)), pooled over every element of the batch (processed
+    space). If the inversion produced x_0 + sigma n with n ~ N(0, I) the ratio would be 1.
+    Columns: steps, sigma_final, std, expected_std, ratio.
+    """
+    import pandas as pd
+
+    rows = []
+    for n in steps:
+        traj = engine.unsample_trajectory(model, latent, steps=int(n), progress=False, **unsample_kwargs)
+        x0, xn, sigma = traj.xs[0].double(), traj.xs[-1].double(), float(traj.sigmas[-1])
+        expected = math.sqrt(sigma**2 + float(x0.var()))
+        rows.append(dict(steps=int(n), sigma_final=sigma, std=float(xn.std()), expected_std=expected,
+                         ratio=float(xn.std()) / expected))
+    return pd.DataFrame(rows)
+
+
+def noise_report(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0, seed: int = 0) -> "pd.DataFrame":
+    """Statistics of the unsampled noise next to those of true N(0, I) noise of the same shape.
+
+    The state at the last sigma is standardized by the schedule's std sqrt(sigma^2 + d^2)
+    (`metrics.standardize_noise`). Rows "unsampled" and "N(0, 1) sample"; columns: std (1 for
+    proper noise: below 1 is the std deficit), and z-scores, each ~N(0, 1) for proper noise
+    (|z| > 3 is a clear departure): mean_z, std_z, skew_z, kurtosis_z, ks_z (Kolmogorov-Smirnov,
+    sqrt(n) D, ~0.5-1.4 for proper noise), autocorr_1 (neighbour correlation) and autocorr_1_z.
+    """
+    import pandas as pd
+
+    from ..analysis import metrics
+
+    steps = int(trajectory.params["steps"])
+    index = steps - min(end_at_step, steps - 1)
+    state, sigma = trajectory.xs[index].double(), float(trajectory.sigmas[index])
+    d = float(trajectory.xs[0].double().std())
+    z = metrics.standardize_noise(state, sigma, model.model_sampling, data_std=d)
+    fresh = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for name, t in (("unsampled", z), ("N(0, 1) sample", fresh)):
+        st = metrics.noise_stats(t)
+        ac = metrics.autocorrelation(t, (1,))
+        rows.append(dict(noise=name, std=st["std"], mean_z=st["mean_z"], std_z=st["std_z"], skew_z=st["skew_z"],
+                         kurtosis_z=st["kurtosis_z"], ks_z=st["ks_z"], autocorr_1=ac.get("autocorr_1", math.nan),
+                         autocorr_1_z=ac.get("autocorr_1_z", math.nan)))
+    return pd.DataFrame(rows).set_index("noise")
+
+
+def standardized_noise(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0) -> Tensor:
+    """The state where the inversion stopped divided by the schedule's std sqrt(sigma^2 + d^2) (~N(0, 1) if proper)."""
+    from ..analysis import metrics
+
+    steps = int(trajectory.params["steps"])
+    index = steps - min(end_at_step, steps - 1)
+    d = float(trajectory.xs[0].double().std())
+    return metrics.standardize_noise(trajectory.xs[index], float(trajectory.sigmas[index]), model.model_sampling,
+                                     data_std=d)
+
+
+def edit_grid(model: Any, images: Tensor, *, source: str | Sequence[str], edit: str | Sequence[str],
+              end_at_steps: Sequence[int], invert_cfgs: Sequence[float] = (1.0,),
+              resample_cfgs: Sequence[float] = (1.0,), steps: int = 10, sampler_name: str = "euler",
+              scheduler: str = "normal") -> tuple["pd.DataFrame", dict[tuple[float, float, int], Tensor]]:
+    """Edits with the inversion cfg and the resampling cfg set apart: one row per (invert_cfg, resample_cfg, k, item).
+
+    For each invert_cfg one trajectory is recorded (`unsample_trajectory`, prompt `source`); for each
+    end_at_step k its state is resampled from start_at_step=k with prompt `edit` at each resample_cfg.
+    The metric rows are the sweep's own (`sweeps.metric_rows`: psnr against the original, fg_iou,
+    colour_match, shape_match ...), with `cfg` = the inversion cfg and a `resample_cfg` column.
+    Returns (rows, {(invert_cfg, resample_cfg, k): decoded images [B, H, W, 3]}).
+    """
+    import pandas as pd
+
+    from ..analysis import sweeps
+
+    latent = model.encode(images)
+    samples = latent["samples"]
+    chosen = {"latent", "pixel", "detector"}
+    reference, ceiling = sweeps.pixel_reference(model, samples, images, chosen)
+    rows: list[dict[str, Any]] = []
+    decoded_by: dict[tuple[float, float, int], Tensor] = {}
+    for icfg in invert_cfgs:
+        traj = engine.unsample_trajectory(model, latent, steps=steps, cfg=float(icfg), sampler_name=sampler_name,
+                                          scheduler=scheduler, positive=source, progress=False)
+        for k in end_at_steps:
+            noise = engine.unsampled(model, traj, int(k), like=latent)
+            for rcfg in resample_cfgs:
+                out = engine.resample(model, noise, steps=steps, start_at_step=int(k), cfg=float(rcfg),
+                                      sampler_name=sampler_name, scheduler=scheduler, positive=edit, progress=False)
+                decoded = model.decode(out)
+                combo = {**sweeps.DEFAULTS, "steps": steps, "cfg": float(icfg), "end_at_step": int(k),
+                         "sampler_name": sampler_name, "scheduler": scheduler,  # per-item prompts as the sweep keeps them
+                         "positive": source if isinstance(source, str) else tuple(source),
+                         "edit": edit if isinstance(edit, str) else tuple(edit)}
+                for row in sweeps.metric_rows(model, combo, samples, out["samples"], traj, decoded, reference, ceiling,
+                                              chosen, int(samples.shape[0])):
+                    row["resample_cfg"] = float(rcfg)
+                    rows.append(row)
+                decoded_by[(float(icfg), float(rcfg), int(k))] = decoded
+    return pd.DataFrame(rows), decoded_by
+
+
+def rates(df: "pd.DataFrame", by: Sequence[str], columns: Sequence[str], *, z: float = 1.96) -> "pd.DataFrame":
+    """Mean of 0/1 columns per group with Wilson score intervals (`{col}_lo`, `{col}_hi`) and the count `n`.
+
+    Wilson (1927): centre (p + z^2/2n) / (1 + z^2/n), half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n).
+    With n = 12 images a measured rate of 0.5 is anywhere in about 0.25-0.75.
+    """
+    import pandas as pd
+
+    out = []
+    for key, part in df.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rec: dict[str, Any] = dict(zip(by, key))
+        for c in columns:
+            v = pd.to_numeric(part[c], errors="coerce").dropna()
+            n = len(v)
+            p = float(v.mean()) if n else math.nan
+            rec[c] = p
+            if n:
+                centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+                half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+                rec[f"{c}_lo"], rec[f"{c}_hi"] = centre - half, centre + half
+        rec["n"] = len(part)
+        out.append(rec)
+    return pd.DataFrame(out)
 
 
 def real_model_ready(model_id: str) -> tuple[bool, str]:
     """(ready, reason): a CUDA device and the weights available offline (a local folder or the HF cache)?"""
-    from pathlib import Path
 
     if not torch.cuda.is_available():
         return False, "No CUDA GPU here, so this notebook stops; run it on a machine with a GPU to see a real model."
@@ -251,27 +468,29 @@ def real_model_ready(model_id: str) -> tuple[bool, str]:
     return True, f"GPU {torch.cuda.get_device_name(0)}; {model_id} found in the local cache."
 
 
-def load_image(path: str | None, *, size: int = 512) -> Tensor:
-    """An image file as float [1, size, size, 3] in 0..1 (centre crop); None: a procedural shapes image scaled up."""
-    import numpy as np
+#: The sample pictures shipped with the package (64 x 64 PNGs drawn by docs/make_sample_images.py):
+#: two drawings like the bundled model's training images, two photograph-like scenes it never saw.
+SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "bundled" / "images"
+#: Their prompts for the bundled model (source, edit), by file stem.
+SAMPLE_PROMPTS: dict[str, tuple[str, str]] = {
+    "drawing_cyan_cross": ("cyan cross", "red cross"),
+    "drawing_red_circle": ("red circle", "blue circle"),
+    "photo_blue_box": ("blue square", "green square"),
+    "photo_sunset": ("yellow circle", "magenta circle"),
+}
 
-    if path is None:
-        from ..bundled.shapes import make_shapes
 
-        img = make_shapes(1, seed=7).images.permute(0, 3, 1, 2)
-        img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
-        return img.permute(0, 2, 3, 1).clamp(0, 1)
-    from PIL import Image
+def sample_prompts(paths_or_folder: Any = SAMPLE_IMAGES) -> tuple[list[str], list[str]]:
+    """(sources, edits) for the sample pictures in `ul.load_images` order; other files get ("", "")."""
+    from .images import list_images
 
-    im = Image.open(path).convert("RGB")
-    s = min(im.size)
-    left, top = (im.width - s) // 2, (im.height - s) // 2
-    im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
+    pairs = [SAMPLE_PROMPTS.get(p.stem, ("", "")) for p in list_images(paths_or_folder)]
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 __all__ = [
-    "COMFYUI_ANCESTRAL", "TOY_LABELS", "cfg_endpoints", "comfyui_unsample", "ddim_vs_ddim_inverse", "load_image", "normalize_modes",
+    "COMFYUI_ANCESTRAL", "TOY_LABELS", "cfg_endpoints", "comfyui_unsample", "ddim_vs_ddim_inverse", "edit_grid",
+    "equal_budget_sweep", "inversion_errors", "steps_for_budget", "loglog_slopes", "SAMPLE_IMAGES", "SAMPLE_PROMPTS", "sample_prompts", "noise_report", "noise_spread", "normalize_modes", "rates", "standardized_noise", "toy_prompts",
     "plane", "plot_cfg_endpoints", "plot_density", "plot_paths", "plot_round_trip", "real_model_ready",
     "sample_path", "toy_data", "toy_model", "vp_view",
 ]

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 #: Parameters whose change needs a new inversion (the sweep's INVERSION_KEY).
 INVERSION_KEY: tuple[str, ...] = sweeps.INVERSION_KEY
 TILE = 128  # pixels per image in the strip
+CONTROLS_WIDTH = 330  # pixels: the explorer fits a 1000-px output area (controls + view)
+VIEW_WIDTH = 650
 
 
 class Explorer:
@@ -55,6 +57,7 @@ class Explorer:
         steps: int = 10,
         end_at_step: int = 0,
         cfg: float = 1.0,
+        resample_cfg: float | None = None,
         normalize: str = "disable",
         sampler_name: str = "euler",
         scheduler: str = "normal",
@@ -87,6 +90,9 @@ class Explorer:
         self.end_at_step = W.IntSlider(value=min(end_at_step, steps - 1), min=0, max=max(steps - 1, 0),
                                        description="end_at_step", **slider)
         self.cfg = W.FloatSlider(value=cfg, min=0.0, max=10.0, step=0.5, description="cfg", **slider)
+        # the resampling's own cfg (ul.resample's cfg): inverting at 1 and resampling at w is the usual edit
+        self.resample_cfg = W.FloatSlider(value=cfg if resample_cfg is None else resample_cfg, min=0.0, max=10.0,
+                                          step=0.5, description="resample cfg", **slider)
         self.normalize = W.Dropdown(options=list(NORMALIZE_MODES), value=normalize, description="normalize")
         names = list(samplers) if samplers is not None else list(INVERTIBLE_SAMPLERS)
         self.sampler_name = W.Dropdown(options=names, value=sampler_name, description="sampler")
@@ -96,20 +102,28 @@ class Explorer:
         self.edit = W.Text(value=edit, description="edit", **text)
         self.negative = W.Text(value=negative, description="negative", **text)
         self.sweep_button = W.Button(description="run sweep", icon="table")
+        # issue 11: the inversion-method dropdown (ul.INVERSION_METHODS) goes here; add it to `controls`
+        # and its name to INVERSION_KEY so that changing it reruns the inversion.
 
         # -- outputs -----------------------------------------------------------------------------
-        self.strip = W.Image(format="png")
-        self.caption = W.HTML()
-        self.stats = W.Image(format="png")
-        self.table = W.HTML()
+        self.strip = W.Image(format="png", layout=W.Layout(max_width=f"{VIEW_WIDTH}px"))
+        self.caption = W.HTML(layout=W.Layout(max_width=f"{VIEW_WIDTH}px"))
+        w, h = StatsFigure.pixel_size()
+        self.stats = W.Image(format="png", layout=W.Layout(width=f"{w}px", height=f"{h}px"))  # shown 1:1: sharp
+        self.table = W.HTML(layout=W.Layout(max_width=f"{VIEW_WIDTH - w - 8}px", overflow="auto"))
+        self.warning = W.HTML()
         self.status = W.HTML()
         self.progress = W.IntProgress(value=0, min=0, max=1, description="sweep", layout=W.Layout(visibility="hidden"))
         self.sweep_table = W.HTML()
 
-        controls = W.VBox([self.steps, self.end_at_step, self.cfg, self.normalize, self.sampler_name, self.scheduler,
-                           self.source, self.edit, self.negative, W.HBox([self.sweep_button, self.progress])])
-        view = W.VBox([self.caption, self.strip, W.HBox([self.stats, self.table]), self.status])
-        self.widget = W.VBox([W.HBox([controls, view]), self.sweep_table])
+        controls = W.VBox([self.steps, self.end_at_step, self.cfg, self.resample_cfg, self.normalize, self.sampler_name,
+                           self.scheduler, self.source, self.edit, self.negative,
+                           W.HBox([self.sweep_button, self.progress])],
+                          layout=W.Layout(width=f"{CONTROLS_WIDTH}px", min_width=f"{CONTROLS_WIDTH}px"))
+        view = W.VBox([self.caption, self.strip, W.HBox([self.stats, self.table]), self.warning, self.status],
+                      layout=W.Layout(width=f"{VIEW_WIDTH}px", overflow="hidden"))
+        self.widget = W.VBox([W.HBox([controls, view]), self.sweep_table],
+                             layout=W.Layout(max_width=f"{CONTROLS_WIDTH + VIEW_WIDTH}px"))
 
         for c in self.controls:
             c.observe(self._on_change, names="value")
@@ -119,13 +133,14 @@ class Explorer:
     # -- public -------------------------------------------------------------------------------------
     @property
     def controls(self) -> list[Any]:
-        return [self.steps, self.end_at_step, self.cfg, self.normalize, self.sampler_name, self.scheduler,
-                self.source, self.edit, self.negative]
+        return [self.steps, self.end_at_step, self.cfg, self.resample_cfg, self.normalize, self.sampler_name,
+                self.scheduler, self.source, self.edit, self.negative]
 
     @property
     def params(self) -> dict[str, Any]:
         """The current setting in the sweep's parameter names."""
         return dict(steps=int(self.steps.value), end_at_step=int(self.end_at_step.value), cfg=float(self.cfg.value),
+                    resample_cfg=float(self.resample_cfg.value),
                     normalize=self.normalize.value, sampler_name=self.sampler_name.value,
                     scheduler=self.scheduler.value, positive=self.source.value, negative=self.negative.value,
                     edit=self.edit.value)
@@ -138,6 +153,8 @@ class Explorer:
             traj = self._trajectory(p)
             self._show(traj, p)
             self.status.value = ""
+            notes = [n for n in (prompt_truncation(self.model, p[k]) for k in ("positive", "edit", "negative")) if n]
+            self.warning.value = "".join(f"<div style='color:#8a5a00'>&#9888; {_escape(n)}</div>" for n in notes)
         except UnsamplingError as e:
             self.status.value = f"<span style='color:#b00'>{_escape(str(e))}</span>"
         self.updates += 1
@@ -149,6 +166,8 @@ class Explorer:
         grid = self.grid if self.grid is not None else self.default_grid()
         p = self.params
         fixed = {k: v for k, v in p.items() if k not in grid}
+        if "resample_cfg" not in sweeps.DEFAULTS:  # until sweeps take resample_cfg (issue 12) they resample at cfg
+            fixed.pop("resample_cfg", None)
         if fixed.get("edit") == "":
             fixed["edit"] = None
         n = 1
@@ -211,7 +230,7 @@ class Explorer:
         noise = engine.unsampled(model, traj, k, p["normalize"])
         edit = p["edit"] or p["positive"]
         pair = noise.repeat(2, *([1] * (noise.ndim - 1)))  # [reconstruction, edit] in one batch
-        result = engine.resample(model, pair, steps=p["steps"], start_at_step=k, cfg=p["cfg"],
+        result = engine.resample(model, pair, steps=p["steps"], start_at_step=k, cfg=p["resample_cfg"],
                                  sampler_name=p["sampler_name"], scheduler=p["scheduler"],
                                  positive=[p["positive"], edit], negative=p["negative"], progress=False)
         decoded = model.decode(result) if hasattr(model, "decode") and getattr(model, "vae", None) is not None else None
@@ -276,7 +295,8 @@ class StatsFigure:
 
         self.steps = int(traj.params["steps"])
         self.sigmas = [float(v) for v in traj.sigmas]
-        self.fig = Figure(figsize=(3.8, 2.8), dpi=72, layout="constrained")
+        w, h = self.pixel_size()
+        self.fig = Figure(figsize=(w / self.DPI, h / self.DPI), dpi=self.DPI, layout="constrained")
         ax = latent_stats(traj, model_sampling=model_sampling, ax=self.fig.add_subplot())
         ax.set_title("latent std along the inversion", fontsize=9)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -288,6 +308,13 @@ class StatsFigure:
         height = self.base.height
         self.xs = [float(ax.transData.transform((s, 1.0))[0]) for s in self.sigmas]
         self.y0, self.y1 = height - float(ax.bbox.y1), height - float(ax.bbox.y0)
+
+    DPI = 100
+    WIDTH, HEIGHT = 360, 260  # pixels, drawn and shown 1:1
+
+    @classmethod
+    def pixel_size(cls) -> tuple[int, int]:
+        return cls.WIDTH, cls.HEIGHT
 
     def render(self, end_at_step: int) -> bytes:
         from PIL import ImageDraw
@@ -333,6 +360,20 @@ def tile_png(images: Sequence[Tensor], *, tile: int = TILE, gap: int = 4) -> byt
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def prompt_truncation(model: Any, prompt: Any) -> str | None:
+    """A warning when `prompt` has more tokens than the model's tokenizer keeps (the rest is silently cut), else None."""
+    tok = getattr(model, "tokenizer", None)
+    limit = getattr(tok, "model_max_length", None)
+    if not isinstance(prompt, str) or not prompt or tok is None or not isinstance(limit, int) or limit > 100_000:
+        return None
+    n = len(tok(prompt, truncation=False, verbose=False).input_ids)
+    if n <= limit:
+        return None
+    kept = tok.decode(tok(prompt, truncation=True, max_length=limit).input_ids, skip_special_tokens=True)
+    return (f"prompt {prompt!r} has {n} tokens but the model reads {limit} (special tokens included); "
+            f"it sees only {kept.strip()!r}. Shorten it or use words the tokenizer knows.")
 
 
 def _escape(s: str) -> str:
