@@ -264,3 +264,139 @@ def test_flow_resample_refuses_ddpm():
     with pytest.raises(ul.UnsamplingError, match="no form for flow"):
         ul.resample(gaussian_flow_model(DATA), {"samples": torch.zeros(1, 4, 1, 1)}, steps=4, sampler_name="ddpm",
                     add_noise=True, progress=False)
+
+
+# -- CFG++ samplers, with real guidance (a labelled Gaussian mixture: cond != uncond) ------------------------------
+
+
+def _post_cfg(denoiser):
+    """ComfyUI's post-cfg hook: each model call returns the guided estimate and leaves the uncond behind."""
+    box = {}
+
+    def model(x, sigma):
+        denoised, box["uncond"] = denoiser.with_uncond(x, sigma)
+        return denoised
+
+    return model, box
+
+
+def _comfy_euler_ancestral_cfg_pp(denoiser, x, sigmas, ns, flow, eta):
+    model, box = _post_cfg(denoiser)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        alpha_s = sigmas[i] * _lambda(sigmas[i], flow).exp()
+        alpha_t = sigmas[i + 1] * _lambda(sigmas[i + 1], flow).exp()
+        d = (x - alpha_s * box["uncond"]) / sigmas[i]
+        sigma_down, sigma_up = (_ancestral_step(sigmas[i] / alpha_s, sigmas[i + 1] / alpha_t, eta) if eta
+                                else (sigmas[i + 1] / alpha_t, 0.0))
+        sigma_down = alpha_t * sigma_down
+        x = alpha_t * denoised + sigma_down * d
+        if eta > 0:
+            x = x + alpha_t * ns(sigmas[i], sigmas[i + 1]) * 1.0 * sigma_up
+    return x
+
+
+def _comfy_dpmpp_2m_cfg_pp(denoiser, x, sigmas):
+    model, box = _post_cfg(denoiser)
+    old_uncond = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        uncond = box["uncond"]
+        t, t_next = sigmas[i].log().neg(), sigmas[i + 1].log().neg()
+        h = t_next - t
+        if old_uncond is None or sigmas[i + 1] == 0:
+            mix = -torch.exp(-h) * uncond
+        else:
+            r = (t - sigmas[i - 1].log().neg()) / h
+            mix = -torch.exp(-h) * uncond - torch.expm1(-h) * (1 / (2 * r)) * (denoised - old_uncond)
+        x = denoised + mix + torch.exp(-h) * x
+        old_uncond = uncond
+    return x
+
+
+def _comfy_res_multistep_cfg_pp(denoiser, x, sigmas):
+    model, box = _post_cfg(denoiser)
+    old_denoised = old_sigma_down = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        uncond = box["uncond"]
+        sigma_down = sigmas[i + 1]  # eta 0
+        if sigma_down == 0 or old_denoised is None:
+            x = denoised + (x - uncond) / sigmas[i] * sigma_down
+        else:
+            t, t_old, t_next, t_prev = (s.log().neg() for s in (sigmas[i], old_sigma_down, sigma_down, sigmas[i - 1]))
+            h = t_next - t
+            c2 = (t_prev - t_old) / h
+            phi1 = torch.expm1(-h) / -h
+            phi2 = (phi1 - 1.0) / -h
+            b1, b2 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0), torch.nan_to_num(phi2 / c2, nan=0.0)
+            x = x + (denoised - uncond)
+            x = h.neg().exp() * x + h * (b1 * uncond + b2 * old_denoised)
+        old_denoised, old_sigma_down = uncond, sigma_down
+    return x
+
+
+def _comfy_gradient_estimation_cfg_pp(denoiser, x, sigmas, ge_gamma=2.0):
+    model, box = _post_cfg(denoiser)
+    old_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        d = (x - box["uncond"]) / sigmas[i]
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = denoised + d * sigmas[i + 1]
+            if i >= 1:
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
+    return x
+
+
+CFG_PP = {
+    "euler_cfg_pp": lambda m, x, s, seed, flow: _comfy_euler_ancestral_cfg_pp(m, x, s, None, flow, 0.0),
+    "euler_ancestral_cfg_pp": lambda m, x, s, seed, flow: _comfy_euler_ancestral_cfg_pp(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow, 1.0),
+    "dpmpp_2m_cfg_pp": lambda m, x, s, seed, flow: _comfy_dpmpp_2m_cfg_pp(m, x, s),
+    "res_multistep_cfg_pp": lambda m, x, s, seed, flow: _comfy_res_multistep_cfg_pp(m, x, s),
+    "gradient_estimation_cfg_pp": lambda m, x, s, seed, flow: _comfy_gradient_estimation_cfg_pp(m, x, s),
+}
+
+
+def _mixture():
+    from unsampling_lab.models.analytic import mixture_model
+    from unsampling_lab.models.gaussian import GaussianMixture
+
+    mix = GaussianMixture(means=torch.tensor([[2.0, 0.0, 1.0, -1.0], [-2.0, 1.0, 0.0, 1.0]]),
+                          stds=torch.tensor([0.5, 0.7]), weights=torch.tensor([1.0, 1.0]))
+    model = mixture_model(mix, labels=["a", "b"])
+    model.dtype = torch.float32
+    return model
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("sampler", list(CFG_PP))
+def test_cfg_pp_sampler_is_comfyuis_bit_for_bit(sampler, cfg, monkeypatch):
+    """With guidance (prompt "a" against the mixture), and at cfg 1, where ComfyUI still runs the uncond pass."""
+    import unsampling_lab.engine as engine
+
+    runs, run = [], engine._run
+
+    def recording(spec, denoiser, x, sigmas, **kwargs):
+        out = run(spec, denoiser, x, sigmas, **kwargs)
+        runs.append((denoiser, x.clone(), sigmas.clone(), out))
+        return out
+
+    monkeypatch.setattr(engine, "_run", recording)
+    model = _mixture()
+    ul.resample(model, {"samples": torch.zeros(3, 4, 1, 1)}, steps=10, cfg=cfg, sampler_name=sampler,
+                scheduler="karras", positive="a", negative="", add_noise=True, noise_seed=SEED, progress=False)
+    (denoiser, x, sigmas, ours), = runs
+    with torch.inference_mode():
+        cond_and_uncond = denoiser.with_uncond(x, sigmas[0] * _s_in(x))
+        theirs = CFG_PP[sampler](denoiser, x, sigmas, SEED, False)
+    assert not torch.allclose(*cond_and_uncond)  # the uncond pass ran and differs, even at cfg 1
+    assert torch.equal(ours, theirs), float((ours - theirs).abs().max())
