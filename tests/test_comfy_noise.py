@@ -213,6 +213,43 @@ def _comfy_ddpm(model, x, sigmas, ns):
     return x
 
 
+def _comfy_seeds_2(model, x, sigmas, ns, flow, ms, eta=1.0, r=0.5, solver_type="phi_1"):
+    sigmas = _offset(sigmas, ms, flow)
+    sigma_fn = (lambda lam: lam.neg().sigmoid()) if flow else (lambda lam: lam.neg().exp())
+    inject = eta > 0
+    fac = 1 / (2 * r)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = _lambda(sigmas[i], flow), _lambda(sigmas[i + 1], flow)
+        h = lambda_t - lambda_s
+        h_eta = h * (eta + 1)
+        lambda_s_1 = torch.lerp(lambda_s, lambda_t, r)
+        sigma_s_1 = sigma_fn(lambda_s_1)
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_t = sigmas[i + 1] * lambda_t.exp()
+        x_2 = sigma_s_1 / sigmas[i] * (-r * h * eta).exp() * x - alpha_s_1 * torch.expm1(-r * h_eta) * denoised
+        if inject:
+            sde_noise = (-2 * r * h * eta).expm1().neg().sqrt() * ns(sigmas[i], sigma_s_1)
+            x_2 = x_2 + sde_noise * sigma_s_1 * 1.0
+        denoised_2 = model(x_2, sigma_s_1 * _s_in(x))
+        if solver_type == "phi_1":
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * torch.expm1(-h_eta) * torch.lerp(
+                denoised, denoised_2, fac)
+        else:
+            b2 = ((torch.expm1(-h_eta) - (-h_eta)) / (-h_eta)) / r
+            b1 = torch.expm1(-h_eta) - b2
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b2 * denoised_2)
+        if inject:
+            segment_factor = (r - 1) * h * eta
+            sde_noise = sde_noise * segment_factor.exp()
+            sde_noise = sde_noise + segment_factor.mul(2).expm1().neg().sqrt() * ns(sigma_s_1, sigmas[i + 1])
+            x = x + sde_noise * sigmas[i + 1] * 1.0
+    return x
+
+
 CASES = {
     # name: (transcription(model, x, sigmas, seed, flow, ms), noise kind)
     "euler_ancestral": lambda m, x, s, seed, flow, ms: _comfy_euler_ancestral(
@@ -223,6 +260,12 @@ CASES = {
     "dpmpp_2m_sde_gpu": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_2m_sde(
         m, x, s, _brownian(x, s, seed, cpu=False), flow, ms),
     "dpmpp_sde": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_sde(m, x, s, _brownian(x, s, seed), flow, ms),
+    "seeds_2": lambda m, x, s, seed, flow, ms: _comfy_seeds_2(m, x, s, _comfy_default_noise_sampler(x, seed), flow, ms),
+    "exp_heun_2_x0_sde": lambda m, x, s, seed, flow, ms: _comfy_seeds_2(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow, ms, r=1.0, solver_type="phi_2"),
+    # deterministic, but its flow form (half-logSNR, offset first sigma) is new: same transcription at eta 0
+    "exp_heun_2_x0": lambda m, x, s, seed, flow, ms: _comfy_seeds_2(m, x, s, None, flow, ms, eta=0.0, r=1.0,
+                                                                    solver_type="phi_2"),
 }
 
 
