@@ -250,6 +250,35 @@ def _comfy_seeds_2(model, x, sigmas, ns, flow, ms, eta=1.0, r=0.5, solver_type="
     return x
 
 
+def _comfy_heunpp2(model, x, sigmas):
+    s_end = sigmas[-1]
+    for i in range(len(sigmas) - 1):
+        sigma_hat = sigmas[i] * (0.0 + 1)
+        denoised = model(x, sigma_hat * _s_in(x))
+        d = (x - denoised) / sigma_hat
+        dt = sigmas[i + 1] - sigma_hat
+        if sigmas[i + 1] == s_end:
+            x = x + d * dt
+        elif sigmas[i + 2] == s_end:
+            x_2 = x + d * dt
+            d_2 = (x_2 - model(x_2, sigmas[i + 1] * _s_in(x))) / sigmas[i + 1]
+            w = 2 * sigmas[0]
+            w2 = sigmas[i + 1] / w
+            w1 = 1 - w2
+            x = x + (d * w1 + d_2 * w2) * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = (x_2 - model(x_2, sigmas[i + 1] * _s_in(x))) / sigmas[i + 1]
+            dt_2 = sigmas[i + 2] - sigmas[i + 1]
+            x_3 = x_2 + d_2 * dt_2
+            d_3 = (x_3 - model(x_3, sigmas[i + 2] * _s_in(x))) / sigmas[i + 2]
+            w = 3 * sigmas[0]
+            w2, w3 = sigmas[i + 1] / w, sigmas[i + 2] / w
+            w1 = 1 - w2 - w3
+            x = x + (w1 * d + w2 * d_2 + w3 * d_3) * dt
+    return x
+
+
 CASES = {
     # name: (transcription(model, x, sigmas, seed, flow, ms), noise kind)
     "euler_ancestral": lambda m, x, s, seed, flow, ms: _comfy_euler_ancestral(
@@ -264,6 +293,7 @@ CASES = {
     "exp_heun_2_x0_sde": lambda m, x, s, seed, flow, ms: _comfy_seeds_2(
         m, x, s, _comfy_default_noise_sampler(x, seed), flow, ms, r=1.0, solver_type="phi_2"),
     # deterministic, but its flow form (half-logSNR, offset first sigma) is new: same transcription at eta 0
+    "heunpp2": lambda m, x, s, seed, flow, ms: _comfy_heunpp2(m, x, s),
     "exp_heun_2_x0": lambda m, x, s, seed, flow, ms: _comfy_seeds_2(m, x, s, None, flow, ms, eta=0.0, r=1.0,
                                                                     solver_type="phi_2"),
 }
