@@ -279,6 +279,73 @@ def _comfy_heunpp2(model, x, sigmas):
     return x
 
 
+def _rf_split(sigma, sigma_next, eta=1.0):
+    downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
+    sigma_down = sigma_next * downstep_ratio
+    alpha_ip1, alpha_down = 1 - sigma_next, 1 - sigma_down
+    renoise_coeff = (sigma_next**2 - sigma_down**2 * alpha_ip1**2 / alpha_down**2) ** 0.5
+    return sigma_down, alpha_ip1, alpha_down, renoise_coeff
+
+
+def _comfy_dpm_2_ancestral(model, x, sigmas, ns, flow):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if flow:
+            sigma_down, alpha_ip1, alpha_down, renoise_coeff = _rf_split(sigmas[i], sigmas[i + 1])
+        else:
+            sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
+        d = (x - denoised) / sigmas[i]
+        if sigma_down == 0:
+            x = x + d * (sigma_down - sigmas[i])
+            continue
+        sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
+        x_2 = x + d * (sigma_mid - sigmas[i])
+        d_2 = (x_2 - model(x_2, sigma_mid * _s_in(x))) / sigma_mid
+        x = x + d_2 * (sigma_down - sigmas[i])
+        if flow:
+            x = (alpha_ip1 / alpha_down) * x + ns(sigmas[i], sigmas[i + 1]) * 1.0 * renoise_coeff
+        else:
+            x = x + ns(sigmas[i], sigmas[i + 1]) * 1.0 * sigma_up
+    return x
+
+
+def _comfy_dpmpp_2s_ancestral(model, x, sigmas, ns, flow):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if flow:
+            sigma_down, alpha_ip1, alpha_down, renoise_coeff = _rf_split(sigmas[i], sigmas[i + 1])
+            if sigmas[i + 1] == 0:
+                x = x + (x - denoised) / sigmas[i] * (sigma_down - sigmas[i])
+            else:
+                if sigmas[i] == 1.0:
+                    sigma_s = 0.9999
+                else:
+                    lam = lambda sg: ((1 - sg) / sg).log()  # noqa: E731
+                    t_i, t_down = lam(sigmas[i]), lam(sigma_down)
+                    sigma_s = ((t_i + 0.5 * (t_down - t_i)).exp() + 1) ** -1
+                ratio = sigma_s / sigmas[i]
+                u = ratio * x + (1 - ratio) * denoised
+                D_i = model(u, sigma_s * _s_in(x))
+                ratio = sigma_down / sigmas[i]
+                x = ratio * x + (1 - ratio) * D_i
+            if sigmas[i + 1] > 0:
+                x = (alpha_ip1 / alpha_down) * x + ns(sigmas[i], sigmas[i + 1]) * 1.0 * renoise_coeff
+            continue
+        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
+        if sigma_down == 0:
+            x = x + (x - denoised) / sigmas[i] * (sigma_down - sigmas[i])
+        else:
+            t, t_next = sigmas[i].log().neg(), sigma_down.log().neg()
+            h = t_next - t
+            s = t + 0.5 * h
+            x_2 = (s.neg().exp() / t.neg().exp()) * x - (-h * 0.5).expm1() * denoised
+            denoised_2 = model(x_2, s.neg().exp() * _s_in(x))
+            x = (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * denoised_2
+        if sigmas[i + 1] > 0:
+            x = x + ns(sigmas[i], sigmas[i + 1]) * 1.0 * sigma_up
+    return x
+
+
 CASES = {
     # name: (transcription(model, x, sigmas, seed, flow, ms), noise kind)
     "euler_ancestral": lambda m, x, s, seed, flow, ms: _comfy_euler_ancestral(
@@ -294,6 +361,10 @@ CASES = {
         m, x, s, _comfy_default_noise_sampler(x, seed), flow, ms, r=1.0, solver_type="phi_2"),
     # deterministic, but its flow form (half-logSNR, offset first sigma) is new: same transcription at eta 0
     "heunpp2": lambda m, x, s, seed, flow, ms: _comfy_heunpp2(m, x, s),
+    "dpm_2_ancestral": lambda m, x, s, seed, flow, ms: _comfy_dpm_2_ancestral(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow),
+    "dpmpp_2s_ancestral": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_2s_ancestral(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow),
     "exp_heun_2_x0": lambda m, x, s, seed, flow, ms: _comfy_seeds_2(m, x, s, None, flow, ms, eta=0.0, r=1.0,
                                                                     solver_type="phi_2"),
 }
