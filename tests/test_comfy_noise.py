@@ -213,6 +213,139 @@ def _comfy_ddpm(model, x, sigmas, ns):
     return x
 
 
+def _comfy_seeds_2(model, x, sigmas, ns, flow, ms, eta=1.0, r=0.5, solver_type="phi_1"):
+    sigmas = _offset(sigmas, ms, flow)
+    sigma_fn = (lambda lam: lam.neg().sigmoid()) if flow else (lambda lam: lam.neg().exp())
+    inject = eta > 0
+    fac = 1 / (2 * r)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = _lambda(sigmas[i], flow), _lambda(sigmas[i + 1], flow)
+        h = lambda_t - lambda_s
+        h_eta = h * (eta + 1)
+        lambda_s_1 = torch.lerp(lambda_s, lambda_t, r)
+        sigma_s_1 = sigma_fn(lambda_s_1)
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_t = sigmas[i + 1] * lambda_t.exp()
+        x_2 = sigma_s_1 / sigmas[i] * (-r * h * eta).exp() * x - alpha_s_1 * torch.expm1(-r * h_eta) * denoised
+        if inject:
+            sde_noise = (-2 * r * h * eta).expm1().neg().sqrt() * ns(sigmas[i], sigma_s_1)
+            x_2 = x_2 + sde_noise * sigma_s_1 * 1.0
+        denoised_2 = model(x_2, sigma_s_1 * _s_in(x))
+        if solver_type == "phi_1":
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * torch.expm1(-h_eta) * torch.lerp(
+                denoised, denoised_2, fac)
+        else:
+            b2 = ((torch.expm1(-h_eta) - (-h_eta)) / (-h_eta)) / r
+            b1 = torch.expm1(-h_eta) - b2
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b2 * denoised_2)
+        if inject:
+            segment_factor = (r - 1) * h * eta
+            sde_noise = sde_noise * segment_factor.exp()
+            sde_noise = sde_noise + segment_factor.mul(2).expm1().neg().sqrt() * ns(sigma_s_1, sigmas[i + 1])
+            x = x + sde_noise * sigmas[i + 1] * 1.0
+    return x
+
+
+def _comfy_heunpp2(model, x, sigmas):
+    s_end = sigmas[-1]
+    for i in range(len(sigmas) - 1):
+        sigma_hat = sigmas[i] * (0.0 + 1)
+        denoised = model(x, sigma_hat * _s_in(x))
+        d = (x - denoised) / sigma_hat
+        dt = sigmas[i + 1] - sigma_hat
+        if sigmas[i + 1] == s_end:
+            x = x + d * dt
+        elif sigmas[i + 2] == s_end:
+            x_2 = x + d * dt
+            d_2 = (x_2 - model(x_2, sigmas[i + 1] * _s_in(x))) / sigmas[i + 1]
+            w = 2 * sigmas[0]
+            w2 = sigmas[i + 1] / w
+            w1 = 1 - w2
+            x = x + (d * w1 + d_2 * w2) * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = (x_2 - model(x_2, sigmas[i + 1] * _s_in(x))) / sigmas[i + 1]
+            dt_2 = sigmas[i + 2] - sigmas[i + 1]
+            x_3 = x_2 + d_2 * dt_2
+            d_3 = (x_3 - model(x_3, sigmas[i + 2] * _s_in(x))) / sigmas[i + 2]
+            w = 3 * sigmas[0]
+            w2, w3 = sigmas[i + 1] / w, sigmas[i + 2] / w
+            w1 = 1 - w2 - w3
+            x = x + (w1 * d + w2 * d_2 + w3 * d_3) * dt
+    return x
+
+
+def _rf_split(sigma, sigma_next, eta=1.0):
+    downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
+    sigma_down = sigma_next * downstep_ratio
+    alpha_ip1, alpha_down = 1 - sigma_next, 1 - sigma_down
+    renoise_coeff = (sigma_next**2 - sigma_down**2 * alpha_ip1**2 / alpha_down**2) ** 0.5
+    return sigma_down, alpha_ip1, alpha_down, renoise_coeff
+
+
+def _comfy_dpm_2_ancestral(model, x, sigmas, ns, flow):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if flow:
+            sigma_down, alpha_ip1, alpha_down, renoise_coeff = _rf_split(sigmas[i], sigmas[i + 1])
+        else:
+            sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
+        d = (x - denoised) / sigmas[i]
+        if sigma_down == 0:
+            x = x + d * (sigma_down - sigmas[i])
+            continue
+        sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
+        x_2 = x + d * (sigma_mid - sigmas[i])
+        d_2 = (x_2 - model(x_2, sigma_mid * _s_in(x))) / sigma_mid
+        x = x + d_2 * (sigma_down - sigmas[i])
+        if flow:
+            x = (alpha_ip1 / alpha_down) * x + ns(sigmas[i], sigmas[i + 1]) * 1.0 * renoise_coeff
+        else:
+            x = x + ns(sigmas[i], sigmas[i + 1]) * 1.0 * sigma_up
+    return x
+
+
+def _comfy_dpmpp_2s_ancestral(model, x, sigmas, ns, flow):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if flow:
+            sigma_down, alpha_ip1, alpha_down, renoise_coeff = _rf_split(sigmas[i], sigmas[i + 1])
+            if sigmas[i + 1] == 0:
+                x = x + (x - denoised) / sigmas[i] * (sigma_down - sigmas[i])
+            else:
+                if sigmas[i] == 1.0:
+                    sigma_s = 0.9999
+                else:
+                    lam = lambda sg: ((1 - sg) / sg).log()  # noqa: E731
+                    t_i, t_down = lam(sigmas[i]), lam(sigma_down)
+                    sigma_s = ((t_i + 0.5 * (t_down - t_i)).exp() + 1) ** -1
+                ratio = sigma_s / sigmas[i]
+                u = ratio * x + (1 - ratio) * denoised
+                D_i = model(u, sigma_s * _s_in(x))
+                ratio = sigma_down / sigmas[i]
+                x = ratio * x + (1 - ratio) * D_i
+            if sigmas[i + 1] > 0:
+                x = (alpha_ip1 / alpha_down) * x + ns(sigmas[i], sigmas[i + 1]) * 1.0 * renoise_coeff
+            continue
+        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1])
+        if sigma_down == 0:
+            x = x + (x - denoised) / sigmas[i] * (sigma_down - sigmas[i])
+        else:
+            t, t_next = sigmas[i].log().neg(), sigma_down.log().neg()
+            h = t_next - t
+            s = t + 0.5 * h
+            x_2 = (s.neg().exp() / t.neg().exp()) * x - (-h * 0.5).expm1() * denoised
+            denoised_2 = model(x_2, s.neg().exp() * _s_in(x))
+            x = (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * denoised_2
+        if sigmas[i + 1] > 0:
+            x = x + ns(sigmas[i], sigmas[i + 1]) * 1.0 * sigma_up
+    return x
+
+
 CASES = {
     # name: (transcription(model, x, sigmas, seed, flow, ms), noise kind)
     "euler_ancestral": lambda m, x, s, seed, flow, ms: _comfy_euler_ancestral(
@@ -223,6 +356,17 @@ CASES = {
     "dpmpp_2m_sde_gpu": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_2m_sde(
         m, x, s, _brownian(x, s, seed, cpu=False), flow, ms),
     "dpmpp_sde": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_sde(m, x, s, _brownian(x, s, seed), flow, ms),
+    "seeds_2": lambda m, x, s, seed, flow, ms: _comfy_seeds_2(m, x, s, _comfy_default_noise_sampler(x, seed), flow, ms),
+    "exp_heun_2_x0_sde": lambda m, x, s, seed, flow, ms: _comfy_seeds_2(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow, ms, r=1.0, solver_type="phi_2"),
+    # deterministic, but its flow form (half-logSNR, offset first sigma) is new: same transcription at eta 0
+    "heunpp2": lambda m, x, s, seed, flow, ms: _comfy_heunpp2(m, x, s),
+    "dpm_2_ancestral": lambda m, x, s, seed, flow, ms: _comfy_dpm_2_ancestral(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow),
+    "dpmpp_2s_ancestral": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_2s_ancestral(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow),
+    "exp_heun_2_x0": lambda m, x, s, seed, flow, ms: _comfy_seeds_2(m, x, s, None, flow, ms, eta=0.0, r=1.0,
+                                                                    solver_type="phi_2"),
 }
 
 
@@ -264,3 +408,139 @@ def test_flow_resample_refuses_ddpm():
     with pytest.raises(ul.UnsamplingError, match="no form for flow"):
         ul.resample(gaussian_flow_model(DATA), {"samples": torch.zeros(1, 4, 1, 1)}, steps=4, sampler_name="ddpm",
                     add_noise=True, progress=False)
+
+
+# -- CFG++ samplers, with real guidance (a labelled Gaussian mixture: cond != uncond) ------------------------------
+
+
+def _post_cfg(denoiser):
+    """ComfyUI's post-cfg hook: each model call returns the guided estimate and leaves the uncond behind."""
+    box = {}
+
+    def model(x, sigma):
+        denoised, box["uncond"] = denoiser.with_uncond(x, sigma)
+        return denoised
+
+    return model, box
+
+
+def _comfy_euler_ancestral_cfg_pp(denoiser, x, sigmas, ns, flow, eta):
+    model, box = _post_cfg(denoiser)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        alpha_s = sigmas[i] * _lambda(sigmas[i], flow).exp()
+        alpha_t = sigmas[i + 1] * _lambda(sigmas[i + 1], flow).exp()
+        d = (x - alpha_s * box["uncond"]) / sigmas[i]
+        sigma_down, sigma_up = (_ancestral_step(sigmas[i] / alpha_s, sigmas[i + 1] / alpha_t, eta) if eta
+                                else (sigmas[i + 1] / alpha_t, 0.0))
+        sigma_down = alpha_t * sigma_down
+        x = alpha_t * denoised + sigma_down * d
+        if eta > 0:
+            x = x + alpha_t * ns(sigmas[i], sigmas[i + 1]) * 1.0 * sigma_up
+    return x
+
+
+def _comfy_dpmpp_2m_cfg_pp(denoiser, x, sigmas):
+    model, box = _post_cfg(denoiser)
+    old_uncond = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        uncond = box["uncond"]
+        t, t_next = sigmas[i].log().neg(), sigmas[i + 1].log().neg()
+        h = t_next - t
+        if old_uncond is None or sigmas[i + 1] == 0:
+            mix = -torch.exp(-h) * uncond
+        else:
+            r = (t - sigmas[i - 1].log().neg()) / h
+            mix = -torch.exp(-h) * uncond - torch.expm1(-h) * (1 / (2 * r)) * (denoised - old_uncond)
+        x = denoised + mix + torch.exp(-h) * x
+        old_uncond = uncond
+    return x
+
+
+def _comfy_res_multistep_cfg_pp(denoiser, x, sigmas):
+    model, box = _post_cfg(denoiser)
+    old_denoised = old_sigma_down = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        uncond = box["uncond"]
+        sigma_down = sigmas[i + 1]  # eta 0
+        if sigma_down == 0 or old_denoised is None:
+            x = denoised + (x - uncond) / sigmas[i] * sigma_down
+        else:
+            t, t_old, t_next, t_prev = (s.log().neg() for s in (sigmas[i], old_sigma_down, sigma_down, sigmas[i - 1]))
+            h = t_next - t
+            c2 = (t_prev - t_old) / h
+            phi1 = torch.expm1(-h) / -h
+            phi2 = (phi1 - 1.0) / -h
+            b1, b2 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0), torch.nan_to_num(phi2 / c2, nan=0.0)
+            x = x + (denoised - uncond)
+            x = h.neg().exp() * x + h * (b1 * uncond + b2 * old_denoised)
+        old_denoised, old_sigma_down = uncond, sigma_down
+    return x
+
+
+def _comfy_gradient_estimation_cfg_pp(denoiser, x, sigmas, ge_gamma=2.0):
+    model, box = _post_cfg(denoiser)
+    old_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        d = (x - box["uncond"]) / sigmas[i]
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = denoised + d * sigmas[i + 1]
+            if i >= 1:
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
+    return x
+
+
+CFG_PP = {
+    "euler_cfg_pp": lambda m, x, s, seed, flow: _comfy_euler_ancestral_cfg_pp(m, x, s, None, flow, 0.0),
+    "euler_ancestral_cfg_pp": lambda m, x, s, seed, flow: _comfy_euler_ancestral_cfg_pp(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow, 1.0),
+    "dpmpp_2m_cfg_pp": lambda m, x, s, seed, flow: _comfy_dpmpp_2m_cfg_pp(m, x, s),
+    "res_multistep_cfg_pp": lambda m, x, s, seed, flow: _comfy_res_multistep_cfg_pp(m, x, s),
+    "gradient_estimation_cfg_pp": lambda m, x, s, seed, flow: _comfy_gradient_estimation_cfg_pp(m, x, s),
+}
+
+
+def _mixture():
+    from unsampling_lab.models.analytic import mixture_model
+    from unsampling_lab.models.gaussian import GaussianMixture
+
+    mix = GaussianMixture(means=torch.tensor([[2.0, 0.0, 1.0, -1.0], [-2.0, 1.0, 0.0, 1.0]]),
+                          stds=torch.tensor([0.5, 0.7]), weights=torch.tensor([1.0, 1.0]))
+    model = mixture_model(mix, labels=["a", "b"])
+    model.dtype = torch.float32
+    return model
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("sampler", list(CFG_PP))
+def test_cfg_pp_sampler_is_comfyuis_bit_for_bit(sampler, cfg, monkeypatch):
+    """With guidance (prompt "a" against the mixture), and at cfg 1, where ComfyUI still runs the uncond pass."""
+    import unsampling_lab.engine as engine
+
+    runs, run = [], engine._run
+
+    def recording(spec, denoiser, x, sigmas, **kwargs):
+        out = run(spec, denoiser, x, sigmas, **kwargs)
+        runs.append((denoiser, x.clone(), sigmas.clone(), out))
+        return out
+
+    monkeypatch.setattr(engine, "_run", recording)
+    model = _mixture()
+    ul.resample(model, {"samples": torch.zeros(3, 4, 1, 1)}, steps=10, cfg=cfg, sampler_name=sampler,
+                scheduler="karras", positive="a", negative="", add_noise=True, noise_seed=SEED, progress=False)
+    (denoiser, x, sigmas, ours), = runs
+    with torch.inference_mode():
+        cond_and_uncond = denoiser.with_uncond(x, sigmas[0] * _s_in(x))
+        theirs = CFG_PP[sampler](denoiser, x, sigmas, SEED, False)
+    assert not torch.allclose(*cond_and_uncond)  # the uncond pass ran and differs, even at cfg 1
+    assert torch.equal(ours, theirs), float((ours - theirs).abs().max())

@@ -157,3 +157,34 @@ def test_every_comfyui_name_is_registered_or_refused_clearly() -> None:
     for name in missing:
         with pytest.raises(UnsamplingError, match="not implemented in unsampling_lab"):
             get_sampler(name)
+
+
+def test_every_invertible_sampler_unsamples_a_flow_model() -> None:
+    """A full flow unsample (40 steps, 'simple') ends on the exact PF-ODE noise, finite where ComfyUI is NaN (its last
+    sigma is 1.0001; ours is clamped to 1, where exp_heun_2_x0 and euler_cfg_pp take the alpha_t = 0 limit).
+    Measured noise errors: first-order ~3e-2, exp_heun_2_x0 8e-2 (its Heun stage over the first step
+    1e-4 -> 0.025 spans 8 in logSNR), uni_pc 2e-2; uni_pc_bh2 1.9 (its e^h - 1 weights blow up on the
+    last steps into sigma 1, where D changes fastest in -log sigma): finite only."""
+    import unsampling_lab as ul
+    from unsampling_lab.models.analytic import gaussian_flow_model
+
+    model = gaussian_flow_model(DATA)
+    x0 = DATA.sample(3, torch.Generator().manual_seed(0)).reshape(3, 4, 1, 1)
+    errors = {}
+    for name in ul.INVERTIBLE_SAMPLERS:
+        if "flow" not in SAMPLER_SPECS[name].families:
+            continue
+        noise = ul.unsample(model, x0, steps=40, sampler_name=name, scheduler="simple", progress=False)
+        s0 = float(ul.unsample_sigmas(model, steps=40, end_at_step=0, sampler_name=name, scheduler="simple")[0])
+        exact = DATA.ode_solution_flow(x0.flatten(1), s0, 1.0).reshape(x0.shape)
+        errors[name] = float((noise - exact).norm() / exact.norm())
+    assert all(math.isfinite(e) for e in errors.values()), errors
+    assert {n for n, e in errors.items() if e > 0.1} == {"uni_pc_bh2"}, errors
+
+
+@pytest.mark.parametrize("name", ["ddpm", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp"])
+def test_refused_on_flow_because_wrong_there(name: str) -> None:
+    """Run on a flow model anyway (as ComfyUI does), these VP-only rules miss the data: measured mean -4.0 (ddpm)
+    and -4.85 (res_multistep_ancestral) where the data's is -2, std 1.4-1.8 where it is 1."""
+    y = forward_run(name, "flow")
+    assert float((y.mean(0) - DATA.mean).abs().max()) > 1.0

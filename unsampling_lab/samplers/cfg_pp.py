@@ -25,7 +25,8 @@ def _euler_ancestral_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, callback
                             eta: float, s_noise: float, name: str) -> Tensor:
     """ComfyUI's `sample_euler_ancestral_cfg_pp`, in half-logSNR so that alpha = sigma e^lambda is 1 (VP) or
     1 - sigma (flow): x_next = alpha_t D_cfg + sigma_down (x - alpha_s D_uncond) / sigma + alpha_t sigma_up n,
-    with the ancestral split taken in the VE sigmas sigma / alpha."""
+    with the ancestral split taken in the VE sigmas sigma / alpha. A flow step into sigma 1 (alpha_t = 0, where
+    ComfyUI's 0 * inf is NaN) takes the limit x_next = sigma_next d."""
     inject = eta > 0 and s_noise > 0
     noise_fn = gaussian_noise(noise, x, name) if inject else None
     family = family_of(model)
@@ -39,6 +40,9 @@ def _euler_ancestral_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, callback
         alpha_s = sigma * half_log_snr(sigma, family).exp()
         alpha_t = sigma_next * half_log_snr(sigma_next, family).exp()
         d = to_d(x, sigma, alpha_s * uncond)
+        if alpha_t == 0:  # flow step into sigma 1 (unsampling): alpha_t (sigma_t / alpha_t) -> sigma_t, no data left
+            x = sigma_next * d
+            continue
         sigma_down, sigma_up = ancestral_step(sigma / alpha_s, sigma_next / alpha_t, eta)
         x = alpha_t * denoised + (alpha_t * sigma_down) * d
         if inject:

@@ -81,7 +81,7 @@ def _coefficients(h: Tensor, rks: list[Tensor], order: int,
 
 def _weighted(rhos: Tensor, d1s: list[Tensor]) -> Tensor:
     """sum_k rho_k D1_k, contracted as ComfyUI's einsum over the stacked differences."""
-    return torch.einsum("k,bk...->b...", rhos.to(d1s[0].device), torch.stack(d1s, dim=1))
+    return torch.einsum("k,bk...->b...", rhos.to(d1s[0].device, d1s[0].dtype), torch.stack(d1s, dim=1))
 
 
 def _sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, variant: Variant) -> Tensor:
