@@ -11,7 +11,7 @@ from fixtures_analysis import *  # noqa: F401,F403
 from unsampling_lab.lab import cli
 
 FAST = ["--steps", "3", "--end-at-step", "0", "2", "--cfg", "2", "--normalize", "disable", "enable",
-        "--images", "2", "--no-progress", "--format", "csv"]
+        "--shapes", "2", "--no-progress", "--format", "csv"]
 
 
 def test_sweep_end_to_end_then_resume(tiny_pipeline_dir, tmp_path, capsys):
@@ -32,20 +32,39 @@ def test_sweep_end_to_end_then_resume(tiny_pipeline_dir, tmp_path, capsys):
     assert "0 rows computed, 16 resumed" in capsys.readouterr().out
 
 
+def exit_code(argv: list[str]) -> int:
+    """cli.main's exit code, whether argparse raised SystemExit (bad flags) or main returned it."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return int(e.code)
+
+
 @pytest.mark.parametrize("flags, message", [
-    (["--sampler", "eulr"], "invalid choice: 'eulr'"),
-    (["--scheduler", "karas"], "invalid choice: 'karas'"),
-    (["--normalize", "yes"], "invalid choice: 'yes'"),
+    (["--sampler", "eulr"], "unknown sampler 'eulr'; did you mean 'euler'"),
+    (["--sampler", "euler_ancestral"], "injects random noise at every step"),
+    (["--sampler", "ddim_inverse"], "only steps towards more noise"),
+    (["--scheduler", "karas"], "did you mean 'karras'"),
+    (["--normalize", "yes"], "unknown normalize mode 'yes'"),
     (["--steps", "0"], "expected a whole number >= 1, got 0"),
-    (["--images", "two"], "expected a whole number >= 1, got 'two'"),
+    (["--shapes", "two"], "expected a whole number in 1..10000, got 'two'"),
+    (["--shapes", "100000"], "expected a whole number in 1..10000, got 100000"),
     (["--cfg", "-1"], "expected a finite number >= 0"),
     (["--steps", "4", "--end-at-step", "4"], "must be < --steps 4"),
+    (["--images", "100000"], "for N generated images use --shapes N"),
+    (["--device", "banana"], "device 'banana' is not a torch device"),
 ])
 def test_bad_flags_exit_2_with_a_clear_message(flags, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["sweep", "--model", str(tmp_path), *flags])
-    assert e.value.code == 2
-    assert message in capsys.readouterr().err
+    assert exit_code(["sweep", "--model", str(tmp_path), "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_help_offers_only_samplers_the_sweep_can_run(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    help_text = capsys.readouterr().out
+    assert "dpmpp_2m" in help_text and "ddim_inverse" not in help_text and "euler_ancestral" not in help_text
 
 
 def test_module_entry_point_and_light_import():
@@ -60,6 +79,5 @@ def test_module_entry_point_and_light_import():
 
 
 def test_missing_model_folder_is_a_usage_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["sweep", "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"])
-    assert e.value.code == 2 and "not a diffusers pipeline folder" in capsys.readouterr().err
+    assert exit_code(["sweep", "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "not a diffusers pipeline folder" in capsys.readouterr().err
