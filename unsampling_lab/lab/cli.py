@@ -207,7 +207,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a folder (it is created if missing)")
-    device = resolve_device(args.device)  # before the model loads: a bad --device fails fast
+    device = resolve_device(args.device)  # before the model loads: bad --device and --images fail fast
+    if args.images is not None:
+        input_files(args.images)
     t0 = time.perf_counter()
     model = load_model(args.model, device=device, allow_pickle=args.allow_pickle)
     source = _Source(model, args, bundled=bundled)
@@ -320,6 +322,24 @@ def _save_noise(outputs: Any, folder: Path, *, batch: int | None) -> Path:
     return save_latent(outputs.noise, folder / name, metadata={"unsampling_lab": str(meta)})
 
 
+def input_files(images: Sequence[str]) -> tuple[list[Path], bool]:
+    """(files, whether they are .latent files) named by --images; checked before any model loads."""
+    from .images import list_images
+
+    paths = [Path(p) for p in images]
+    missing = [p for p in paths if not p.exists()]
+    if missing and all(p.name.isdigit() for p in missing):
+        raise UsageError(f"--images takes image files or folders (got {missing[0]}); for N generated images use --shapes N")
+    latents = [p for p in paths if p.suffix == ".latent"]
+    for p in latents:
+        if not p.is_file():
+            raise UsageError(f"--images: latent file not found: {p}")
+    pictures = list_images([p for p in paths if p.suffix != ".latent"]) if len(latents) < len(paths) else []
+    if latents and pictures:
+        raise UsageError("--images mixes .latent files and pictures; pass one kind per run")
+    return (latents, True) if latents else (pictures, False)
+
+
 class _Source:
     """The source images of a run: the user's files (--images) or generated ones (--shapes), in batches."""
 
@@ -328,18 +348,7 @@ class _Source:
         self.files: list[Path] = []
         self.latent_files = False
         if args.images is not None:
-            from .images import list_images
-
-            paths = [Path(p) for p in args.images]
-            missing = [p for p in paths if not p.exists()]
-            if missing and all(p.name.isdigit() for p in missing):
-                raise UsageError(f"--images takes image files or folders (got {missing[0]}); for N generated "
-                                 f"images use --shapes N")
-            files = [p for p in paths if p.suffix == ".latent"]
-            images = list_images([p for p in paths if p.suffix != ".latent"]) if len(files) < len(paths) else []
-            if files and images:
-                raise UsageError("--images mixes .latent files and pictures; pass one kind per run")
-            self.files, self.latent_files = (files, True) if files else (images, False)
+            self.files, self.latent_files = input_files(args.images)
             self.n = len(self.files)
             self.description = f"{self.n} {'.latent files' if self.latent_files else 'images'} from {', '.join(args.images)}"
             return
