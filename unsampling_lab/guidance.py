@@ -171,15 +171,15 @@ class GuidedDenoiser:
             out = uncond + (cond - uncond) * self.cfg
         else:
             both = out = self._run(x, sigma, self._batched)
-        if not bool(torch.isfinite(out).all()):
-            raise self._non_finite(x, sigma, both)
+        if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(x).all()):
+            raise self._non_finite(x, sigma, both)  # a NaN state is the sampler's: engine._run reports it
         if m is not None:
             out = out * m + self.latent * (1.0 - m)
         return out
 
     def _non_finite(self, x: Tensor, sigma: Tensor, raw: Tensor) -> UnsamplingError:
-        """Say what produced NaN/Inf: the network itself (on its first call: its weights or dtype), the
-        state it was given (grown by a huge cfg), or the guidance sum overflowing float32."""
+        """Say what turned a finite state into NaN/Inf: the network itself (on its first call: its weights or
+        dtype), the state it was given (grown by a huge cfg), or the guidance sum overflowing float32."""
         n, s = self.counter.nfe, float(sigma.flatten()[0])
         big_cfg = self.use_uncond and abs(self.cfg) > MAX_SENSIBLE_CFG
         if bool(torch.isfinite(raw).all()):  # cond and uncond finite: the cfg product overflowed
@@ -195,7 +195,7 @@ class GuidedDenoiser:
                 f"sampler step: the model is broken, not the sampler{where}. Check its weights, or load it with "
                 "dtype='float32' if float16 overflows"
             )
-        grown = float(x.abs().max()) if bool(torch.isfinite(x).all()) else float("inf")
+        grown = float(x.abs().max())
         if big_cfg:
             return UnsamplingError(
                 f"the model's output became NaN/Inf at evaluation {n} (sigma {s:.4g}) because cfg={self.cfg:g} blew "
