@@ -11,7 +11,7 @@ from fixtures_analysis import *  # noqa: F401,F403
 from unsampling_lab.lab import cli
 
 FAST = ["--steps", "3", "--end-at-step", "0", "2", "--cfg", "2", "--normalize", "disable", "enable",
-        "--images", "2", "--no-progress", "--format", "csv"]
+        "--shapes", "2", "--no-progress", "--format", "csv"]
 
 
 def test_sweep_end_to_end_then_resume(tiny_pipeline_dir, tmp_path, capsys):
@@ -32,20 +32,39 @@ def test_sweep_end_to_end_then_resume(tiny_pipeline_dir, tmp_path, capsys):
     assert "0 rows computed, 16 resumed" in capsys.readouterr().out
 
 
+def exit_code(argv: list[str]) -> int:
+    """cli.main's exit code, whether argparse raised SystemExit (bad flags) or main returned it."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return int(e.code)
+
+
 @pytest.mark.parametrize("flags, message", [
-    (["--sampler", "eulr"], "invalid choice: 'eulr'"),
-    (["--scheduler", "karas"], "invalid choice: 'karas'"),
-    (["--normalize", "yes"], "invalid choice: 'yes'"),
+    (["--sampler", "eulr"], "unknown sampler 'eulr'; did you mean 'euler'"),
+    (["--sampler", "euler_ancestral"], "injects random noise at every step"),
+    (["--sampler", "ddim_inverse"], "only steps towards more noise"),
+    (["--scheduler", "karas"], "did you mean 'karras'"),
+    (["--normalize", "yes"], "unknown normalize mode 'yes'"),
     (["--steps", "0"], "expected a whole number >= 1, got 0"),
-    (["--images", "two"], "expected a whole number >= 1, got 'two'"),
+    (["--shapes", "two"], "expected a whole number in 1..10000, got 'two'"),
+    (["--shapes", "100000"], "expected a whole number in 1..10000, got 100000"),
     (["--cfg", "-1"], "expected a finite number >= 0"),
     (["--steps", "4", "--end-at-step", "4"], "must be < --steps 4"),
+    (["--images", "100000"], "for N generated images use --shapes N"),
+    (["--device", "banana"], "device 'banana' is not a torch device"),
 ])
 def test_bad_flags_exit_2_with_a_clear_message(flags, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["sweep", "--model", str(tmp_path), *flags])
-    assert e.value.code == 2
-    assert message in capsys.readouterr().err
+    assert exit_code(["sweep", "--model", str(tmp_path), "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_help_offers_only_samplers_the_sweep_can_run(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    help_text = capsys.readouterr().out
+    assert "dpmpp_2m" in help_text and "ddim_inverse" not in help_text and "euler_ancestral" not in help_text
 
 
 def test_module_entry_point_and_light_import():
@@ -60,6 +79,62 @@ def test_module_entry_point_and_light_import():
 
 
 def test_missing_model_folder_is_a_usage_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["sweep", "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"])
-    assert e.value.code == 2 and "not a diffusers pipeline folder" in capsys.readouterr().err
+    assert exit_code(["sweep", "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "not a diffusers pipeline folder" in capsys.readouterr().err
+
+
+SMALL = ["--steps", "2", "--end-at-step", "0", "--cfg", "1", "--normalize", "disable", "--no-progress",
+         "--format", "csv", "--no-figures"]
+
+
+def _write_pngs(folder, n, size=18):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray((np.random.RandomState(i).rand(size, size, 3) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_own_images_in_batches_save_noise_then_continue_from_latent(tiny_pipeline_dir, tmp_path, capsys):
+    import unsampling_lab as ul
+
+    folder = _write_pngs(tmp_path / "imgs", 3)  # 18 px: centre-cropped to the tiny VAE's 2-pixel grid (18 stays)
+    out = tmp_path / "run"
+    argv = ["sweep", "--model", str(tiny_pipeline_dir), "--device", "cpu", "--images", str(folder), "--batch-size", "2",
+            "--save-noise", "--out", str(out), *SMALL]
+    assert cli.main(argv) == 0
+    table = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert sorted(table["item"]) == [0, 1, 2]  # numbered across the two batches
+    assert len(list((out / "batches").glob("results_*.csv"))) == 2
+    assert pd.read_csv(out / "items.csv")["file"].map(lambda f: f.rsplit("/", 1)[-1]).tolist() == ["0.png", "1.png", "2.png"]
+    noise_files = sorted((out / "noise").glob("*.latent"))
+    assert len(noise_files) == 2 and ul.load_latent(noise_files[0])["samples"].shape == (2, 4, 9, 9)
+    # the saved noise is a ComfyUI LATENT: feed it back as --images (a latent input)
+    capsys.readouterr()
+    assert cli.main(["sweep", "--model", str(tiny_pipeline_dir), "--device", "cpu", "--images", str(noise_files[1]),
+                     "--out", str(tmp_path / "again"), *SMALL]) == 0
+    assert "1 rows computed" in capsys.readouterr().out
+
+
+def test_ctrl_c_says_rows_saved_and_rerun_resumes(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    from unsampling_lab.analysis import sweeps
+
+    real, calls = sweeps.sweep, []
+
+    def interrupted_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "sweep", interrupted_second_batch)
+    argv = ["sweep", "--model", str(tiny_pipeline_dir), "--device", "cpu", "--shapes", "3", "--batch-size", "2",
+            "--source", "generate", "--out", str(tmp_path / "run"), *SMALL]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 rows are saved" in err and "rerun the same command to resume" in err
+    monkeypatch.setattr(sweeps, "sweep", real)
+    assert cli.main(argv) == 0
+    assert "1 rows computed, 2 resumed" in capsys.readouterr().out

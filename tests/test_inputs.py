@@ -1,14 +1,27 @@
-"""Hostile and careless inputs: every one gets a one-line UnsamplingError naming what was wrong (issue 13)."""
+"""Hostile and careless inputs (issue 13): each one gets a one-line UnsamplingError naming what was wrong
+and what to do, or is accepted and does the right thing; the CLI never prints a traceback for them."""
 from __future__ import annotations
 
+import copy
+import math
+import os
+import shutil
+import subprocess
+import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 import torch
 
 import unsampling_lab as ul
-from unsampling_lab.errors import UnsamplingError
+from unsampling_lab.errors import UnsamplingError, UnsamplingWarning
+from unsampling_lab.testing import tiny_sd_pipeline
+
+FAST = dict(steps=2, progress=False)
 
 
 def _pixels(h: int = 35, w: int = 50, seed: int = 0) -> np.ndarray:
@@ -21,6 +34,205 @@ def _gradient(h: int = 35, w: int = 50) -> np.ndarray:
     return np.stack([yy * 255 // (h - 1), xx * 255 // (w - 1), (yy + xx) * 255 // (h + w - 2)], -1).astype(np.uint8)
 
 
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pipe")
+    tiny_sd_pipeline(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def env(pipe_dir: Path, tmp_path_factory) -> SimpleNamespace:
+    """A tiny SD pipeline (16 px images, 8x8 latents, 8-token tokenizer) and files to break."""
+    from PIL import Image
+
+    model = ul.load_model(pipe_dir, device="cpu")
+    images = torch.from_numpy(_pixels(16, 16)).float()[None] / 255
+    files = tmp_path_factory.mktemp("files")
+    Image.fromarray(_pixels()).save(files / "a.png")
+    Image.fromarray(_pixels(16, 16)).save(files / "small.png")
+    (files / "empty.png").write_bytes(b"")
+    (files / "junk.png").write_text("not an image")
+    (files / "junk.latent").write_text("not a safetensors file")
+    from safetensors.torch import save_file
+
+    save_file({"samples": torch.zeros(1, 4, 2, 2)}, str(files / "wrong_key.latent"))
+    broken = {}
+    for name, damage in (("empty_weights", "empty"), ("no_unet", "no_unet"), ("pickled", "pickled")):
+        folder = files / name
+        shutil.copytree(pipe_dir, folder)
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        if damage == "empty":
+            weights.write_bytes(b"")
+        elif damage == "no_unet":
+            shutil.rmtree(folder / "unet")
+        else:  # the same weights, pickled the way old diffusers folders hold them
+            from safetensors.torch import load_file
+
+            torch.save(load_file(str(weights)), weights.with_suffix(".bin"))
+            weights.unlink()
+        broken[name] = folder
+    return SimpleNamespace(model=model, images=images, latent=model.encode(images), files=files, broken=broken,
+                           pipe=pipe_dir)
+
+
+def _latent_with_mask(env: SimpleNamespace, mask: torch.Tensor) -> dict[str, Any]:
+    return {**env.latent, "noise_mask": mask}
+
+
+def _nan_weight_model(env: SimpleNamespace) -> Any:
+    model = copy.deepcopy(env.model)
+    with torch.no_grad():
+        model.unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+    return model
+
+
+#: (case, call(env), fragments the one-line error must contain)
+BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] = [
+    # masks
+    ("uint8 0/255 mask", lambda e: ul.unsample(e.model, _latent_with_mask(e, torch.full((8, 8), 255, dtype=torch.uint8)), **FAST),
+     ("noise_mask is torch.uint8 with values 255..255", "mask.float() / 255")),
+    ("float mask 5", lambda e: ul.unsample(e.model, _latent_with_mask(e, torch.full((8, 8), 5.0)), **FAST),
+     ("noise_mask must be in 0..1", "got values in 5..5")),
+    ("negative mask", lambda e: ul.unsample(e.model, _latent_with_mask(e, -torch.ones(8, 8)), **FAST),
+     ("noise_mask must be in 0..1", "clamp")),
+    ("[0, 0] mask", lambda e: ul.unsample(e.model, _latent_with_mask(e, torch.zeros(0, 0)), **FAST),
+     ("noise_mask is empty (shape (0, 0))",)),
+    # latents
+    ("empty batch", lambda e: ul.unsample(e.model, torch.zeros(0, 4, 8, 8), **FAST), ("latent is empty (shape (0, 4, 8, 8))",)),
+    ("0-size latent", lambda e: ul.resample(e.model, torch.zeros(1, 4, 0, 8), **FAST), ("latent is empty (shape (1, 4, 0, 8))",)),
+    ("meta-device latent", lambda e: ul.unsample(e.model, torch.zeros(1, 4, 8, 8, device="meta"), **FAST), ("'meta' device",)),
+    ("None latent", lambda e: ul.unsample(e.model, None, **FAST), ("latent must be a LATENT dict", "NoneType")),
+    ("None model", lambda e: ul.unsample(None, e.latent, **FAST), ("model must be a loaded model", "ul.load_model()")),
+    ("raw pipeline as model", lambda e: ul.unsample(tiny_sd_pipeline(), e.latent, **FAST), ("wrap it first", "ul.load_model(pipe)")),
+    # numbers
+    ("float steps", lambda e: ul.unsample(e.model, e.latent, steps=4.0, progress=False), ("steps must be a whole number, got 4.0; use 4",)),
+    ("bool steps", lambda e: ul.unsample(e.model, e.latent, steps=True, progress=False), ("steps must be a whole number, got True",)),
+    ("seed 2**64", lambda e: ul.resample(e.model, e.latent, noise_seed=2**64, add_noise=True, **FAST),
+     ("noise_seed must be in 0..18446744073709551615, got 18446744073709551616",)),
+    ("seed -1", lambda e: ul.resample(e.model, e.latent, noise_seed=-1, add_noise=True, **FAST), ("noise_seed must be in 0..",)),
+    ("cfg NaN", lambda e: ul.unsample(e.model, e.latent, cfg=math.nan, **FAST), ("cfg must be a finite number >= 0",)),
+    ("cfg 1e30", lambda e: ul.unsample(e.model, e.latent, cfg=1e30, positive="red circle", **FAST),
+     ("cfg=1e+30", "ComfyUI's range 0..100")),
+    ("NaN weight", lambda e: ul.unsample(_nan_weight_model(e), e.latent, **FAST),
+     ("the model's own output is NaN/Inf at its first evaluation", "not the sampler", "unet.conv_in.weight")),
+    # images into model.encode
+    ("images 0..255 floats", lambda e: e.model.encode(e.images * 255), ("must be floats in 0..1", "divide by 255")),
+    ("images -1..1", lambda e: e.model.encode(e.images * 2 - 1), ("(images + 1) / 2",)),
+    ("channels-first images", lambda e: e.model.encode(e.images.permute(0, 3, 1, 2)), ("channels-first", "permute(0, 2, 3, 1)")),
+    ("uint16 beyond 255", lambda e: e.model.encode(torch.full((1, 16, 16, 3), 1000, dtype=torch.int32)), ("outside 0..255", "65535")),
+    ("image off the pixel grid", lambda e: e.model.encode(torch.rand(1, 15, 16, 3)), ("15x16", "2-pixel grid")),
+    ("image path missing", lambda e: e.model.encode(e.files / "nope.png"), ("image file not found", "nope.png")),
+    ("no images", lambda e: e.model.encode([]), ("empty list",)),
+    # load_images
+    ("load_images missing", lambda e: ul.load_images(e.files / "nope.png"), ("not found", "nope.png")),
+    ("load_images 0-byte file", lambda e: ul.load_images(e.files / "empty.png"), ("empty.png is empty (0 bytes)",)),
+    ("load_images unreadable", lambda e: ul.load_images(e.files / "junk.png"), ("cannot read", "junk.png")),
+    ("load_images mixed sizes", lambda e: ul.load_images([e.files / "a.png", e.files / "small.png"]),
+     ("different sizes", "a.png 32x48", "small.png 16x16", "size=")),
+    ("load_images size off grid", lambda e: ul.load_images(e.files / "a.png", size=10), ("not a multiple", "use 8x8")),
+    ("load_images empty folder", lambda e: ul.load_images(e.broken["no_unet"] / "scheduler"), ("has no .png/.jpg/.jpeg/.webp images",)),
+    # .latent files
+    ("load_latent not safetensors", lambda e: ul.load_latent(e.files / "junk.latent"), ("junk.latent is not a safetensors",)),
+    ("load_latent wrong key", lambda e: ul.load_latent(e.files / "wrong_key.latent"), ("no 'latent_tensor'", "keys: samples")),
+    ("load_latent missing", lambda e: ul.load_latent(e.files / "nope.latent"), ("nope.latent not found",)),
+    ("save_latent of a 3-D tensor", lambda e: ul.save_latent(e.images[0], e.files / "x.latent"), ("[B, C, H, W]", "shape (16, 16, 3)")),
+    # load_model
+    ("missing local path", lambda e: ul.load_model(e.files / "no_such_model"), ("model folder not found", "no_such_model")),
+    ("0-byte weights", lambda e: ul.load_model(e.broken["empty_weights"], device="cpu"),
+     ("empty_weights/unet/diffusion_pytorch_model.safetensors is empty (0 bytes)",)),
+    ("missing unet/", lambda e: ul.load_model(e.broken["no_unet"], device="cpu"), ("has no unet/ subfolder",)),
+    ("pickled weights only", lambda e: ul.load_model(e.broken["pickled"], device="cpu"),
+     ("only pickled weights (diffusion_pytorch_model.bin)", "allow_pickle=True")),
+    ("device banana", lambda e: ul.load_model(e.pipe, device="banana"), ("device 'banana' is not a torch device",)),
+    ("dtype typo", lambda e: ul.load_model(e.pipe, device="cpu", dtype="flaot16"), ("unknown dtype 'flaot16'; did you mean 'float16'",)),
+    ("integer dtype", lambda e: ul.load_model(e.pipe, device="cpu", dtype=torch.int8), ("floating torch.dtype", "torch.int8")),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append(("device cuda without CUDA", lambda e: ul.load_model(e.pipe, device="cuda"), ("device 'cuda'", "device='cpu'")))
+
+
+@pytest.mark.parametrize("case, call, fragments", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_a_one_line_error(env, case, call, fragments, one_thread):
+    with pytest.raises(UnsamplingError) as info:
+        call(env)
+    message = str(info.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert "huggingface-cli" not in message or case not in ("missing local path",)
+
+
+# -- accepted and right -------------------------------------------------------------------------
+def test_numpy_scalars_are_accepted_and_mean_the_same(env, one_thread):
+    plain = ul.unsample(env.model, env.latent, steps=3, end_at_step=1, cfg=2.0, positive="red", progress=False)
+    numpy = ul.unsample(env.model, env.latent, steps=np.int64(3), end_at_step=np.int32(1), cfg=np.float32(2.0),
+                        positive="red", progress=False)
+    assert torch.equal(plain["samples"], numpy["samples"])
+
+
+def test_seeds_cover_comfyui_range_and_draw_its_noise(env, one_thread):
+    """ComfyUI's prepare_noise: torch.manual_seed(seed) then one CPU randn of the whole batch. torch's CPU
+    generator keeps the seed's low 32 bits, so 0 and 2**32 draw the same noise in ComfyUI too."""
+    from unsampling_lab.engine import _seeded_randn
+
+    shape = (2, 4, 8, 8)
+    state = torch.random.get_rng_state()
+    try:
+        for seed in (0, 2**32, 2**63 + 5, 2**64 - 1):
+            assert torch.equal(_seeded_randn(torch.Size(shape), seed), torch.randn(shape, generator=torch.manual_seed(seed)))
+    finally:
+        torch.random.set_rng_state(state)
+    out = ul.resample(env.model, env.latent, add_noise=True, noise_seed=2**64 - 1, **FAST)
+    assert torch.isfinite(out["samples"]).all()
+
+
+def test_images_in_every_form_encode_alike(env, tmp_path, one_thread):
+    from PIL import Image
+
+    u8 = _pixels(16, 16)
+    Image.fromarray(u8).save(tmp_path / "x.png")
+    reference = env.model.encode(torch.from_numpy(u8).float()[None] / 255)["samples"]
+    for form in (u8, torch.from_numpy(u8), u8[None], Image.fromarray(u8), tmp_path / "x.png", str(tmp_path / "x.png"),
+                 [Image.fromarray(u8)]):
+        assert torch.equal(env.model.encode(form)["samples"], reference), type(form)
+
+
+def test_bool_mask_equals_float_mask(env, one_thread):
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:6, 2:6] = True
+    a = ul.unsample(env.model, _latent_with_mask(env, mask), **FAST)
+    b = ul.unsample(env.model, _latent_with_mask(env, mask.float()), **FAST)
+    assert torch.equal(a["samples"], b["samples"])
+
+
+def test_dtype_names_are_accepted(pipe_dir):
+    assert ul.load_model(pipe_dir, device="cpu", dtype="bfloat16").dtype == torch.bfloat16
+    assert ul.load_model(pipe_dir, device="cpu", dtype="fp16").dtype == torch.float16
+
+
+def test_pickled_weights_load_when_allowed(env):
+    assert ul.load_model(env.broken["pickled"], device="cpu", allow_pickle=True).latent_format.channels == 4
+
+
+def test_cut_prompt_warns_once_naming_the_kept_text(env, one_thread):
+    prompt = "red circle on a large blue square"  # 14 tokens (unknown words go letter by letter); 8 are kept
+    with pytest.warns(UnsamplingWarning, match=r"is 14 tokens, .* the model sees only 'red circle on a l'") as record:
+        env.model.encode_prompt([prompt])
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.model.encode_prompt([prompt])  # remembered: no second warning
+        env.model.encode_prompt(["red circle"])  # fits: no warning
+
+
+def test_progress_bars_stay_out_of_logs(env, capfd, one_thread):
+    """stderr is not a terminal here (as in a log or CI): tqdm's disable=None writes nothing."""
+    ul.unsample(env.model, env.latent, steps=3, progress=True)
+    assert capfd.readouterr().err == ""
+
+
+# -- load_images ---------------------------------------------------------------------------------
 @pytest.fixture()
 def image_files(tmp_path: Path) -> Path:
     from PIL import Image
@@ -34,7 +246,6 @@ def image_files(tmp_path: Path) -> Path:
     return folder
 
 
-# -- load_images --------------------------------------------------------------------------------
 def test_load_images_folder_keeps_pixels_and_crops_to_the_grid(image_files: Path) -> None:
     x = ul.load_images(image_files)
     assert x.shape == (3, 32, 48, 3) and x.dtype == torch.float32
@@ -49,11 +260,56 @@ def test_load_images_size_scales_and_centre_crops(image_files: Path) -> None:
     x = ul.load_images([image_files / "a.png", image_files / "c.jpg"], size=(16, 24))
     assert x.shape == (2, 16, 24, 3) and 0 <= float(x.min()) and float(x.max()) <= 1
     assert ul.load_images(image_files / "a.png", size=16).shape == (1, 16, 16, 3)
+    # a smooth image scaled by 1/2 stays close to the image subsampled by 2 (Lanczos, not nearest garbage)
+    half = ul.load_images(image_files / "c.jpg", size=(16, 24), multiple_of=8)[0]
+    assert half.shape == (16, 24, 3)
 
 
 def test_load_images_is_lazy_and_not_in_the_core() -> None:
-    import subprocess
-    import sys
-
     code = "import sys, unsampling_lab as ul; assert 'unsampling_lab.lab' not in sys.modules; ul.load_images"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- ComfyUI .latent files -------------------------------------------------------------------------
+def test_latent_file_round_trip_and_comfyui_layout(tmp_path):
+    from safetensors.torch import load_file
+
+    samples = torch.randn(2, 4, 8, 8)
+    mask = torch.rand(8, 8)
+    path = ul.save_latent({"samples": samples, "noise_mask": mask}, tmp_path / "x.latent", metadata={"prompt": "{}"})
+    raw = load_file(str(path))
+    assert torch.equal(raw["latent_tensor"], samples) and raw["latent_format_version_0"].numel() == 0
+    back = ul.load_latent(path)
+    assert torch.equal(back["samples"], samples) and torch.equal(back["noise_mask"], mask)
+
+
+def test_old_latent_format_is_scaled_as_comfyui_loadlatent(tmp_path):
+    """ComfyUI's LoadLatent: no 'latent_format_version_0' key -> samples * (1 / 0.18215)."""
+    from safetensors.torch import save_file
+
+    stored = torch.randn(1, 4, 8, 8)
+    save_file({"latent_tensor": stored}, str(tmp_path / "old.latent"))
+    assert torch.equal(ul.load_latent(tmp_path / "old.latent")["samples"], stored.float() * (1.0 / 0.18215))
+
+
+# -- the CLI: one line, exit code 2, no traceback ------------------------------------------------------
+def test_cli_user_errors_never_print_a_traceback(env, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(env.pipe, corrupt)
+    (corrupt / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    cases = [
+        (["--device", "banana"], "not a torch device"),
+        (["--sampler", "eulr"], "did you mean 'euler'"),
+        (["--model", str(corrupt)], "diffusion_pytorch_model.safetensors is corrupt or truncated"),
+        (["--model", str(env.pipe), "--out", str(a_file)], "is a file; pass a folder"),
+        (["--model", str(env.pipe), "--images", str(tmp_path / "missing.png")], "not found"),
+    ]
+    environ = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    for flags, fragment in cases:
+        run = subprocess.run([sys.executable, "-m", "unsampling_lab", "sweep", "--no-progress", *flags],
+                             capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=300)
+        assert run.returncode == 2, (flags, run.stderr)
+        assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, (flags, run.stderr)
+        assert fragment in run.stderr, (flags, run.stderr)

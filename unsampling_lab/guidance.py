@@ -186,15 +186,15 @@ class GuidedDenoiser:
             out = uncond + (cond - uncond) * cfg
         else:
             both = out = uncond = self._run(x, sigma, self._batched)
-        if not bool(torch.isfinite(out).all()):
-            raise self._non_finite(x, sigma, both)
+        if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(x).all()):
+            raise self._non_finite(x, sigma, both)  # a NaN state is the sampler's: engine._run reports it
         if m is not None:
             out = out * m + self.latent * (1.0 - m)  # the uncond stays unblended: ComfyUI's post-cfg hook sees it raw
         return out, uncond
 
     def _non_finite(self, x: Tensor, sigma: Tensor, raw: Tensor) -> UnsamplingError:
-        """Say what produced NaN/Inf: the network itself (on its first call: its weights or dtype), the
-        state it was given (grown by a huge cfg), or the guidance sum overflowing float32."""
+        """Say what turned a finite state into NaN/Inf: the network itself (on its first call: its weights or
+        dtype), the state it was given (grown by a huge cfg), or the guidance sum overflowing float32."""
         n, s = self.counter.nfe, float(sigma.flatten()[0])
         cfg = float(self.cfg.abs().max()) if isinstance(self.cfg, Tensor) else abs(self.cfg)
         big_cfg = self.use_uncond and cfg > MAX_SENSIBLE_CFG
@@ -211,7 +211,7 @@ class GuidedDenoiser:
                 f"sampler step: the model is broken, not the sampler{where}. Check its weights, or load it with "
                 "dtype='float32' if float16 overflows"
             )
-        grown = float(x.abs().max()) if bool(torch.isfinite(x).all()) else float("inf")
+        grown = float(x.abs().max())
         if big_cfg:
             return UnsamplingError(
                 f"the model's output became NaN/Inf at evaluation {n} (sigma {s:.4g}) because cfg={cfg:g} blew "

@@ -1,10 +1,12 @@
 """The command line: `python -m unsampling_lab sweep ...` (also the `unsampling-lab` script).
 
     unsampling-lab sweep --out out/sweep                       # bundled model, defaults take about a minute
-    unsampling-lab sweep --model path/to/pipeline --steps 20 --end-at-step 0 5 10 --cfg 1 3 --out out/sd
+    unsampling-lab sweep --model path/to/pipeline --images photos/ --steps 20 --end-at-step 0 5 10 --out out/sd
+    unsampling-lab sweep --model path/to/pipeline --images from_comfy.latent --save-noise --out out/comfy
 
-writes OUT/results.csv (or .parquet), OUT/*.png and OUT/summary.md. Rerunning the same command
-resumes: rows already in the results table are not recomputed.
+writes OUT/results.csv (or .parquet), OUT/*.png and OUT/summary.md (and with --save-noise OUT/noise/*.latent,
+ComfyUI LoadLatent files). Rerunning the same command resumes: rows already in the results table are not
+recomputed. Inputs are processed --batch-size at a time. A user error is one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -14,27 +16,49 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+PROG = "unsampling-lab"
 DEFAULT_STEPS = 10
 DEFAULT_END_AT_STEP = (0, 3, 6)
 DEFAULT_CFG = (1.0, 3.0)
 DEFAULT_NORMALIZE = ("disable", "enable")
+DEFAULT_SHAPES = 2
+DEFAULT_BATCH_SIZE = 16
+#: More generated shapes than this in one run is refused (100000 grew to 24 GB before the guard).
+MAX_SHAPES = 10_000
+#: Deterministic samplers that only step towards more noise: the sweep resamples with the same sampler.
+INVERSE_ONLY = {"ddim_inverse": "it only steps towards more noise, and the sweep resamples with the same sampler; "
+                                "use 'ddim' (ComfyUI's ddim, i.e. euler) or compare the two with lab.teaching"}
+
+
+class UsageError(Exception):
+    """A user error found after parsing: printed as one line, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is one line on stderr (no usage block): `unsampling-lab sweep: error: ...`."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 # -- argument types: each says what was wrong -----------------------------------------------------------
-def whole_number(minimum: int):
-    """An argparse type: a whole number >= `minimum`, with an error that says what it got."""
+def whole_number(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number >= `minimum` (and <= `maximum`), with an error that says what it got."""
+    limits = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected a whole number {limits}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected a whole number {limits}, got {value}")
         return value
 
-    parse.__name__ = f"whole number >= {minimum}"  # argparse names the type in its messages
+    parse.__name__ = f"whole number {limits}"  # argparse names the type in its messages
     return parse
 
 
@@ -51,13 +75,44 @@ def cfg_value(text: str) -> float:
     return value
 
 
+def choice(what: str, choices: Sequence[str], *, refused: dict[str, str] | None = None):
+    """An argparse type for one of `choices`: a typo gets "did you mean", a known-but-refused name its reason."""
+    from ..errors import suggest
+
+    def parse(text: str) -> str:
+        if text in choices:
+            return text
+        if refused and text in refused:
+            raise argparse.ArgumentTypeError(f"{what} {text!r} cannot be used here: {refused[text]}")
+        raise argparse.ArgumentTypeError(f"invalid choice: {suggest(text, choices, what=what)}")
+
+    parse.__name__ = what
+    return parse
+
+
+def sweep_samplers() -> tuple[tuple[str, ...], dict[str, str]]:
+    """(samplers the sweep offers, {refused name: reason}): it unsamples AND resamples with each one."""
+    from ..samplers import INVERTIBLE_SAMPLERS, SAMPLERS
+    from ..samplers.registry import get_sampler
+
+    offered = tuple(n for n in INVERTIBLE_SAMPLERS if n not in INVERSE_ONLY)
+    refused = dict(INVERSE_ONLY)
+    for name in SAMPLERS:
+        if name not in INVERTIBLE_SAMPLERS:
+            try:
+                get_sampler(name, invertible=True)
+            except Exception as e:  # the registry's own reason (e.g. it injects noise at every step)
+                refused[name] = "it " + str(e).split(". Unsample with")[0].removeprefix(f"sampler {name!r} ")
+    return offered, refused
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..engine import NORMALIZE_MODES
-    from ..samplers import INVERTIBLE_SAMPLERS
     from ..schedulers import SCHEDULERS
 
-    parser = argparse.ArgumentParser(prog="unsampling-lab", description="Diffusion inversion (unsampling) experiments.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    samplers, refused = sweep_samplers()
+    parser = OneLineParser(prog=PROG, description="Diffusion inversion (unsampling) experiments.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     p = sub.add_parser("sweep", help="unsample + resample over a parameter grid; write a table, figures and summary.md",
                        description="Unsample source images and resample them over a grid of parameters. "
                                    "All end_at_step and normalize values of one setting share one inversion.")
@@ -65,11 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default=None, metavar="PATH",
                    help="diffusers pipeline folder or cached hub id (default: the bundled shapes model)")
     m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    m.add_argument("--images", type=positive_int, default=2, metavar="N", help="number of source images (default 2)")
-    m.add_argument("--seed", type=non_negative_int, default=0, help="seed for drawing the source images (default 0)")
+    m.add_argument("--allow-pickle", action="store_true",
+                   help="also load pickled .bin/.ckpt weights (they can run code; default: safetensors only)")
+    m.add_argument("--images", nargs="+", default=None, metavar="PATH",
+                   help="your own images: PNG/JPEG/WebP files or folders, or ComfyUI .latent files")
+    m.add_argument("--size", type=positive_int, default=None, metavar="S",
+                   help="scale --images to S x S (default: keep their size, centre-cropped to the VAE's pixel grid)")
+    m.add_argument("--shapes", type=whole_number(1, MAX_SHAPES), default=None, metavar="N",
+                   help=f"without --images: N generated source images (default {DEFAULT_SHAPES}, at most {MAX_SHAPES})")
+    m.add_argument("--seed", type=non_negative_int, default=0, help="seed for the generated images (default 0)")
     m.add_argument("--source", choices=("auto", "shapes", "generate"), default="auto",
-                   help="source images: the shapes dataset (bundled model), or generated by the model from "
+                   help="generated images: the shapes dataset (bundled model), or drawn by the model from "
                         "seeded noise with the positive prompt (default: shapes for the bundled model)")
+    m.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="B",
+                   help=f"images processed at a time (default {DEFAULT_BATCH_SIZE}); memory grows with it")
     g = p.add_argument_group("unsampler parameters (lists are swept)")
     g.add_argument("--positive", default=None, help="positive prompt (default: each shape's caption, or '')")
     g.add_argument("--negative", default="", help="negative prompt (default '')")
@@ -81,15 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"end_at_step values, each < steps (default {' '.join(map(str, DEFAULT_END_AT_STEP))})")
     g.add_argument("--cfg", type=cfg_value, nargs="+", default=list(DEFAULT_CFG),
                    help=f"cfg values (default {' '.join(f'{c:g}' for c in DEFAULT_CFG)})")
-    g.add_argument("--normalize", nargs="+", choices=NORMALIZE_MODES, default=list(DEFAULT_NORMALIZE),
-                   help=f"normalize modes (default {' '.join(DEFAULT_NORMALIZE)})")
-    g.add_argument("--sampler", "--sampler_name", dest="sampler_name", nargs="+", choices=INVERTIBLE_SAMPLERS,
-                   default=["euler"], help="samplers that can invert (default euler)")
-    g.add_argument("--scheduler", nargs="+", choices=SCHEDULERS, default=["normal"], help="schedulers (default normal)")
+    g.add_argument("--normalize", nargs="+", type=choice("normalize mode", NORMALIZE_MODES), metavar="MODE",
+                   default=list(DEFAULT_NORMALIZE),
+                   help=f"normalize modes: {', '.join(NORMALIZE_MODES)} (default {' '.join(DEFAULT_NORMALIZE)})")
+    g.add_argument("--sampler", "--sampler_name", dest="sampler_name", nargs="+", metavar="NAME",
+                   type=choice("sampler", samplers, refused=refused), default=["euler"],
+                   help=f"samplers that can invert: {', '.join(samplers)} (default euler)")
+    g.add_argument("--scheduler", nargs="+", type=choice("scheduler", SCHEDULERS), default=["normal"], metavar="NAME",
+                   help=f"schedulers: {', '.join(SCHEDULERS)} (default normal)")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=Path("out/sweep"), metavar="DIR", help="output folder (default out/sweep)")
     o.add_argument("--format", choices=("auto", "csv", "parquet"), default="auto",
                    help="results table format (auto: parquet when pyarrow is installed, else csv)")
+    o.add_argument("--save-noise", action="store_true",
+                   help="write each setting's unsampled noise as OUT/noise/*.latent (ComfyUI's LoadLatent reads it)")
     o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     o.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG figures")
     o.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -97,65 +166,96 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; user errors (bad flags, files, models) are one line on stderr and exit code 2."""
+    from ..errors import UnsamplingError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    bad = [k for k in args.end_at_step if k >= args.steps]
-    if bad:
-        parser.error(f"--end-at-step {bad} must be < --steps {args.steps} (end_at_step counts steps left undone)")
-    if args.command == "sweep":
-        return run_sweep(args, parser)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    prog = f"{parser.prog} {args.command}"
+    try:
+        bad = [k for k in args.end_at_step if k >= args.steps]
+        if bad:
+            raise UsageError(f"--end-at-step {bad} must be < --steps {args.steps} (end_at_step counts steps left undone)")
+        if args.images is not None and args.shapes is not None:
+            raise UsageError("--images (your files) and --shapes (generated images) exclude each other; pass one")
+        return run_sweep(args)
+    except (UsageError, UnsamplingError) as e:
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted before any row was saved", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 # -- the sweep job --------------------------------------------------------------------------------------
-def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run_sweep(args: argparse.Namespace) -> int:
     import torch
 
     from .. import engine
-    from ..errors import UnsamplingError
-    from ..models.loading import load_model
     from ..analysis.sweeps import sweep
+    from ..models.loading import load_model, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     bundled = args.model is None
-    if bundled:
-        from ..bundled import BUNDLED_MODEL
-
-        if not Path(BUNDLED_MODEL, "model_index.json").exists():
-            parser.error(f"the bundled model is not installed at {BUNDLED_MODEL}; pass --model PATH to a diffusers "
-                         "pipeline folder")
     if args.format == "parquet" and not _has_pyarrow():
-        parser.error("--format parquet needs pyarrow (pip install pyarrow); use --format csv")
+        raise UsageError("--format parquet needs pyarrow (pip install pyarrow); use --format csv")
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder (it is created if missing)")
+    device = resolve_device(args.device)  # before the model loads: bad --device and --images fail fast
+    if args.images is not None:
+        input_files(args.images)
     t0 = time.perf_counter()
+    model = load_model(args.model, device=device, allow_pickle=args.allow_pickle)
+    source = _Source(model, args, bundled=bundled)
     try:
-        model = load_model(args.model, device=args.device)
-        latents, images, positive, source = _source(model, args, bundled=bundled)
-    except UnsamplingError as e:
-        parser.error(str(e))
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
     grid: dict[str, list[Any]] = {
         "sampler_name": args.sampler_name, "scheduler": args.scheduler, "cfg": args.cfg,
         "end_at_step": args.end_at_step, "normalize": args.normalize,
         "edit": [None] + list(args.edit or []),
     }
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     suffix = ".parquet" if args.format == "parquet" or (args.format == "auto" and _has_pyarrow()) else ".csv"
     table_path = out / f"results{suffix}"
+    batches = source.batches()
+    batch_paths = [table_path] if len(batches) == 1 else \
+        [out / "batches" / f"results_{i:05d}{suffix}" for i in range(len(batches))]
     kept: dict[str, Any] = {}
-
-    def keep(rows: list[dict[str, Any]], outputs: Any) -> None:
-        kind = "edit" if outputs.params["edit"] is not None else "reconstruction"
-        if kind not in kept and (kind == "edit" or outputs.params["normalize"] == "disable"):
-            kept[kind] = outputs
-
+    frames = []
+    first = None
     try:
-        df = sweep(model, latents, grid, path=table_path, images=images, progress=args.progress, callback=keep,
-                   steps=args.steps, positive=positive, negative=args.negative, seed=args.seed)
-    except UnsamplingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        for b, (start, stop) in enumerate(batches):
+            latents, images, positive = source.load(start, stop)
+            first = first or (latents, images, positive)
+
+            def keep(rows: list[dict[str, Any]], outputs: Any, b: int = b) -> None:
+                kind = "edit" if outputs.params["edit"] is not None else "reconstruction"
+                if b == 0 and kind not in kept and (kind == "edit" or outputs.params["normalize"] == "disable"):
+                    kept[kind] = outputs
+                if args.save_noise and outputs.params["edit"] is None:
+                    _save_noise(outputs, out / "noise", batch=b if len(batches) > 1 else None)
+
+            batch_paths[b].parent.mkdir(parents=True, exist_ok=True)
+            df = sweep(model, latents, grid, path=batch_paths[b], images=images, progress=args.progress,
+                       callback=keep, steps=args.steps, positive=positive, negative=args.negative, seed=args.seed)
+            if "item" in df.columns:
+                df["item"] = df["item"] + start
+            frames.append(df)
+    except KeyboardInterrupt:
+        saved = _rows_saved(batch_paths)
+        where = table_path if len(batches) == 1 else out / "batches"
+        print(f"{PROG} sweep: interrupted: {saved} rows are saved in {where}; rerun the same command to resume "
+              "(saved rows are not recomputed)", file=sys.stderr)
+        return 130
+    df = _combine(frames, table_path if len(batches) > 1 else None)
+    latents, images, positive = first
     if args.figures:
         if "reconstruction" not in kept:  # every row was already in the table: rerun one setting for figures
             traj = engine.unsample_trajectory(model, latents, steps=args.steps, cfg=args.cfg[0],
@@ -165,7 +265,8 @@ def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         figures = _figures(model, df, kept, images, out, steps=args.steps, end_at_step=args.end_at_step[0])
     else:
         figures = []
-    summary = _summary(df, args, source=source, table_path=table_path, figures=figures,
+    source.write_index(out)
+    summary = _summary(df, args, source=source.description, table_path=table_path, figures=figures,
                        seconds=time.perf_counter() - t0)
     (out / "summary.md").write_text(summary, encoding="utf-8")
     print(f"wrote {table_path}, {len(figures)} figures and {out / 'summary.md'} "
@@ -181,31 +282,138 @@ def _has_pyarrow() -> bool:
     return True
 
 
-def _source(model: Any, args: argparse.Namespace, *, bundled: bool) -> tuple[Any, Any, Any, str]:
-    """(latents, images or None, positive prompt(s), description) of the source images."""
-    import torch
+def _combine(frames: list[Any], path: Path | None) -> Any:
+    """One table from the batches' tables (items numbered across batches); written to `path` if given."""
+    import pandas as pd
 
-    from .. import engine
+    if len(frames) == 1:
+        return frames[0]
+    df = pd.concat(frames, ignore_index=True)
+    df.attrs = {k: sum(f.attrs.get(k, 0) for f in frames)
+                for k in ("rows_computed", "rows_skipped", "nfe_total", "nfe_naive")}
+    if path is not None:
+        df.to_parquet(path, index=False) if path.suffix == ".parquet" else df.to_csv(path, index=False)
+    return df
 
-    use_shapes = args.source == "shapes" or (args.source == "auto" and bundled)
-    if use_shapes:
-        try:
+
+def _rows_saved(paths: Sequence[Path]) -> int:
+    """Rows on disk in the results tables written so far."""
+    import pandas as pd
+
+    total = 0
+    for path in paths:
+        if path.exists() and path.stat().st_size:
+            try:
+                table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+            except Exception:  # a table cut mid-write still resumes; it just cannot be counted here
+                continue
+            total += len(table)
+    return total
+
+
+def _save_noise(outputs: Any, folder: Path, *, batch: int | None) -> Path:
+    """One setting's unsampled noise as a ComfyUI .latent file, named by its parameters."""
+    from ..latent_files import save_latent
+
+    p = outputs.params
+    name = (f"noise_{p['sampler_name']}_{p['scheduler']}_steps{p['steps']}_end{p['end_at_step']}_cfg{p['cfg']:g}_"
+            f"{p['normalize']}" + ("" if batch is None else f"_batch{batch:05d}") + ".latent")
+    meta = {k: str(v) for k, v in p.items() if k != "edit"}
+    return save_latent(outputs.noise, folder / name, metadata={"unsampling_lab": str(meta)})
+
+
+def input_files(images: Sequence[str]) -> tuple[list[Path], bool]:
+    """(files, whether they are .latent files) named by --images; checked before any model loads."""
+    from .images import list_images
+
+    paths = [Path(p) for p in images]
+    missing = [p for p in paths if not p.exists()]
+    if missing and all(p.name.isdigit() for p in missing):
+        raise UsageError(f"--images takes image files or folders (got {missing[0]}); for N generated images use --shapes N")
+    latents = [p for p in paths if p.suffix == ".latent"]
+    for p in latents:
+        if not p.is_file():
+            raise UsageError(f"--images: latent file not found: {p}")
+    pictures = list_images([p for p in paths if p.suffix != ".latent"]) if len(latents) < len(paths) else []
+    if latents and pictures:
+        raise UsageError("--images mixes .latent files and pictures; pass one kind per run")
+    return (latents, True) if latents else (pictures, False)
+
+
+class _Source:
+    """The source images of a run: the user's files (--images) or generated ones (--shapes), in batches."""
+
+    def __init__(self, model: Any, args: argparse.Namespace, *, bundled: bool) -> None:
+        self.model, self.args = model, args
+        self.files: list[Path] = []
+        self.latent_files = False
+        if args.images is not None:
+            self.files, self.latent_files = input_files(args.images)
+            self.n = len(self.files)
+            self.description = f"{self.n} {'.latent files' if self.latent_files else 'images'} from {', '.join(args.images)}"
+            return
+        self.n = args.shapes if args.shapes is not None else DEFAULT_SHAPES
+        self.use_shapes = args.source == "shapes" or (args.source == "auto" and bundled)
+        if self.use_shapes:
             from ..bundled import shapes
-        except ImportError:
-            raise SystemExit("error: --source shapes needs unsampling_lab.bundled.shapes, which is not installed") from None
-        if getattr(model, "vae", None) is None:
-            raise SystemExit("error: --source shapes needs a model with a VAE to encode the images")
-        batch = shapes.make_shapes(args.images, seed=args.seed)
-        positive = args.positive if args.positive is not None else list(batch.captions)
-        return model.encode(batch.images), batch.images, positive, f"{args.images} shapes images (seed {args.seed})"
-    positive = args.positive if args.positive is not None else ""
-    size = int(getattr(getattr(getattr(model, "unet", None), "config", None), "sample_size", 8) or 8)
-    empty = torch.zeros(args.images, model.latent_format.channels, size, size)
-    latents = engine.resample(model, {"samples": empty}, steps=args.steps, cfg=args.cfg[0], positive=positive,
-                              negative=args.negative, add_noise=True, noise_seed=args.seed, progress=False)
-    images = model.decode(latents) if getattr(model, "vae", None) is not None else None
-    return latents, images, positive, (f"{args.images} images generated by the model (seed {args.seed}, "
-                                        f"cfg {args.cfg[0]:g}, prompt {positive!r})")
+
+            if getattr(model, "vae", None) is None:
+                raise UsageError("--source shapes needs a model with a VAE to encode the images")
+            self.shapes = shapes.make_shapes(self.n, seed=args.seed)  # small (32x32): drawn once, encoded in batches
+            self.description = f"{self.n} shapes images (seed {args.seed})"
+        else:
+            self.description = (f"{self.n} images generated by the model (seed {args.seed} + batch number, "
+                                f"cfg {args.cfg[0]:g}, prompt {args.positive or ''!r})")
+
+    def batches(self) -> list[tuple[int, int]]:
+        size = self.args.batch_size
+        return [(i, min(i + size, self.n)) for i in range(0, self.n, size)]
+
+    def load(self, start: int, stop: int) -> tuple[Any, Any, Any]:
+        """(latents, images or None, positive prompt(s)) of items start..stop-1."""
+        import torch
+
+        from .. import engine
+
+        args, model = self.args, self.model
+        if self.files and self.latent_files:
+            from ..latent_files import load_latent
+
+            parts = [load_latent(f)["samples"] for f in self.files[start:stop]]
+            shapes = {tuple(p.shape[1:]) for p in parts}
+            if len(shapes) > 1:
+                raise UsageError(f".latent files have different shapes {sorted(shapes)}; one run needs one size")
+            return {"samples": torch.cat(parts)}, None, args.positive or ""
+        if self.files:
+            from .images import load_images
+
+            grid = getattr(model, "pixel_grid", 8) if getattr(model, "vae", None) is not None else 8
+            if getattr(model, "vae", None) is None:
+                raise UsageError("--images with pictures needs a model with a VAE; pass .latent files instead")
+            images = load_images(self.files[start:stop], size=args.size, multiple_of=grid)
+            return model.encode(images), images, args.positive or ""
+        if self.use_shapes:
+            images = self.shapes.images[start:stop]
+            positive = args.positive if args.positive is not None else list(self.shapes.captions[start:stop])
+            return model.encode(images), images, positive
+        positive = args.positive if args.positive is not None else ""
+        size = int(getattr(getattr(getattr(model, "unet", None), "config", None), "sample_size", 8) or 8)
+        empty = torch.zeros(stop - start, model.latent_format.channels, size, size)
+        latents = engine.resample(model, {"samples": empty}, steps=args.steps, cfg=args.cfg[0], positive=positive,
+                                  negative=args.negative, add_noise=True, noise_seed=args.seed + start // args.batch_size,
+                                  progress=False)
+        images = model.decode(latents) if getattr(model, "vae", None) is not None else None
+        return latents, images, positive
+
+    def write_index(self, out: Path) -> None:
+        """OUT/items.csv: which file each table `item` came from (user inputs only)."""
+        if self.files:
+            import csv
+
+            with open(out / "items.csv", "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["item", "file"])
+                writer.writerows((i, str(path)) for i, path in enumerate(self.files))
 
 
 def _figures(model: Any, df: Any, kept: dict[str, Any], images: Any, out: Path, *, steps: int,
