@@ -142,3 +142,22 @@ def test_packed_groups_match_unpacked_rows(tiny_model, tiny_latent, serial):
     assert same_cfg.reset_index(drop=True)["latent_mse"].tolist() == serial["latent_mse"].tolist()
     edited = unpacked[(unpacked.resample_cfg == 4.0) & (unpacked.positive == "red circle")]
     assert len(edited) == 8 and not edited["latent_mse"].isin(serial["latent_mse"]).any()
+
+
+def test_cli_workers_and_resample_cfg(tiny_pipeline_dir, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    from unsampling_lab.lab import cli
+
+    out = tmp_path / "run"
+    argv = ["sweep", "--model", str(tiny_pipeline_dir), "--device", "cpu", "--positive", "red circle", "--out", str(out),
+            "--steps", "3", "--end-at-step", "0", "--cfg", "1", "2", "--resample-cfg", "1", "3", "--normalize", "disable",
+            "--no-progress", "--no-figures", "--format", "csv", "--threads", "1"]
+    assert cli.main([*argv, "--workers", "2"]) == 0
+    table = ul.load_results(out / "results.csv")
+    assert len(table) == 2 * 2 * 2 and set(table["resample_cfg"]) == {1.0, 3.0}  # cfg x resample_cfg x images
+    assert "8 rows computed, 0 resumed" in capsys.readouterr().out
+    assert cli.main(argv) == 0  # here, without workers: the same model and rows, all resumed
+    assert "0 rows computed, 8 resumed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--workers", "2", "--scheduler-address", "tcp://127.0.0.1:1"])
+    assert "not allowed with argument" in capsys.readouterr().err

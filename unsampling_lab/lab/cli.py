@@ -9,10 +9,11 @@ resumes: rows already in the results table are not recomputed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"end_at_step values, each < steps (default {' '.join(map(str, DEFAULT_END_AT_STEP))})")
     g.add_argument("--cfg", type=cfg_value, nargs="+", default=list(DEFAULT_CFG),
                    help=f"cfg values (default {' '.join(f'{c:g}' for c in DEFAULT_CFG)})")
+    g.add_argument("--resample-cfg", "--resample_cfg", dest="resample_cfg", type=cfg_value, nargs="+", default=None,
+                   help="cfg values for resampling (default: the same as --cfg)")
     g.add_argument("--normalize", nargs="+", choices=NORMALIZE_MODES, default=list(DEFAULT_NORMALIZE),
                    help=f"normalize modes (default {' '.join(DEFAULT_NORMALIZE)})")
     g.add_argument("--sampler", "--sampler_name", dest="sampler_name", nargs="+", choices=INVERTIBLE_SAMPLERS,
@@ -93,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     o.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG figures")
     o.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    w = p.add_argument_group("where it runs (needs the [dask] extra)").add_mutually_exclusive_group()
+    w.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="run inversion groups on a local Dask cluster of N worker processes (127.0.0.1 only)")
+    w.add_argument("--scheduler-address", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (see the README on TLS)")
     return parser
 
 
@@ -115,6 +123,7 @@ def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .. import engine
     from ..errors import UnsamplingError
     from ..models.loading import load_model
+    from ..analysis.executors import ModelSource
     from ..analysis.sweeps import sweep
 
     if args.threads:
@@ -138,6 +147,7 @@ def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "sampler_name": args.sampler_name, "scheduler": args.scheduler, "cfg": args.cfg,
         "end_at_step": args.end_at_step, "normalize": args.normalize,
         "edit": [None] + list(args.edit or []),
+        **({"resample_cfg": args.resample_cfg} if args.resample_cfg else {}),
     }
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -151,8 +161,10 @@ def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             kept[kind] = outputs
 
     try:
-        df = sweep(model, latents, grid, path=table_path, images=images, progress=args.progress, callback=keep,
-                   steps=args.steps, positive=positive, negative=args.negative, seed=args.seed)
+        with _executor(args) as executor:  # None, or a Dask client: the workers load the model from its source
+            where = model if executor is None else ModelSource(args.model, device=str(model.device), threads=args.threads)
+            df = sweep(where, latents, grid, path=table_path, images=images, progress=args.progress, callback=keep,
+                       steps=args.steps, positive=positive, negative=args.negative, seed=args.seed, executor=executor)
     except UnsamplingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -171,6 +183,30 @@ def run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"wrote {table_path}, {len(figures)} figures and {out / 'summary.md'} "
           f"({df.attrs['rows_computed']} rows computed, {df.attrs['rows_skipped']} resumed)")
     return 0
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Any]:
+    """--workers N: a local Dask cluster; --scheduler-address: a client of a running one; else None (here)."""
+    from ..analysis.executors import local_cluster
+
+    if args.workers is None and args.scheduler_address is None:
+        yield None
+        return
+    if args.workers is not None:
+        client = local_cluster(args.workers, threads_per_worker=args.threads or 1)
+    else:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise SystemExit("error: --scheduler-address needs Dask: pip install 'unsampling_lab[dask]'") from None
+        client = Client(args.scheduler_address)
+    try:
+        yield client
+    finally:
+        client.close()
+        if args.workers is not None:
+            client.cluster.close()
 
 
 def _has_pyarrow() -> bool:
