@@ -13,6 +13,20 @@ import time
 from unsampling_lab.testing import benchmark_model
 
 
+class _CountingModel:
+    """The model with its network calls counted, for the naive loop (one call = one NFE)."""
+
+    def __init__(self, model):
+        self._model, self.nfe = model, 0
+
+    def forward(self, x, timestep, cond):
+        self.nfe += 1
+        return self._model.forward(x, timestep, cond)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("auto", "tiny", "bundled"), default="auto")
@@ -23,7 +37,6 @@ def main() -> None:
     import torch
 
     import unsampling_lab as ul
-    from unsampling_lab.analysis.sweeps import _CountingModel
 
     torch.set_num_threads(args.threads)
     model, latent, what = benchmark_model(args.model)

@@ -11,10 +11,11 @@ recomputed. Inputs are processed --batch-size at a time. A user error is one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"end_at_step values, each < steps (default {' '.join(map(str, DEFAULT_END_AT_STEP))})")
     g.add_argument("--cfg", type=cfg_value, nargs="+", default=list(DEFAULT_CFG),
                    help=f"cfg values (default {' '.join(f'{c:g}' for c in DEFAULT_CFG)})")
+    g.add_argument("--resample-cfg", "--resample_cfg", dest="resample_cfg", type=cfg_value, nargs="+", default=None,
+                   help="cfg values for resampling (default: the same as --cfg)")
     g.add_argument("--normalize", nargs="+", type=choice("normalize mode", NORMALIZE_MODES), metavar="MODE",
                    default=list(DEFAULT_NORMALIZE),
                    help=f"normalize modes: {', '.join(NORMALIZE_MODES)} (default {' '.join(DEFAULT_NORMALIZE)})")
@@ -162,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     o.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG figures")
     o.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    w = p.add_argument_group("where it runs (needs the [dask] extra)").add_mutually_exclusive_group()
+    w.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="run inversion groups on a local Dask cluster of N worker processes (127.0.0.1 only)")
+    w.add_argument("--scheduler-address", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (see the README on TLS)")
     return parser
 
 
@@ -196,6 +204,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     import torch
 
     from .. import engine
+    from ..analysis.executors import ModelSource
     from ..analysis.sweeps import sweep
     from ..models.loading import load_model, resolve_device
 
@@ -221,6 +230,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         "sampler_name": args.sampler_name, "scheduler": args.scheduler, "cfg": args.cfg,
         "end_at_step": args.end_at_step, "normalize": args.normalize,
         "edit": [None] + list(args.edit or []),
+        **({"resample_cfg": args.resample_cfg} if args.resample_cfg else {}),
     }
     suffix = ".parquet" if args.format == "parquet" or (args.format == "auto" and _has_pyarrow()) else ".csv"
     table_path = out / f"results{suffix}"
@@ -231,23 +241,27 @@ def run_sweep(args: argparse.Namespace) -> int:
     frames = []
     first = None
     try:
-        for b, (start, stop) in enumerate(batches):
-            latents, images, positive = source.load(start, stop)
-            first = first or (latents, images, positive)
+        with _executor(args) as executor:  # None, or a Dask client: the workers load the model from its source
+            where = model if executor is None else ModelSource(args.model, device=str(model.device),
+                                                               threads=args.threads)
+            for b, (start, stop) in enumerate(batches):
+                latents, images, positive = source.load(start, stop)
+                first = first or (latents, images, positive)
 
-            def keep(rows: list[dict[str, Any]], outputs: Any, b: int = b) -> None:
-                kind = "edit" if outputs.params["edit"] is not None else "reconstruction"
-                if b == 0 and kind not in kept and (kind == "edit" or outputs.params["normalize"] == "disable"):
-                    kept[kind] = outputs
-                if args.save_noise and outputs.params["edit"] is None:
-                    _save_noise(outputs, out / "noise", batch=b if len(batches) > 1 else None)
+                def keep(rows: list[dict[str, Any]], outputs: Any, b: int = b) -> None:
+                    kind = "edit" if outputs.params["edit"] is not None else "reconstruction"
+                    if b == 0 and kind not in kept and (kind == "edit" or outputs.params["normalize"] == "disable"):
+                        kept[kind] = outputs
+                    if args.save_noise and outputs.params["edit"] is None:
+                        _save_noise(outputs, out / "noise", batch=b if len(batches) > 1 else None)
 
-            batch_paths[b].parent.mkdir(parents=True, exist_ok=True)
-            df = sweep(model, latents, grid, path=batch_paths[b], images=images, progress=args.progress,
-                       callback=keep, steps=args.steps, positive=positive, negative=args.negative, seed=args.seed)
-            if "item" in df.columns:
-                df["item"] = df["item"] + start
-            frames.append(df)
+                batch_paths[b].parent.mkdir(parents=True, exist_ok=True)
+                df = sweep(where, latents, grid, path=batch_paths[b], images=images, progress=args.progress,
+                           callback=keep, steps=args.steps, positive=positive, negative=args.negative, seed=args.seed,
+                           executor=executor)
+                if "item" in df.columns:
+                    df["item"] = df["item"] + start
+                frames.append(df)
     except KeyboardInterrupt:
         saved = _rows_saved(batch_paths)
         where = table_path if len(batches) == 1 else out / "batches"
@@ -272,6 +286,30 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(f"wrote {table_path}, {len(figures)} figures and {out / 'summary.md'} "
           f"({df.attrs['rows_computed']} rows computed, {df.attrs['rows_skipped']} resumed)")
     return 0
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Any]:
+    """--workers N: a local Dask cluster; --scheduler-address: a client of a running one; else None (here)."""
+    from ..analysis.executors import local_cluster
+
+    if args.workers is None and args.scheduler_address is None:
+        yield None
+        return
+    if args.workers is not None:
+        client = local_cluster(args.workers, threads_per_worker=args.threads or 1)
+    else:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise UsageError("--scheduler-address needs Dask: pip install 'unsampling_lab[dask]'") from None
+        client = Client(args.scheduler_address)
+    try:
+        yield client
+    finally:
+        client.close()
+        if args.workers is not None:
+            client.cluster.close()
 
 
 def _has_pyarrow() -> bool:
