@@ -16,9 +16,9 @@ Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used
 from __future__ import annotations
 
 from .analysis.sweeps import sweep
-from .engine import NORMALIZE_MODES, invert, resample, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
+from .engine import NORMALIZE_MODES, resample, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError
-from .inversion import INVERSION_METHODS, Inversion
+from .inversion import INVERSION_METHODS, Inversion, invert
 from .model_sampling import ModelSampling
 from .models.base import Conditioning, DiffusionModel, LatentFormat
 from .models.loading import load_model
