@@ -18,9 +18,9 @@ from __future__ import annotations
 from .analysis.executors import ModelSource, local_cluster
 from .analysis.store import load_results
 from .analysis.sweeps import sweep
-from .engine import NORMALIZE_MODES, invert, resample, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
+from .engine import NORMALIZE_MODES, resample, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError
-from .inversion import INVERSION_METHODS, Inversion
+from .inversion import INVERSION_METHODS, Inversion, invert
 from .latent_files import load_latent, save_latent
 from .model_sampling import ModelSampling
 from .models.base import Conditioning, DiffusionModel, LatentFormat

@@ -27,9 +27,6 @@ from .samplers.base import NoiseSeed, SamplerSpec
 from .schedulers import sigma_schedule
 from .trajectory import Trajectory, TrajectoryRecorder
 
-if TYPE_CHECKING:
-    from .inversion import Inversion
-
 Latent = Union[dict[str, Any], Tensor]
 Normalize = Literal["disable", "enable", "per_sample", "sigma"]
 NORMALIZE_MODES: tuple[str, ...] = ("disable", "enable", "per_sample", "sigma")
@@ -125,14 +122,13 @@ def resample(
 
     cfg: one value, or one per batch item (a packed batch of settings). counter: an EvalCounter that
     this call's model evaluations are added to.
-    `latent` may be an `Inversion` (from `invert`): its method's resampling side is applied (per-step
+    `latent` may be an `Inversion` (from `ul.invert`): its method's resampling side is applied (per-step
     null embeddings, the second latent of an exact pair, ...); for a plain LATENT nothing changes.
     """
-    from .inversion import Inversion, resample_inversion
-
-    if isinstance(latent, Inversion):
-        return resample_inversion(
-            model, latent, steps=steps, start_at_step=start_at_step, end_at_step=end_at_step, cfg=cfg,
+    if not isinstance(latent, (dict, Tensor)) and callable(getattr(latent, "resample_side", None)):
+        # an Inversion (unsampling_lab.inversion, which builds on this module: no import here)
+        return latent.resample_side(
+            model, steps=steps, start_at_step=start_at_step, end_at_step=end_at_step, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative, add_noise=add_noise,
             noise_seed=noise_seed, return_with_leftover_noise=return_with_leftover_noise, callback=callback,
             progress=progress,
@@ -163,34 +159,6 @@ def resample(
              noise_seed=noise_seed if not spec.deterministic else None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)
     return _wrap(_keep_unmasked(model.latent_format.process_out(x).cpu(), samples, mask), latent)
-
-
-def invert(
-    model: DiffusionModel,
-    latent: Latent,
-    *,
-    method: str = "unsampler",
-    steps: int = 20,
-    end_at_step: int = 0,
-    cfg: float = 1.0,
-    sampler_name: str = "euler",
-    scheduler: str = "normal",
-    positive: Prompt = "",
-    negative: Prompt = "",
-    progress: bool = True,
-    **options: Any,
-) -> "Inversion":
-    """Invert `latent` with one of `INVERSION_METHODS`; `method="unsampler"` is exactly `unsample`.
-
-    The result's `.noise` is the LATENT `unsample` would return; `resample(model, inversion, ...)`
-    applies the method's own resampling side. Method options are keyword arguments (see
-    `unsampling_lab.inversion.METHOD_SPECS[method].options`).
-    """
-    from .inversion import invert as _invert
-
-    return _invert(model, latent, method=method, steps=steps, end_at_step=end_at_step, cfg=cfg,
-                   sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
-                   progress=progress, **options)
 
 
 def resample_sigmas(model: DiffusionModel, *, steps: int, start_at_step: int = 0, end_at_step: int = 10000,

@@ -37,7 +37,12 @@ def invert(
     progress: bool = True,
     **options: Any,
 ) -> Inversion:
-    """Invert `latent` with `method` (see `ul.invert`)."""
+    """Invert `latent` with one of `INVERSION_METHODS`; `method="unsampler"` is exactly `ul.unsample`.
+
+    The result's `.noise` is the LATENT `unsample` would return; `ul.resample(model, inversion, ...)`
+    applies the method's own resampling side. Method options are keyword arguments
+    (`METHOD_SPECS[method].options` lists them with their defaults); anything else is an error.
+    """
     from ..engine import _check_common, _check_int, _describe, _read_latent, state_dtype
     from ..samplers import get_sampler
 

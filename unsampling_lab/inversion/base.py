@@ -64,6 +64,12 @@ class Inversion:
         """Indices (in inversion order, 0 = the step leaving the data) of the steps that missed the tolerance."""
         return [i for i, ok in enumerate(self.step_converged) if not ok]
 
+    def resample_side(self, model: DiffusionModel, **kwargs: Any) -> Latent:
+        """What `ul.resample(model, self, **kwargs)` runs: the method's resampling side."""
+        from . import resample_inversion
+
+        return resample_inversion(model, self, **kwargs)
+
     @property
     def samples(self) -> Tensor:
         """The noise LATENT's tensor."""

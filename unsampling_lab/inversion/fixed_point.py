@@ -199,5 +199,5 @@ def warn_nonconverged(method: str, residuals: list[list[float]], converged: list
         f"residual {finals[worst]:.3g}); see Inversion.residuals / .nonconverged_steps. More iterations, "
         "anderson=3..5 or damping < 1 may help; a residual that grows each iteration means the step's map "
         "does not contract (large cfg or large steps): use more steps",
-        InversionWarning, stacklevel=5,
+        InversionWarning, stacklevel=4,
     )
