@@ -278,8 +278,11 @@ class Explorer:
         keep = [c for c in ("row", "edit", "psnr", "ssim", "latent_mse", "noise_std", "noise_ks_z", "noise_autocorr_1",
                             "sigma_final", "colour", "shape", "fg_iou", "colour_match", "shape_match")
                 if c in self.rows[0]]
-        frame = pd.DataFrame(self.rows)[keep].set_index("row").T
-        self.table.value = frame.to_html(float_format=lambda v: f"{v:.3g}", border=0)
+        frame = pd.DataFrame(self.rows)[keep].set_index("row")
+        if "edit" in frame:  # a long prompt would widen the table past the output area: shorten it for display
+            frame["edit"] = [e if len(e) <= 18 else e[:17] + "\u2026" for e in frame["edit"].astype(str)]
+        html = frame.T.to_html(float_format=lambda v: f"{v:.3g}", border=0)
+        self.table.value = f"<div style='font-size:11px;line-height:1.25'>{html}</div>"
 
 
 def explorer(model: "DiffusionModel", image_or_latent: Tensor | dict[str, Any], **kwargs: Any) -> Explorer:
