@@ -8,8 +8,8 @@ The explorer holds state (the cached trajectory, counters), never maths. An upda
 does for one grid point: `unsampled(model, trajectory, end_at_step, normalize)`, then `resample` from
 `start_at_step = end_at_step` with the source prompt (reconstruction) and the edit prompt, then the
 sweep's own metric rows. The inversion (`unsample_trajectory`) reruns only when a parameter that
-changes it moves: steps, cfg, sampler, scheduler, source or negative prompt. end_at_step, normalize
-and the edit prompt read off the cached trajectory. ipywidgets and matplotlib load here only.
+changes it moves: steps, cfg, sampler, scheduler, source or negative prompt. end_at_step, normalize,
+the resampling cfg and the edit prompt read off the cached trajectory. ipywidgets and matplotlib load here only.
 """
 from __future__ import annotations
 
@@ -44,9 +44,14 @@ VIEW_WIDTH = 650
 
 
 class Explorer:
-    """Controls (attributes: steps, end_at_step, cfg, normalize, sampler_name, scheduler, source, edit,
-    negative, sweep_button), outputs (strip, stats, table, sweep_table, progress) and state
-    (trajectory, inversions, updates, last_update_s, rows)."""
+    """Controls (attributes: steps, end_at_step, cfg, resample_cfg, normalize, sampler_name, scheduler, source,
+    edit, negative, sweep_button), outputs (strip, stats, table, warning, sweep_table, progress) and state
+    (trajectory, inversions, updates, last_update_s, rows).
+
+    `cfg` is the inversion's guidance, `resample_cfg` the resampling's (default: the same); only `cfg`
+    reruns the inversion. The layout fits a 1000-px output area: controls CONTROLS_WIDTH px, view
+    VIEW_WIDTH px, the statistics plot drawn at the pixel size it is shown. `warning` names a prompt
+    that the tokenizer cuts short."""
 
     def __init__(
         self,
