@@ -150,8 +150,29 @@ def test_explorer_slider_changes_the_figure(lab):
             assert _strip_src(page) != before_src
             assert after_png != before_png, "the image strip looks the same after moving end_at_step"
             assert "end_at_step 5" in page.inner_text(".jp-Notebook")
+            _assert_inside_output_area(page, shots)
         finally:
             browser.close()
+
+
+def _assert_inside_output_area(page, shots: Path) -> None:
+    """The metrics table and the statistics plot lie inside the cell's output area (the issue: x 1352-1643 in a
+    1032-px area), and the plot is shown at the size it was drawn (not stretched)."""
+    area = page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-image")).first
+    box = area.bounding_box()
+    table = area.locator(".widget-html table").first
+    table.wait_for(timeout=30_000)
+    tbox = table.bounding_box()
+    page.screenshot(path=str(shots / "layout.png"))
+    print(f"output area x {box['x']:.0f}-{box['x'] + box['width']:.0f}, "
+          f"metrics table x {tbox['x']:.0f}-{tbox['x'] + tbox['width']:.0f}; screenshot {shots / 'layout.png'}")
+    assert box["x"] - 1 <= tbox["x"] and tbox["x"] + tbox["width"] <= box["x"] + box["width"] + 1, \
+        f"the metrics table (x {tbox['x']:.0f}-{tbox['x'] + tbox['width']:.0f}) leaves the output area " \
+        f"(x {box['x']:.0f}-{box['x'] + box['width']:.0f})"
+    assert tbox["y"] + tbox["height"] <= box["y"] + box["height"] + 1
+    stats = area.locator(".widget-image").nth(1)
+    size = stats.evaluate("e => [e.naturalWidth, e.naturalHeight, e.getBoundingClientRect().width]")
+    assert size[0] > 0 and abs(size[2] - size[0]) <= 1, f"statistics plot drawn {size[0]} px wide, shown {size[2]:.0f} px"
 
 
 def _run_all(page) -> None:

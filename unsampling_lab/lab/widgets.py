@@ -8,8 +8,8 @@ The explorer holds state (the cached trajectory, counters), never maths. An upda
 does for one grid point: `unsampled(model, trajectory, end_at_step, normalize)`, then `resample` from
 `start_at_step = end_at_step` with the source prompt (reconstruction) and the edit prompt, then the
 sweep's own metric rows. The inversion (`unsample_trajectory`) reruns only when a parameter that
-changes it moves: steps, cfg, sampler, scheduler, source or negative prompt. end_at_step, normalize
-and the edit prompt read off the cached trajectory. ipywidgets and matplotlib load here only.
+changes it moves: steps, cfg, sampler, scheduler, source or negative prompt. end_at_step, normalize,
+the resampling cfg and the edit prompt read off the cached trajectory. ipywidgets and matplotlib load here only.
 """
 from __future__ import annotations
 
@@ -45,9 +45,14 @@ VIEW_WIDTH = 650
 
 
 class Explorer:
-    """Controls (attributes: steps, end_at_step, cfg, normalize, sampler_name, scheduler, source, edit,
-    negative, sweep_button), outputs (strip, stats, table, sweep_table, progress) and state
-    (trajectory, inversions, updates, last_update_s, rows)."""
+    """Controls (attributes: steps, end_at_step, cfg, resample_cfg, normalize, sampler_name, scheduler, source,
+    edit, negative, sweep_button), outputs (strip, stats, table, warning, sweep_table, progress) and state
+    (trajectory, inversions, updates, last_update_s, rows).
+
+    `cfg` is the inversion's guidance, `resample_cfg` the resampling's (default: the same); only `cfg`
+    reruns the inversion. The layout fits a 1000-px output area: controls CONTROLS_WIDTH px, view
+    VIEW_WIDTH px, the statistics plot drawn at the pixel size it is shown. `warning` names a prompt
+    that the tokenizer cuts short."""
 
     def __init__(
         self,
@@ -275,8 +280,11 @@ class Explorer:
         keep = [c for c in ("row", "edit", "psnr", "ssim", "latent_mse", "noise_std", "noise_ks_z", "noise_autocorr_1",
                             "sigma_final", "colour", "shape", "fg_iou", "colour_match", "shape_match")
                 if c in self.rows[0]]
-        frame = pd.DataFrame(self.rows)[keep].set_index("row").T
-        self.table.value = frame.to_html(float_format=lambda v: f"{v:.3g}", border=0)
+        frame = pd.DataFrame(self.rows)[keep].set_index("row")
+        if "edit" in frame:  # a long prompt would widen the table past the output area: shorten it for display
+            frame["edit"] = [e if len(e) <= 18 else e[:17] + "\u2026" for e in frame["edit"].astype(str)]
+        html = frame.T.to_html(float_format=lambda v: f"{v:.3g}", border=0)
+        self.table.value = f"<div style='font-size:11px;line-height:1.25'>{html}</div>"
 
 
 def explorer(model: "DiffusionModel", image_or_latent: Tensor | dict[str, Any], **kwargs: Any) -> Explorer:
