@@ -468,7 +468,8 @@ def _figures(model: Any, df: Any, kept: dict[str, Any], images: Any, out: Path, 
     written: list[Path] = []
 
     def save(fig: Any, name: str) -> None:
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:  # figures drawn with layout="constrained" lay themselves out
+            fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         written.append(out / name)
