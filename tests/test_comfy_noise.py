@@ -346,6 +346,74 @@ def _comfy_dpmpp_2s_ancestral(model, x, sigmas, ns, flow):
     return x
 
 
+def _comfy_exp_coeffs(s, t, solver_order, tau_t):
+    tau_mul = 1 + tau_t**2
+    h = t - s
+    p = torch.arange(solver_order, dtype=s.dtype, device=s.device)
+    product_terms_factored = t**p - s**p * (-tau_mul * h).exp()
+    recursive_depth_mat = p.unsqueeze(1) - p.unsqueeze(0)
+    log_factorial = (p + 1).lgamma()
+    recursive_coeff_mat = log_factorial.unsqueeze(1) - log_factorial.unsqueeze(0)
+    if tau_t > 0:
+        recursive_coeff_mat = recursive_coeff_mat - (recursive_depth_mat * math.log(tau_mul))
+    signs = torch.where(recursive_depth_mat % 2 == 0, 1.0, -1.0)
+    recursive_coeff_mat = (recursive_coeff_mat.exp() * signs).tril()
+    return recursive_coeff_mat @ product_terms_factored
+
+
+def _comfy_b_coeffs(sigma_next, curr_lambdas, lambda_s, lambda_t, tau_t):
+    n = curr_lambdas.shape[0]
+    lagrange = torch.linalg.solve(torch.vander(curr_lambdas, n, increasing=True).T,
+                                  _comfy_exp_coeffs(lambda_s, lambda_t, n, tau_t))
+    return sigma_next * lambda_t.exp() * lagrange
+
+
+def _comfy_sa_solver(model, x, sigmas, ns, flow, ms, use_pece, predictor_order=3, corrector_order=4):
+    sigmas = _offset(sigmas, ms, flow)
+    lambdas = _lambda(sigmas, flow)
+    start_sigma, end_sigma = ms.percent_to_sigma(0.2), ms.percent_to_sigma(0.8)
+    tau_func = lambda sg: 1.0 if start_sigma >= sg.item() >= end_sigma else 0.0  # noqa: E731
+    max_used_order = max(predictor_order, corrector_order)
+    x_pred, h, tau_t, noise, pred_list = x, 0.0, 0.0, 0.0, []
+    lower_order_to_end = sigmas[-1].item() == 0
+    for i in range(len(sigmas) - 1):
+        denoised = model(x_pred, sigmas[i] * _s_in(x))
+        pred_list.append(denoised)
+        pred_list = pred_list[-max_used_order:]
+        predictor_order_used = min(predictor_order, len(pred_list))
+        if i == 0 or (sigmas[i + 1] == 0 and not use_pece):
+            corrector_order_used = 0
+        else:
+            corrector_order_used = min(corrector_order, len(pred_list))
+        if lower_order_to_end:
+            predictor_order_used = min(predictor_order_used, len(sigmas) - 2 - i)
+            corrector_order_used = min(corrector_order_used, len(sigmas) - 1 - i)
+        if corrector_order_used == 0:
+            x = x_pred
+        else:
+            b = _comfy_b_coeffs(sigmas[i], lambdas[i - corrector_order_used + 1:i + 1], lambdas[i - 1], lambdas[i], tau_t)
+            corr_res = torch.tensordot(torch.stack(pred_list[-corrector_order_used:], dim=1), b, dims=([1], [0]))
+            x = sigmas[i] / sigmas[i - 1] * (-(tau_t**2) * h).exp() * x + corr_res
+            if tau_t > 0:
+                x = x + noise
+            if use_pece:
+                denoised = model(x, sigmas[i] * _s_in(x))
+                pred_list[-1] = denoised
+        if sigmas[i + 1] == 0:
+            x_pred = denoised
+        else:
+            tau_t = tau_func(sigmas[i + 1])
+            b = _comfy_b_coeffs(sigmas[i + 1], lambdas[i - predictor_order_used + 1:i + 1], lambdas[i],
+                                lambdas[i + 1], tau_t)
+            pred_res = torch.tensordot(torch.stack(pred_list[-predictor_order_used:], dim=1), b, dims=([1], [0]))
+            h = lambdas[i + 1] - lambdas[i]
+            x_pred = sigmas[i + 1] / sigmas[i] * (-(tau_t**2) * h).exp() * x + pred_res
+            if tau_t > 0:
+                noise = ns(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * tau_t**2 * h).expm1().neg().sqrt() * 1.0
+                x_pred = x_pred + noise
+    return x_pred
+
+
 CASES = {
     # name: (transcription(model, x, sigmas, seed, flow, ms), noise kind)
     "euler_ancestral": lambda m, x, s, seed, flow, ms: _comfy_euler_ancestral(
@@ -361,6 +429,10 @@ CASES = {
         m, x, s, _comfy_default_noise_sampler(x, seed), flow, ms, r=1.0, solver_type="phi_2"),
     # deterministic, but its flow form (half-logSNR, offset first sigma) is new: same transcription at eta 0
     "heunpp2": lambda m, x, s, seed, flow, ms: _comfy_heunpp2(m, x, s),
+    "sa_solver": lambda m, x, s, seed, flow, ms: _comfy_sa_solver(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow, ms, use_pece=False),
+    "sa_solver_pece": lambda m, x, s, seed, flow, ms: _comfy_sa_solver(
+        m, x, s, _comfy_default_noise_sampler(x, seed), flow, ms, use_pece=True),
     "dpm_2_ancestral": lambda m, x, s, seed, flow, ms: _comfy_dpm_2_ancestral(
         m, x, s, _comfy_default_noise_sampler(x, seed), flow),
     "dpmpp_2s_ancestral": lambda m, x, s, seed, flow, ms: _comfy_dpmpp_2s_ancestral(

@@ -398,10 +398,7 @@ def test_unsample_refuses_stochastic(name: str) -> None:
 def test_unknown_and_unimplemented_names() -> None:
     with pytest.raises(UnsamplingError, match="did you mean 'euler'"):
         get_sampler("eulr")
-    assert set(NOT_IMPLEMENTED) <= {"sa_solver", "sa_solver_pece"}
-    for name in NOT_IMPLEMENTED:
-        with pytest.raises(UnsamplingError, match="not implemented in unsampling_lab; use one of euler"):
-            get_sampler(name, invertible=True)
+    assert NOT_IMPLEMENTED == ()  # every ComfyUI name is registered
     with pytest.raises(UnsamplingError, match="deterministic but cannot run backwards"):
         get_sampler("heunpp2", invertible=True)
     with pytest.raises(UnsamplingError, match="chooses its own steps"):
@@ -438,3 +435,18 @@ def test_model_sampling_table_unipc_no_nan() -> None:
     for name in ("uni_pc", "uni_pc_bh2"):
         y = SAMPLER_SPECS[name].fn(DATA.denoise, X0.float(), up)
         assert bool(torch.isfinite(y).all())
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0])
+def test_sa_solver_exponential_integrals_by_quadrature(tau: float) -> None:
+    """SA-Solver's integration-by-parts matrix against scipy's quadrature of (1 + tau^2) int e^{c(x - t)} x^p dx."""
+    from scipy import integrate
+
+    from unsampling_lab.samplers.sa_solver import exponential_integrals
+
+    s, t = torch.tensor(-1.3, dtype=F64), torch.tensor(0.4, dtype=F64)
+    c = 1 + tau**2
+    got = exponential_integrals(s, t, 4, tau)
+    for p in range(4):
+        expected = c * integrate.quad(lambda v: math.exp(c * (v - 0.4)) * v**p, -1.3, 0.4, epsabs=1e-13)[0]
+        assert abs(float(got[p]) - expected) < 1e-10

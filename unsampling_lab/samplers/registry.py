@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UnsamplingError, check_choice
-from . import cfg_pp, ddim_inverse, dpm_solver, ode, stochastic, unipc
+from . import cfg_pp, ddim_inverse, dpm_solver, ode, sa_solver, stochastic, unipc
 from ..model_sampling import FAMILIES, Family
 from .base import SamplerSpec
 
@@ -82,6 +82,10 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("er_sde", stochastic.sample_er_sde, order=3, **_SDE),
     SamplerSpec("seeds_2", stochastic.sample_seeds_2, order=2, evals_per_step=2, **_SDE),
     SamplerSpec("seeds_3", stochastic.sample_seeds_3, order=3, evals_per_step=3, **_SDE),
+    SamplerSpec("sa_solver", sa_solver.sample_sa_solver, order=3, prefix_consistent=False, **_SDE,
+                note="noise (tau 1) only for sigma between percent_to_sigma(0.8) and (0.2); lower orders at the end"),
+    SamplerSpec("sa_solver_pece", sa_solver.sample_sa_solver_pece, order=3, evals_per_step=2, prefix_consistent=False,
+                **_SDE, note="sa_solver with the corrected state evaluated again"),
     # ComfyUI's "ddim" is euler (plus an inpainting-noise seed the Unsampler never passes).
     SamplerSpec("ddim", ode.sample_euler, order=1, note="ComfyUI's ddim is euler", **_ODE),
     SamplerSpec("uni_pc", unipc.sample_uni_pc, order=3, discard_penultimate_sigma=True, prefix_consistent=False,
