@@ -17,9 +17,9 @@ The resampler steps xᵢ = Φᵢ(xᵢ₊₁), Φᵢ its step from σᵢ₊₁ do
   (ReNoise averages the noise predictions of its last renoising iterations, i.e. the d in g).
 - `anderson` (AIDI): Anderson acceleration with memory m on f(y) = g(y) − y: with ΔF, ΔY the last m
   differences of f and y, γ = argmin ‖fₖ − ΔF γ‖ and yₖ₊₁ = yₖ + β fₖ − (ΔY + β ΔF) γ (per batch item).
-  On an affine map it is a Krylov method and converges even where plain iteration diverges. Safeguard:
-  when an iterate is worse than the best so far (for some item), the history restarts from the best
-  iterates and the current one (a secant step through both).
+  On an affine map it is a Krylov method and converges even where plain iteration diverges. No
+  safeguard: restarting the history whenever an item got worse measured 46.1 dB instead of 66.7 dB on the
+  bundled model (cfg 7.5, 20 steps); each item's best iterate is what is returned either way.
 
 Each evaluation of Φ costs the sampler's evaluations per step. The residual of an iterate is
 ‖xᵢ − Φᵢ(y)‖ / ‖xᵢ‖ per batch item; each item keeps its evaluated iterate with the smallest residual, and
@@ -62,7 +62,7 @@ def solve_step(
     b = target.shape[0]
     view = (b,) + (1,) * (target.ndim - 1)
     residuals: list[float] = []
-    best, best_f = y0, torch.zeros_like(y0)
+    best = y0
     best_d: Tensor | None = None
     best_r = torch.full((b,), math.inf, dtype=torch.float64)
     ys: list[Tensor] = []
@@ -70,32 +70,28 @@ def solve_step(
     gs: list[Tensor] = []
     y = y0
 
-    def evaluate(point: Tensor) -> tuple[Tensor, bool]:
-        nonlocal best, best_f, best_d, best_r
+    def evaluate(point: Tensor) -> Tensor:
+        nonlocal best, best_d, best_r
         out, slope = phi(point)
         f = target - out  # g(y) - y
         r = item_residuals(f, target)
         better = r < best_r  # NaN never wins
         keep = better.to(point.device).reshape(view)
-        best, best_f = torch.where(keep, point, best), torch.where(keep, f, best_f)
+        best = torch.where(keep, point, best)
         if slope is not None:
             best_d = slope if best_d is None else torch.where(keep, slope, best_d)
-        worse = bool((r > best_r).any())
         best_r = torch.where(better, r, best_r)
         residuals.append(float(r.max()))
-        return f, worse
+        return f
 
     for _ in range(iterations):
-        f, worse = evaluate(y)
+        f = evaluate(y)
         if float(best_r.max()) <= tol:
             break
         gs.append(y + f)
         if anderson > 0:
             memory = min(anderson, y[0].numel())  # more differences than dimensions: the fit is degenerate
-            if worse:  # safeguard: this iterate made some item worse; restart the history from the best iterates
-                ys, fs = [best, y], [best_f, f]
-            else:
-                ys, fs = (ys + [y])[-(memory + 1):], (fs + [f])[-(memory + 1):]
+            ys, fs = (ys + [y])[-(memory + 1):], (fs + [f])[-(memory + 1):]
             y = _anderson_step(ys, fs, damping)
         elif not torch.isfinite(f).all():
             break
