@@ -54,6 +54,7 @@ def test_dask_cluster_sweep_equals_serial_and_survives_a_killed_worker(cluster, 
     latent, images = tiny_latent
     workers = cluster.scheduler_info()["workers"]
     assert len(workers) == 2 and all(a.startswith("tcp://127.0.0.1:") for a in [*workers, cluster.scheduler.address])
+    assert cluster.dashboard_link.startswith("http://127.0.0.1:")
     env = cluster.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(env.values()) == {None}  # the helper keeps Dask's trim threshold off the workers
 
