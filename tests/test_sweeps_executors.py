@@ -54,6 +54,7 @@ def test_dask_cluster_sweep_equals_serial_and_survives_a_killed_worker(cluster, 
     latent, images = tiny_latent
     workers = cluster.scheduler_info()["workers"]
     assert len(workers) == 2 and all(a.startswith("tcp://127.0.0.1:") for a in [*workers, cluster.scheduler.address])
+    assert cluster.dashboard_link.startswith("http://127.0.0.1:")
     env = cluster.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(env.values()) == {None}  # the helper keeps Dask's trim threshold off the workers
 
@@ -161,3 +162,18 @@ def test_cli_workers_and_resample_cfg(tiny_pipeline_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main([*argv, "--workers", "2", "--scheduler-address", "tcp://127.0.0.1:1"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_engine_cfg_per_batch_item_equals_one_call_per_item(tiny_model, tiny_latent):
+    """What packing relies on: cfg=[c0, c1] on a batch equals two calls with cfg c0 and c1."""
+    latent, _ = tiny_latent
+    both = ul.unsample(tiny_model, latent, steps=STEPS, cfg=[1.0, 3.0], positive="red circle", negative="blue",
+                       progress=False)["samples"]
+    for b, cfg in enumerate((1.0, 3.0)):
+        alone = ul.unsample(tiny_model, {"samples": latent["samples"][b:b + 1]}, steps=STEPS, cfg=cfg,
+                            positive="red circle", negative="blue", progress=False)["samples"]
+        torch.testing.assert_close(both[b:b + 1], alone, rtol=0, atol=2e-4 * float(alone.abs().max()))
+    with pytest.raises(ul.UnsamplingError, match="cfg has 3 values but the latent has batch 2"):
+        ul.unsample(tiny_model, latent, steps=STEPS, cfg=[1.0, 2.0, 3.0], progress=False)
+    with pytest.raises(ul.UnsamplingError, match="or a list of them"):
+        ul.resample(tiny_model, latent, steps=STEPS, cfg=[1.0, -2.0], progress=False)

@@ -125,11 +125,11 @@ def run_all(executor: Any, fn: Callable[..., R], tasks: Sequence[T], *args: Any,
             future.cancel()
 
 
-def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_limit: str | None = None,
-                  dashboard: bool = False) -> Any:
+def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_limit: str | None = None) -> Any:
     """A Dask `Client` on a new LocalCluster of `n_workers` processes, listening on 127.0.0.1 only.
 
-    Needs the `[dask]` extra (distributed; bokeh for the dashboard). Unlike Dask's default, the
+    Needs the `[dask]` extra (distributed; bokeh for the dashboard, at `client.dashboard_link`: 127.0.0.1
+    on a free port, so two clusters never collide on Dask's default 8787). Unlike Dask's default, the
     workers do not get MALLOC_TRIM_THRESHOLD_=65536: on CPU workers running torch it cost 15-30%
     more CPU than a serial run for the same work. Close it with `client.close(); client.cluster.close()`
     or use it as a context manager (`with ul.local_cluster(2) as client:`).
@@ -147,5 +147,5 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_lim
     # None unsets one of Dask's pre-spawn variables (distributed.nanny._get_env_variables)
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                               host="127.0.0.1", dashboard_address="127.0.0.1:0" if dashboard else None, **options)
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0", **options)
     return Client(cluster)

@@ -18,6 +18,7 @@ Groups are the unit of work: run here one after another, packed into bigger netw
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -181,30 +182,27 @@ def sweep(
     samples = _samples(latents)
     batch = int(samples.shape[0])
     groups = plan(grid, fixed, batch=batch)
-    runner = _runner(model, executor, retries=retries)
-    model_fp, inputs_fp = runner.fingerprint(), tensor_digest(samples, _mask(latents), images)
     store_path, export_path = store_paths(path)
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise UnsamplingError(f"max_batch must be a whole number >= 1 (images per network batch), got {max_batch!r}")
+    runner = _runner(model, executor, retries=retries)
+    if store_path is not None:  # fingerprints only where rows are kept (they load the model on a worker)
+        keys = _Keys(runner.fingerprint(), tensor_digest(samples, _mask(latents), images))
+    else:
+        keys = _Keys("", "")
     store = ResultStore(store_path) if store_path is not None else None
-    keys = _Keys(model_fp, inputs_fp)
-    found = store.rows_of_run(model_fp, inputs_fp) if store is not None else {}
-
-    rows: dict[str, dict[str, Any]] = {}  # row key -> finished row, in grid order at the end
-    todo: list[InversionGroup] = []
-    for group in groups:
-        missing = tuple(s for s in group.settings if _missing(found, keys, group, s, batch, chosen))
-        rows.update({k: found[k].flat(chosen) for s in group.settings if s not in missing
-                     for k in keys.rows(group, s, batch)})
-        if missing:
-            todo.append(replace(group, settings=missing))
+    found = store.rows_of_run(keys.model, keys.inputs) if store is not None else {}
+    rows, todo = _resume(groups, found, keys, batch, chosen)  # rows: key -> finished row
     skipped, computed, nfe_total = len(rows), 0, 0
     try:
-        with tqdm(total=sum(len(g.settings) for g in todo), desc="sweep", disable=None if progress else True) as bar:  # None: off without a terminal
-            for done in runner.run(latents, images, todo, chosen, max_batch=max_batch or batch,
-                                   keep_outputs=callback is not None):
-                group = done.group
-                new = _stored_rows(keys, group, done, found, chosen)
+        results = runner.run(latents, images, todo, chosen, max_batch=max(max_batch or batch, batch),
+                             keep_outputs=callback is not None)
+        with tqdm(total=sum(len(g.settings) for g in todo), desc="sweep", disable=None if progress else True) as bar, \
+                contextlib.closing(results):  # on an error or Ctrl-C the pending tasks are cancelled now
+            for done in results:
+                new = _stored_rows(keys, done.group, done, found, chosen)
                 if store is not None:
-                    store.write(new, model=model_fp, inputs=inputs_fp)
+                    store.write(new, model=keys.model, inputs=keys.inputs)
                 flat = [r.flat(chosen) for r in new]
                 rows.update((r.key, f) for r, f in zip(new, flat))
                 computed += len(new)
@@ -578,6 +576,20 @@ class _Keys:
         g = self.group(group)
         ident = setting.identity()
         return [digest("row", g, ident, b) for b in range(batch)]
+
+
+def _resume(groups: Sequence[InversionGroup], found: Mapping[str, StoredRow], keys: _Keys, batch: int,
+            chosen: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[InversionGroup]]:
+    """(the rows already stored, by key; the groups cut down to their settings that are missing a row or a metric set)."""
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[InversionGroup] = []
+    for group in groups:
+        missing = tuple(s for s in group.settings if _missing(found, keys, group, s, batch, chosen))
+        rows.update({k: found[k].flat(chosen) for s in group.settings if s not in missing
+                     for k in keys.rows(group, s, batch)})
+        if missing:
+            todo.append(replace(group, settings=missing))
+    return rows, todo
 
 
 def _missing(found: Mapping[str, StoredRow], keys: _Keys, group: InversionGroup, setting: Setting, batch: int,
