@@ -84,6 +84,7 @@ class Explorer:
         self.inversions = 0  # unsample_trajectory calls
         self.updates = 0
         self.last_update_s = math.nan
+        self.last_update_cpu_s = math.nan  # this process's CPU time: what the update costs, whatever else runs
         self.rows: list[dict[str, Any]] = []  # the metric rows shown (reconstruction, edit)
         self.sweep_frame: pd.DataFrame | None = None
         self._reference = None
@@ -152,7 +153,7 @@ class Explorer:
 
     def update(self) -> None:
         """Recompute the view for the current controls (a new inversion only if its key changed)."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         p = self.params
         try:
             traj = self._trajectory(p)
@@ -164,6 +165,7 @@ class Explorer:
             self.status.value = f"<span style='color:#b00'>{_escape(str(e))}</span>"
         self.updates += 1
         self.last_update_s = time.perf_counter() - t0
+        self.last_update_cpu_s = time.process_time() - c0
         self.status.value += f"<small>update {self.last_update_s * 1000:.0f} ms, inversions {self.inversions}</small>"
 
     def run_sweep(self) -> "pd.DataFrame":
