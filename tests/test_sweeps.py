@@ -126,3 +126,40 @@ def test_sweep_errors_say_what_to_do(tiny_model, tiny_latent, tmp_path):
         ul.sweep(tiny_model, latent, {"sampler_name": ["eulr"]}, progress=False)
     with pytest.raises(ValueError, match=r"\.csv or \.parquet"):
         ul.sweep(tiny_model, latent, {"end_at_step": [0]}, path=tmp_path / "x.txt", progress=False)
+
+
+def test_method_grid_rows_equal_invert_then_resample(tiny_model, tiny_latent, tmp_path):
+    """`method` is a grid key: each row is what ul.invert + ul.resample(inversion) give for that setting,
+    the inversion cfg and the resampling cfg are separate, and method options are part of the row key."""
+    latent, _ = tiny_latent
+    opts = {"fixed_point": {"iterations": 4}}
+    df = ul.sweep(tiny_model, latent, {"method": ["unsampler", "fixed_point"], "end_at_step": [0, 2]}, steps=STEPS,
+                  cfg=2.0, resample_cfg=3.0, positive="red circle", metrics=["latent"], progress=False,
+                  method_options=opts, path=tmp_path / "m.sqlite")
+    assert set(df["method"]) == {"unsampler", "fixed_point"} and set(df["resample_cfg"]) == {3.0}
+    for k in (0, 2):
+        with pytest.warns(ul.inversion.InversionWarning):  # 4 iterations do not converge on the random UNet
+            inv = ul.invert(tiny_model, latent, method="fixed_point", steps=STEPS, end_at_step=k, cfg=2.0,
+                            positive="red circle", progress=False, iterations=4)
+        back = ul.resample(tiny_model, inv, steps=STEPS, start_at_step=k, cfg=3.0, positive="red circle", progress=False)
+        want = M.latent_mse(back["samples"], latent["samples"])
+        got = df[(df["method"] == "fixed_point") & (df["end_at_step"] == k)].sort_values("item")["latent_mse"]
+        torch.testing.assert_close(torch.tensor(got.to_numpy()), want.double(), rtol=1e-6, atol=0)
+        row = df[(df["method"] == "fixed_point") & (df["end_at_step"] == k) & (df["item"] == 0)].iloc[0]
+        assert row["nfe"] == inv.nfe + (STEPS - k)  # the inversion's evaluations + one Euler resample's
+    again = ul.sweep(tiny_model, latent, {"method": ["fixed_point"], "end_at_step": [0]}, steps=STEPS, cfg=2.0,
+                     resample_cfg=3.0, positive="red circle", metrics=["latent"], progress=False,
+                     method_options={"fixed_point": {"iterations": 3}}, path=tmp_path / "m.sqlite")
+    assert again.attrs["rows_computed"] == 2  # other options: other numbers, never a reused row
+
+
+def test_method_grid_errors(tiny_model, tiny_latent):
+    latent, _ = tiny_latent
+    with pytest.raises(ul.UnsamplingError, match="did you mean 'fixed_point'"):
+        ul.sweep(tiny_model, latent, {"method": ["fixd_point"]}, steps=STEPS, progress=False)
+    with pytest.raises(ul.UnsamplingError, match="does not run"):
+        ul.sweep(tiny_model, latent, {"end_at_step": [0]}, steps=STEPS, progress=False,
+                 method_options={"fixed_point": {"iterations": 3}})
+    with pytest.raises(ul.UnsamplingError, match="normalize='disable'"):
+        ul.sweep(tiny_model, latent, {"method": ["negative_prompt"], "normalize": ["enable"]}, steps=STEPS,
+                 progress=False)

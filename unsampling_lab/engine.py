@@ -131,7 +131,7 @@ def resample(
             model, steps=steps, start_at_step=start_at_step, end_at_step=end_at_step, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative, add_noise=add_noise,
             noise_seed=noise_seed, return_with_leftover_noise=return_with_leftover_noise, callback=callback,
-            progress=progress,
+            progress=progress, counter=counter,
         )
     add_noise = _on_off("add_noise", add_noise)
     leftover = _on_off("return_with_leftover_noise", return_with_leftover_noise)

@@ -48,11 +48,11 @@ Prompts = Union[str, tuple[str, ...]]
 #: `resample_cfg` is resample's cfg (None: the inversion's cfg).
 DEFAULTS: dict[str, Any] = {
     "sampler_name": "euler", "scheduler": "normal", "steps": 20, "cfg": 1.0, "positive": "", "negative": "",
-    "end_at_step": 0, "normalize": "disable", "edit": None, "seed": 0, "resample_cfg": None,
+    "end_at_step": 0, "normalize": "disable", "edit": None, "seed": 0, "resample_cfg": None, "method": "unsampler",
 }
 #: Column order; the first six fix one inversion (one trajectory), the rest vary only what is read off it.
 PARAMETERS: tuple[str, ...] = tuple(DEFAULTS)
-INVERSION_KEY: tuple[str, ...] = ("sampler_name", "scheduler", "steps", "cfg", "positive", "negative")
+INVERSION_KEY: tuple[str, ...] = ("sampler_name", "scheduler", "steps", "cfg", "positive", "negative", "method")
 _INTEGERS = ("steps", "end_at_step", "seed")
 _PROMPTS = ("positive", "negative", "edit")
 
@@ -72,6 +72,8 @@ class Setting:
     edit: Prompts | None = None
     seed: int = 0
     resample_cfg: float | None = None
+    method: str = "unsampler"  # `ul.invert`'s method; its options (method_options) ride along as sorted pairs
+    method_options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def resample_prompt(self) -> Prompts:
@@ -87,11 +89,14 @@ class Setting:
         row = asdict(self)
         row.update(positive=_item_text(self.positive, item), negative=_item_text(self.negative, item),
                    edit=_item_text(self.resample_prompt, item), resample_cfg=self.guidance, item=item)
+        _options_column(row, self.method_options)
         return row
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes this setting's numbers (edit and resample_cfg resolved)."""
-        return {**asdict(self), "edit": self.resample_prompt, "resample_cfg": self.guidance}
+        out = {**asdict(self), "edit": self.resample_prompt, "resample_cfg": self.guidance}
+        _options_column(out, self.method_options)
+        return out
 
 
 @dataclass(frozen=True)
@@ -104,18 +109,25 @@ class InversionGroup:
     cfg: float
     positive: Prompts
     negative: Prompts
-    end_at_step: int  # 0 (a full inversion) for prefix-consistent samplers
+    end_at_step: int  # 0 (a full inversion) for prefix-consistent samplers with the Unsampler
+    method: str = "unsampler"
+    method_options: tuple[tuple[str, Any], ...] = ()
     settings: tuple[Setting, ...] = field(default=(), compare=False)
 
     def inversion(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+
+    @property
+    def plain(self) -> bool:
+        """The Unsampler's inversion: one recorded trajectory, packable with others."""
+        return self.method == "unsampler"
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.inversion().items())
 
     def sigmas_key(self) -> tuple[Any, ...]:
         """Groups with equal keys integrate the same sigmas and can share network batches."""
-        return (self.sampler_name, self.scheduler, self.steps, self.end_at_step)
+        return (self.sampler_name, self.scheduler, self.steps, self.end_at_step, self.method, self.method_options)
 
 
 @dataclass
@@ -155,6 +167,7 @@ def sweep(
     executor: Executor | Any = None,
     max_batch: int | None = None,
     retries: int = 2,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
     **fixed: Any,
 ) -> "pd.DataFrame":
     """Unsample + resample `latents` for every combination of `grid` (lists) and `fixed` (single values).
@@ -173,6 +186,9 @@ def sweep(
     are. executor: a `concurrent.futures.Executor` or a Dask `Client`; the model is then a
     `ModelSource` that each worker loads once. max_batch: pack inversion groups that share sigmas
     into network batches of up to this many images. retries: attempts after a failed group.
+    method (a grid key like any other, default "unsampler"): the inversion of `ul.invert`; its options
+    come from method_options[method] (e.g. {"fixed_point": {"anderson": 5}}) and are part of the row key.
+    Methods other than the Unsampler invert once per end_at_step and read the noise off `ul.invert`.
     callback(rows, outputs) runs here after each computed setting.
     """
     import pandas as pd
@@ -181,7 +197,7 @@ def sweep(
     chosen = metric_sets(metrics)
     samples = _samples(latents)
     batch = int(samples.shape[0])
-    groups = plan(grid, fixed, batch=batch)
+    groups = plan(grid, fixed, batch=batch, method_options=method_options)
     store_path, export_path = store_paths(path)
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise UnsamplingError(f"max_batch must be a whole number >= 1 (images per network batch), got {max_batch!r}")
@@ -221,24 +237,31 @@ def sweep(
 
 
 # -- the grid -------------------------------------------------------------------------------------
-def plan(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], *, batch: int) -> list[InversionGroup]:
+def plan(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], *, batch: int,
+         method_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[InversionGroup]:
     """Every combination of `grid` x `fixed` as Settings, grouped into inversion groups (in grid order)."""
     values = grid_values(grid, fixed)
+    options = _method_options(method_options, values["method"])
     for name in _PROMPTS:
         for v in values[name]:
             _check_prompt(name, v, batch)
     groups: dict[InversionGroup, list[Setting]] = {}
     for combo in itertools.product(*(values[p] for p in PARAMETERS)):
         setting = Setting(**dict(zip(PARAMETERS, combo)))
+        setting = replace(setting, method_options=options.get(setting.method, ()))
+        if setting.method != "unsampler" and setting.normalize != "disable":
+            raise UnsamplingError(f"normalize={setting.normalize!r} is the Unsampler's; method {setting.method!r} returns "
+                                  "its own noise: sweep it with normalize='disable'")
         groups.setdefault(inversion_group(setting), []).append(setting)
     return [replace(g, settings=tuple(s)) for g, s in groups.items()]
 
 
 def inversion_group(setting: Setting) -> InversionGroup:
     """The group whose trajectory serves `setting`: one per end_at_step unless the sampler is prefix-consistent."""
-    shared = prefix_consistent(setting.sampler_name)
+    shared = setting.method == "unsampler" and prefix_consistent(setting.sampler_name)
     return InversionGroup(setting.sampler_name, setting.scheduler, setting.steps, setting.cfg, setting.positive,
-                          setting.negative, end_at_step=0 if shared else setting.end_at_step)
+                          setting.negative, end_at_step=0 if shared else setting.end_at_step,
+                          method=setting.method, method_options=setting.method_options)
 
 
 def grid_values(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -271,6 +294,10 @@ def grid_values(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> 
         check_choice(v, SAMPLERS, what="sampler")
     for v in values["scheduler"]:
         check_choice(v, SCHEDULERS, what="scheduler")
+    from ..inversion import INVERSION_METHODS
+
+    for v in values["method"]:
+        check_choice(v, INVERSION_METHODS, what="inversion method")
     for name in _INTEGERS:
         for v in values[name]:
             if v < (1 if name == "steps" else 0):
@@ -338,6 +365,9 @@ def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: 
     from .. import engine
     from ..guidance import EvalCounter
 
+    if not groups[0].plain:
+        yield from _run_method_group(model, latents, refs, groups, chosen, keep_outputs=keep_outputs)
+        return
     t0 = time.perf_counter()
     samples = _samples(latents)
     batch, n = int(samples.shape[0]), len(groups)
@@ -419,7 +449,82 @@ def pack(groups: Sequence[InversionGroup], *, batch: int, max_batch: int) -> lis
     by_sigmas: dict[tuple[Any, ...], list[InversionGroup]] = {}
     for g in groups:
         by_sigmas.setdefault(g.sigmas_key(), []).append(g)
-    return [c for same in by_sigmas.values() for c in _chunked(same, size)]
+    return [c for same in by_sigmas.values() for c in _chunked(same, size if same[0].plain else 1)]
+
+
+def _run_method_group(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: References,
+                      groups: Sequence[InversionGroup], chosen: Sequence[str], *,
+                      keep_outputs: bool) -> Iterator[SettingResult]:
+    """One group of another inversion method: `ul.invert` once, then `ul.resample(inversion)` per setting.
+
+    The noise metrics describe the state the inversion stopped at (read back from its noise LATENT),
+    as for the Unsampler; nfe counts the inversion's evaluations (its gradient steps are not network
+    evaluations of the sampler and are not in nfe) plus each resample's.
+    """
+    from .. import engine
+    from ..guidance import EvalCounter
+    from ..inversion import invert
+    from ..trajectory import Trajectory
+
+    (group,) = groups
+    t0 = time.perf_counter()
+    inv = invert(model, latents, method=group.method, steps=group.steps, end_at_step=group.end_at_step, cfg=group.cfg,
+                 sampler_name=group.sampler_name, scheduler=group.scheduler, positive=_engine_prompt(group.positive),
+                 negative=_engine_prompt(group.negative), progress=False, **dict(group.method_options))
+    sigmas = engine.unsample_sigmas(model, steps=group.steps, end_at_step=group.end_at_step,
+                                    sampler_name=group.sampler_name, scheduler=group.scheduler)
+    ms, fmt = model.model_sampling, model.latent_format
+    start = fmt.process_in(_samples(latents).to(torch.float32))
+    final = ms.latent_to_state(sigmas[-1], fmt.process_in(inv.samples.to(torch.float32)))
+    endpoints = Trajectory(sigmas=torch.stack([sigmas[0], sigmas[-1]]).float().cpu(), xs=torch.stack([start, final]).cpu(),
+                           denoised=start.new_zeros((0, *start.shape)).cpu(),
+                           params={"steps": 1, "sampler_name": group.sampler_name, "method": group.method}, nfe=inv.nfe)
+    charge = inv.nfe
+    for s in group.settings:
+        counter = EvalCounter()
+        result = _samples(engine.resample(
+            model, inv, steps=s.steps, start_at_step=min(s.end_at_step, s.steps - 1), cfg=s.guidance,
+            sampler_name=s.sampler_name, scheduler=s.scheduler, positive=_engine_prompt(s.resample_prompt),
+            negative=_engine_prompt(s.negative), add_noise=False, noise_seed=s.seed, progress=False, counter=counter))
+        batch = int(result.shape[0])
+        decoded = model.decode(result) if refs.decodes and ({"pixel", "detector"} & set(chosen)) else None
+        by_set = [{} for _ in range(batch)]
+        for name in chosen:
+            cols = evaluate(model, result, trajectory=endpoints, end_at_step=0, references=refs, decoded=decoded,
+                            prompts=[_item_text(s.resample_prompt, b) for b in range(batch)], metrics=(name,))
+            for b in range(batch):
+                by_set[b][name] = cols[b]
+        seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+        outputs = SweepOutputs(params=asdict(s), noise=inv.samples, result=result, trajectory=endpoints,
+                               images=decoded) if keep_outputs else None
+        yield SettingResult(0, s, by_set, nfe=charge + counter.nfe, nfe_naive=inv.nfe + counter.nfe, seconds=seconds,
+                            outputs=outputs)
+        charge = 0
+
+
+def _method_options(method_options: Mapping[str, Mapping[str, Any]] | None,
+                    methods: Sequence[str]) -> dict[str, tuple[tuple[str, Any], ...]]:
+    """method_options keyed by method name, as sorted (name, value) pairs; a key that is no swept method is an error."""
+    if method_options is None:
+        return {}
+    if not isinstance(method_options, Mapping) or not all(isinstance(v, Mapping) for v in method_options.values()):
+        raise UnsamplingError("method_options maps a method name to its options, e.g. "
+                              "{'fixed_point': {'anderson': 5}}; got " + repr(method_options))
+    for name in method_options:
+        if name not in methods:
+            raise UnsamplingError(f"method_options names {name!r}, which this sweep does not run (methods: "
+                                  f"{', '.join(methods)}); add it to the grid's 'method' or drop its options")
+    return {name: tuple(sorted((str(k), v) for k, v in opts.items())) for name, opts in method_options.items()}
+
+
+def _options_column(row: dict[str, Any], options: tuple[tuple[str, Any], ...]) -> None:
+    """The method options as one JSON text column, present only when a method has options (old keys unchanged)."""
+    import json
+
+    if options:
+        row["method_options"] = json.dumps(dict(options), sort_keys=True, default=str)
+    else:
+        row.pop("method_options", None)
 
 
 # -- where groups run ----------------------------------------------------------------------------------

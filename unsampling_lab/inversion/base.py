@@ -166,6 +166,7 @@ class ResampleCall:
     return_with_leftover_noise: Any
     callback: Any
     progress: bool
+    counter: Any = None  # an EvalCounter the resample's evaluations are added to (sweeps account with it)
 
     def plain(self, latent: Latent | None = None, **changes: Any) -> Latent:
         """`ul.resample` on the noise LATENT (or `latent`), with some arguments changed."""
@@ -175,7 +176,7 @@ class ResampleCall:
                   sampler_name=self.sampler_name, scheduler=self.scheduler, positive=self.positive,
                   negative=self.negative, add_noise=self.add_noise, noise_seed=self.noise_seed,
                   return_with_leftover_noise=self.return_with_leftover_noise, callback=self.callback,
-                  progress=self.progress)
+                  progress=self.progress, counter=self.counter)
         kw.update(changes)
         return resample(self.model, self.inversion.noise if latent is None else latent, **kw)
 
@@ -277,7 +278,7 @@ def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step:
     x = inv.resampling.get("state", ms.latent_to_state(sigmas[0], latent_in))
     if denoiser is None:
         denoiser = guided_denoiser(model, latent_in, mask, cfg=call.cfg, positive=call.positive, negative=call.negative,
-                             noise=torch.zeros_like(latent_in))
+                                   noise=torch.zeros_like(latent_in), counter=call.counter)
     x = _run(as_sampler_spec(name, loop, evals_per_step), denoiser, x.to(model.device), sigmas.to(model.device),
              callback=call.callback, progress=call.progress, noise_seed=None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)

@@ -91,6 +91,22 @@ def choice(what: str, choices: Sequence[str], *, refused: dict[str, str] | None 
     return parse
 
 
+def method_option(text: str) -> tuple[str, str, Any]:
+    """METHOD.KEY=VALUE (e.g. fixed_point.anderson=5): one option of one inversion method; VALUE is a
+    Python literal (number, True/False, string)."""
+    import ast
+
+    head, eq, value = text.partition("=")
+    method, dot, key = head.partition(".")
+    if not (eq and dot and method and key):
+        raise argparse.ArgumentTypeError(f"expected METHOD.KEY=VALUE (e.g. fixed_point.anderson=5), got {text!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return method, key, parsed
+
+
 def sweep_samplers() -> tuple[tuple[str, ...], dict[str, str]]:
     """(samplers the sweep offers, {refused name: reason}): it unsamples AND resamples with each one."""
     from ..samplers import INVERTIBLE_SAMPLERS, SAMPLERS
@@ -146,11 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"end_at_step values, each < steps (default {' '.join(map(str, DEFAULT_END_AT_STEP))})")
     g.add_argument("--cfg", type=cfg_value, nargs="+", default=list(DEFAULT_CFG),
                    help=f"cfg values (default {' '.join(f'{c:g}' for c in DEFAULT_CFG)})")
+    from ..inversion import INVERSION_METHODS
+
+    g.add_argument("--method", nargs="+", type=choice("inversion method", INVERSION_METHODS), default=None,
+                   metavar="NAME", help=f"inversion methods (ul.invert): {', '.join(INVERSION_METHODS)} (default unsampler)")
+    g.add_argument("--method-option", dest="method_option", type=method_option, action="append", default=None,
+                   metavar="METHOD.KEY=VALUE", help="an option of a method, e.g. fixed_point.anderson=5 (repeatable)")
     g.add_argument("--resample-cfg", "--resample_cfg", dest="resample_cfg", type=cfg_value, nargs="+", default=None,
                    help="cfg values for resampling (default: the same as --cfg)")
     g.add_argument("--normalize", nargs="+", type=choice("normalize mode", NORMALIZE_MODES), metavar="MODE",
-                   default=list(DEFAULT_NORMALIZE),
-                   help=f"normalize modes: {', '.join(NORMALIZE_MODES)} (default {' '.join(DEFAULT_NORMALIZE)})")
+                   default=None,
+                   help=f"normalize modes: {', '.join(NORMALIZE_MODES)} (default {' '.join(DEFAULT_NORMALIZE)}; "
+                        "disable only with --method other than unsampler: the other methods return their own noise)")
     g.add_argument("--sampler", "--sampler_name", dest="sampler_name", nargs="+", metavar="NAME",
                    type=choice("sampler", samplers, refused=refused), default=["euler"],
                    help=f"samplers that can invert: {', '.join(samplers)} (default euler)")
@@ -195,12 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _default_normalize(methods: Sequence[str] | None) -> list[str]:
+    """ComfyUI's normalize modes apply to the Unsampler's output; other methods' noise is swept as it is."""
+    return list(DEFAULT_NORMALIZE) if not methods or set(methods) == {"unsampler"} else ["disable"]
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
 # -- the sweep job --------------------------------------------------------------------------------------
 def run_sweep(args: argparse.Namespace) -> int:
+    args.normalize = args.normalize or _default_normalize(args.method)
     import torch
 
     from .. import engine
@@ -231,7 +260,11 @@ def run_sweep(args: argparse.Namespace) -> int:
         "end_at_step": args.end_at_step, "normalize": args.normalize,
         "edit": [None] + list(args.edit or []),
         **({"resample_cfg": args.resample_cfg} if args.resample_cfg else {}),
+        **({"method": args.method} if args.method else {}),
     }
+    method_options: dict[str, dict[str, Any]] = {}
+    for method, key, value in args.method_option or ():
+        method_options.setdefault(method, {})[key] = value
     suffix = ".parquet" if args.format == "parquet" or (args.format == "auto" and _has_pyarrow()) else ".csv"
     table_path = out / f"results{suffix}"
     batches = source.batches()
@@ -258,7 +291,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                 batch_paths[b].parent.mkdir(parents=True, exist_ok=True)
                 df = sweep(where, latents, grid, path=batch_paths[b], images=images, progress=args.progress,
                            callback=keep, steps=args.steps, positive=positive, negative=args.negative, seed=args.seed,
-                           executor=executor)
+                           executor=executor, method_options=method_options or None)
                 if "item" in df.columns:
                     df["item"] = df["item"] + start
                 frames.append(df)
