@@ -29,4 +29,5 @@ def test_the_readme_api_block_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["noise"]["samples"].shape == namespace["latent"]["samples"].shape
     assert namespace["traj"].n_steps == 20
-    assert len(namespace["table"]) == 6 and (tmp_path / "sweep.csv").exists()
+    assert len(namespace["table"]) == 6 and (tmp_path / "sweep.sqlite").exists()
+    assert namespace["back"]["samples"].shape == namespace["latent"]["samples"].shape

@@ -4,7 +4,6 @@ from __future__ import annotations
 import statistics
 
 import pytest
-import torch
 
 pytest.importorskip("ipywidgets")
 

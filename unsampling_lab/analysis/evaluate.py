@@ -129,3 +129,24 @@ def noise_metrics(model: Any, trajectory: "Trajectory", end_at_step: int) -> lis
         out.append(row)
     return out
 
+
+def inversion_endpoints(model: Any, latent: Any, inversion: Any) -> "Trajectory":
+    """A two-state Trajectory (the input latent, the state an `ul.invert` result stopped at) for
+    `evaluate`'s noise metrics, when the method records no trajectory of its own: the final state is
+    read back from the Inversion's noise LATENT at the last sigma of its schedule."""
+    import torch
+
+    from .. import engine
+    from ..trajectory import Trajectory
+
+    p = inversion.params
+    sigmas = engine.unsample_sigmas(model, steps=int(p["steps"]), end_at_step=int(p["end_at_step"]),
+                                    sampler_name=p["sampler_name"], scheduler=p["scheduler"])
+    ms, fmt = model.model_sampling, model.latent_format
+    samples = latent["samples"] if isinstance(latent, dict) else latent
+    start = fmt.process_in(samples.to(torch.float32))
+    final = ms.latent_to_state(sigmas[-1], fmt.process_in(inversion.samples.to(torch.float32)))
+    return Trajectory(sigmas=torch.stack([sigmas[0], sigmas[-1]]).float().cpu(), xs=torch.stack([start, final]).cpu(),
+                      denoised=start.new_zeros((0, *start.shape)).cpu(),
+                      params={"steps": 1, "sampler_name": p["sampler_name"], "method": inversion.method},
+                      nfe=inversion.nfe)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..errors import UnsamplingError, check_choice, suggest
 from .executors import Failure, ModelSource, cached_model, run_all
-from .evaluate import METRIC_SETS, MetricSet, References, evaluate, metric_sets, references  # noqa: F401 (METRIC_SETS: re-exported)
+from .evaluate import METRIC_SETS, MetricSet, References, evaluate, inversion_endpoints, metric_sets, references  # noqa: F401 (METRIC_SETS: re-exported)
 from .store import ResultStore, StoredRow, digest, export_table, model_fingerprint, tensor_digest
 
 if TYPE_CHECKING:
@@ -191,7 +191,6 @@ def sweep(
     Methods other than the Unsampler invert once per end_at_step and read the noise off `ul.invert`.
     callback(rows, outputs) runs here after each computed setting.
     """
-    import pandas as pd
     from tqdm.auto import tqdm
 
     chosen = metric_sets(metrics)
@@ -464,21 +463,13 @@ def _run_method_group(model: "DiffusionModel", latents: dict[str, Any] | Tensor,
     from .. import engine
     from ..guidance import EvalCounter
     from ..inversion import invert
-    from ..trajectory import Trajectory
 
     (group,) = groups
     t0 = time.perf_counter()
     inv = invert(model, latents, method=group.method, steps=group.steps, end_at_step=group.end_at_step, cfg=group.cfg,
                  sampler_name=group.sampler_name, scheduler=group.scheduler, positive=_engine_prompt(group.positive),
                  negative=_engine_prompt(group.negative), progress=False, **dict(group.method_options))
-    sigmas = engine.unsample_sigmas(model, steps=group.steps, end_at_step=group.end_at_step,
-                                    sampler_name=group.sampler_name, scheduler=group.scheduler)
-    ms, fmt = model.model_sampling, model.latent_format
-    start = fmt.process_in(_samples(latents).to(torch.float32))
-    final = ms.latent_to_state(sigmas[-1], fmt.process_in(inv.samples.to(torch.float32)))
-    endpoints = Trajectory(sigmas=torch.stack([sigmas[0], sigmas[-1]]).float().cpu(), xs=torch.stack([start, final]).cpu(),
-                           denoised=start.new_zeros((0, *start.shape)).cpu(),
-                           params={"steps": 1, "sampler_name": group.sampler_name, "method": group.method}, nfe=inv.nfe)
+    endpoints = inversion_endpoints(model, latents, inv)
     charge = inv.nfe
     for s in group.settings:
         counter = EvalCounter()

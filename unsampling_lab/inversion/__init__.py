@@ -65,6 +65,11 @@ def invert(
                      residuals=result.residuals, step_converged=result.step_converged, resampling=result.resampling)
 
 
+def methods_for(model: DiffusionModel) -> list[str]:
+    """The methods of INVERSION_METHODS that serve this model's prediction family (for menus and sweeps)."""
+    return [m.name for m in METHOD_SPECS.values() if model.model_sampling.prediction in m.families]
+
+
 def check_applicable(spec: MethodSpec, model: DiffusionModel, sampler_name: str, *, cfg: float) -> None:
     """Refuse a model family or sampler the method cannot serve, saying why and what to use instead."""
     family = model.model_sampling.prediction

@@ -388,39 +388,25 @@ def edit_grid(model: Any, images: Tensor, *, source: str | Sequence[str], edit: 
 
     For each invert_cfg one trajectory is recorded (`unsample_trajectory`, prompt `source`); for each
     end_at_step k its state is resampled from start_at_step=k with prompt `edit` at each resample_cfg.
-    The metric rows are the sweep's own (`sweeps.metric_rows`: psnr against the original, fg_iou,
-    colour_match, shape_match ...), with `cfg` = the inversion cfg and a `resample_cfg` column.
+    It is `ul.sweep` over cfg x resample_cfg x end_at_step with these prompts: its rows (psnr against the
+    original, fg_iou, colour_match, shape_match ...; `cfg` = the inversion cfg, `resample_cfg` the resampling's).
     Returns (rows, {(invert_cfg, resample_cfg, k): decoded images [B, H, W, 3]}).
     """
-    import pandas as pd
+    from ..analysis.sweeps import sweep
 
-    from ..analysis import sweeps
-
-    latent = model.encode(images)
-    samples = latent["samples"]
-    chosen = {"latent", "pixel", "detector"}
-    reference, ceiling = sweeps.pixel_reference(model, samples, images, chosen)
-    rows: list[dict[str, Any]] = []
     decoded_by: dict[tuple[float, float, int], Tensor] = {}
-    for icfg in invert_cfgs:
-        traj = engine.unsample_trajectory(model, latent, steps=steps, cfg=float(icfg), sampler_name=sampler_name,
-                                          scheduler=scheduler, positive=source, progress=False)
-        for k in end_at_steps:
-            noise = engine.unsampled(model, traj, int(k), like=latent)
-            for rcfg in resample_cfgs:
-                out = engine.resample(model, noise, steps=steps, start_at_step=int(k), cfg=float(rcfg),
-                                      sampler_name=sampler_name, scheduler=scheduler, positive=edit, progress=False)
-                decoded = model.decode(out)
-                combo = {**sweeps.DEFAULTS, "steps": steps, "cfg": float(icfg), "end_at_step": int(k),
-                         "sampler_name": sampler_name, "scheduler": scheduler,  # per-item prompts as the sweep keeps them
-                         "positive": source if isinstance(source, str) else tuple(source),
-                         "edit": edit if isinstance(edit, str) else tuple(edit)}
-                for row in sweeps.metric_rows(model, combo, samples, out["samples"], traj, decoded, reference, ceiling,
-                                              chosen, int(samples.shape[0])):
-                    row["resample_cfg"] = float(rcfg)
-                    rows.append(row)
-                decoded_by[(float(icfg), float(rcfg), int(k))] = decoded
-    return pd.DataFrame(rows), decoded_by
+
+    def keep(rows: list[dict[str, Any]], outputs: Any) -> None:
+        p = outputs.params
+        decoded_by[(float(p["cfg"]), float(p["resample_cfg"]), int(p["end_at_step"]))] = outputs.images
+
+    grid = {"cfg": [float(c) for c in invert_cfgs], "resample_cfg": [float(c) for c in resample_cfgs],
+            "end_at_step": [int(k) for k in end_at_steps]}
+    rows = sweep(model, model.encode(images), grid, images=images, metrics=["latent", "pixel", "detector"],
+                 progress=False, callback=keep, steps=steps, sampler_name=sampler_name, scheduler=scheduler,
+                 positive=list(source) if not isinstance(source, str) else source,
+                 edit=list(edit) if not isinstance(edit, str) else edit)
+    return rows, decoded_by
 
 
 def rates(df: "pd.DataFrame", by: Sequence[str], columns: Sequence[str], *, z: float = 1.96) -> "pd.DataFrame":

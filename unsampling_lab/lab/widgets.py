@@ -25,9 +25,10 @@ from torch import Tensor
 
 from .. import engine
 from ..analysis import sweeps
-from ..analysis.evaluate import References, evaluate, references
+from ..analysis.evaluate import References, evaluate, inversion_endpoints, references
 from ..engine import NORMALIZE_MODES
 from ..errors import UnsamplingError
+from ..inversion import methods_for
 from ..samplers import INVERTIBLE_SAMPLERS
 from ..schedulers import SCHEDULERS
 
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
     from ..models.base import DiffusionModel
     from ..trajectory import Trajectory
 
-#: Parameters whose change needs a new inversion (the sweep's INVERSION_KEY).
-INVERSION_KEY: tuple[str, ...] = sweeps.INVERSION_KEY
+#: Parameters whose change needs a new recorded Unsampler inversion (the sweep's INVERSION_KEY but the method:
+#: the Unsampler's trajectory is kept for the statistics plot whichever method the view shows).
+INVERSION_KEY: tuple[str, ...] = tuple(k for k in sweeps.INVERSION_KEY if k != "method")
 TILE = 128  # pixels per image in the strip
 CONTROLS_WIDTH = 330  # pixels: the explorer fits a 1000-px output area (controls + view)
 VIEW_WIDTH = 650
@@ -72,6 +74,7 @@ class Explorer:
         grid: Mapping[str, Sequence[Any]] | None = None,
         sweep_path: str | None = None,
         samplers: Sequence[str] | None = None,
+        method: str = "unsampler",
     ) -> None:
         import ipywidgets as W
 
@@ -82,6 +85,8 @@ class Explorer:
         self.trajectory: Trajectory | None = None
         self._traj_key: tuple | None = None
         self.inversions = 0  # unsample_trajectory calls
+        self.method_inversions = 0  # ul.invert calls for methods other than the Unsampler (one per setting)
+        self._method_cache: dict[tuple, Any] = {}
         self.updates = 0
         self.last_update_s = math.nan
         self.last_update_cpu_s = math.nan  # this process's CPU time: what the update costs, whatever else runs
@@ -108,8 +113,10 @@ class Explorer:
         self.edit = W.Text(value=edit, description="edit", **text)
         self.negative = W.Text(value=negative, description="negative", **text)
         self.sweep_button = W.Button(description="run sweep", icon="table")
-        # issue 11: the inversion-method dropdown (ul.INVERSION_METHODS) goes here; add it to `controls`
-        # and its name to INVERSION_KEY so that changing it reruns the inversion.
+        methods = methods_for(model)
+        if method not in methods:
+            raise UnsamplingError(f"method {method!r} does not run on this model; use one of {', '.join(methods)}")
+        self.method = W.Dropdown(options=methods, value=method, description="method")
 
         # -- outputs -----------------------------------------------------------------------------
         self.strip = W.Image(format="png", layout=W.Layout(max_width=f"{VIEW_WIDTH}px"))
@@ -122,8 +129,8 @@ class Explorer:
         self.progress = W.IntProgress(value=0, min=0, max=1, description="sweep", layout=W.Layout(visibility="hidden"))
         self.sweep_table = W.HTML()
 
-        controls = W.VBox([self.steps, self.end_at_step, self.cfg, self.resample_cfg, self.normalize, self.sampler_name,
-                           self.scheduler, self.source, self.edit, self.negative,
+        controls = W.VBox([self.method, self.steps, self.end_at_step, self.cfg, self.resample_cfg, self.normalize,
+                           self.sampler_name, self.scheduler, self.source, self.edit, self.negative,
                            W.HBox([self.sweep_button, self.progress])],
                           layout=W.Layout(width=f"{CONTROLS_WIDTH}px", min_width=f"{CONTROLS_WIDTH}px"))
         view = W.VBox([self.caption, self.strip, W.HBox([self.stats, self.table]), self.warning, self.status],
@@ -139,8 +146,8 @@ class Explorer:
     # -- public -------------------------------------------------------------------------------------
     @property
     def controls(self) -> list[Any]:
-        return [self.steps, self.end_at_step, self.cfg, self.resample_cfg, self.normalize, self.sampler_name,
-                self.scheduler, self.source, self.edit, self.negative]
+        return [self.method, self.steps, self.end_at_step, self.cfg, self.resample_cfg, self.normalize,
+                self.sampler_name, self.scheduler, self.source, self.edit, self.negative]
 
     @property
     def params(self) -> dict[str, Any]:
@@ -149,7 +156,7 @@ class Explorer:
                     resample_cfg=float(self.resample_cfg.value),
                     normalize=self.normalize.value, sampler_name=self.sampler_name.value,
                     scheduler=self.scheduler.value, positive=self.source.value, negative=self.negative.value,
-                    edit=self.edit.value)
+                    edit=self.edit.value, method=self.method.value)
 
     def update(self) -> None:
         """Recompute the view for the current controls (a new inversion only if its key changed)."""
@@ -234,22 +241,43 @@ class Explorer:
 
     def _show(self, traj: "Trajectory", p: Mapping[str, Any]) -> None:
         model, k = self.model, p["end_at_step"]
-        noise = engine.unsampled(model, traj, k, p["normalize"])
         edit = p["edit"] or p["positive"]
-        pair = noise.repeat(2, *([1] * (noise.ndim - 1)))  # [reconstruction, edit] in one batch
-        result = engine.resample(model, pair, steps=p["steps"], start_at_step=k, cfg=p["resample_cfg"],
-                                 sampler_name=p["sampler_name"], scheduler=p["scheduler"],
-                                 positive=[p["positive"], edit], negative=p["negative"], progress=False)
+        common = dict(steps=p["steps"], start_at_step=k, cfg=p["resample_cfg"], sampler_name=p["sampler_name"],
+                      scheduler=p["scheduler"], negative=p["negative"], progress=False)
+        if p["method"] == "unsampler":
+            noise = engine.unsampled(model, traj, k, p["normalize"])
+            pair = noise.repeat(2, *([1] * (noise.ndim - 1)))  # [reconstruction, edit] in one batch
+            result = engine.resample(model, pair, positive=[p["positive"], edit], **common)
+            seen = traj
+        else:  # the method's own inversion and resampling side (its noise is never normalized)
+            inv = self._method_inversion(p)
+            noise, seen = inv.samples, inversion_endpoints(model, self.latent, inv)
+            result = torch.cat([engine.resample(model, inv, positive=prompt, **common)["samples"]
+                                for prompt in (p["positive"], edit)])
+            k = 0  # the endpoints' last state is the one this inversion stopped at
         decoded = model.decode(result) if hasattr(model, "decode") and getattr(model, "vae", None) is not None else None
         refs = self.references()
         self.rows = []
         for b, prompt in enumerate((p["positive"], edit)):
-            metrics = evaluate(model, result[b:b + 1], trajectory=traj, end_at_step=k, references=refs,
+            metrics = evaluate(model, result[b:b + 1], trajectory=seen, end_at_step=k, references=refs,
                                decoded=None if decoded is None else decoded[b:b + 1], prompts=[prompt])
             self.rows.append({**p, "edit": prompt, **metrics[0], "row": "reconstruction" if b == 0 else "edit"})
         self._draw_strip(noise, decoded, p)
-        self._draw_stats(traj, k)
+        self._draw_stats(traj, p["end_at_step"])
         self._draw_table()
+
+    def _method_inversion(self, p: Mapping[str, Any]) -> Any:
+        """`ul.invert` for the current setting (methods other than the Unsampler), cached per setting."""
+        from ..inversion import invert
+
+        key = (p["method"], p["end_at_step"], *(p[k] for k in INVERSION_KEY))
+        if key not in self._method_cache:
+            self._method_cache = {key: invert(
+                self.model, self.latent, method=p["method"], steps=p["steps"], end_at_step=p["end_at_step"],
+                cfg=p["cfg"], sampler_name=p["sampler_name"], scheduler=p["scheduler"], positive=p["positive"],
+                negative=p["negative"], progress=False)}  # one kept: a slider move recomputes, a return does not
+            self.method_inversions += 1
+        return self._method_cache[key]
 
     def references(self) -> References:
         """What the metrics compare against (the same as a sweep's), computed once."""

@@ -25,14 +25,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import UnsamplingError
 from ..model_sampling import FlowKind, ModelSampling, _shift_params, flow_model_sampling, flux_mu
-from .base import Conditioning, DiffusionModel, LatentFormat
+from .base import Conditioning, LatentFormat
 from .vae import VAEImages
 
 #: ComfyUI's latent formats when the VAE config does not say: (scale, shift).
