@@ -17,24 +17,10 @@ import unsampling_lab as ul
 from fixtures_analysis import *  # noqa: F401,F403
 from fixtures_analysis import make_tiny_pipeline
 from unsampling_lab.analysis.store import ResultStore, model_fingerprint, tensor_digest
+from unsampling_lab.testing import CountingModel
 
 STEPS = 4
 PARAMS = ["end_at_step", "normalize", "cfg", "positive", "item"]
-
-
-class _CountingModel:
-    """Test-side: the model with its network calls counted (the store never sees this wrapper's own state)."""
-
-    def __init__(self, model):
-        self._model = model
-        self.nfe = 0
-
-    def forward(self, x, timestep, cond):
-        self.nfe += 1
-        return self._model.forward(x, timestep, cond)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
 
 
 def _store_counts(path):
@@ -51,9 +37,9 @@ def test_resume_recomputes_exactly_what_changed(tiny_model, tiny_latent, tmp_pat
     first = ul.sweep(tiny_model, latent, grid, steps=STEPS, path=path, metrics=["latent"], progress=False)
     assert first.attrs["rows_computed"] == 4
 
-    counted = _CountingModel(tiny_model)  # same model, same latents, same parameters: nothing runs
+    counted = CountingModel(tiny_model)  # same model, same latents, same parameters: nothing runs
     again = ul.sweep(counted, latent, grid, steps=STEPS, path=path, metrics=["latent"], progress=False)
-    assert counted.nfe == 0 and again.attrs["rows_skipped"] == 4
+    assert counted.calls == 0 and again.attrs["rows_skipped"] == 4
     assert again["latent_mse"].tolist() == first["latent_mse"].tolist()
 
     # other latents (the two images swapped): all rows new; item 0 of the swapped batch is item 1 of the first
@@ -73,11 +59,11 @@ def test_resume_recomputes_exactly_what_changed(tiny_model, tiny_latent, tmp_pat
     assert stored.latent_mse.tolist() == fresh.latent_mse.tolist() != first.latent_mse.tolist()
 
     # one more end_at_step: only its rows run (inversion N + resample N - 3)
-    counted = _CountingModel(tiny_model)
+    counted = CountingModel(tiny_model)
     grown = ul.sweep(counted, latent, {"end_at_step": [0, 2, 3]}, steps=STEPS, path=path, metrics=["latent"],
                      progress=False)
     assert grown.attrs["rows_computed"] == 2 and grown.attrs["rows_skipped"] == 4
-    assert counted.nfe == STEPS + (STEPS - 3)
+    assert counted.calls == STEPS + (STEPS - 3)
 
     # more metrics: the rows lacking the noise set are computed again, the stored latent values stay
     more = ul.sweep(tiny_model, latent, grid, steps=STEPS, path=path, metrics=["latent", "noise"], progress=False)
@@ -172,11 +158,11 @@ def test_writer_killed_mid_write_resumes_with_every_finished_row_once(tiny_model
     assert len(after_kill) == 4 and after_kill[["noise_ks", "latent_mse"]].notna().all().all()
     assert _store_counts(path) == ((4, 4), {"latent": 4, "noise": 4})
 
-    counted = _CountingModel(tiny_model)
+    counted = CountingModel(tiny_model)
     grid = {"end_at_step": [0, 1, 2], "positive": ["", "red circle"]}
     df = ul.sweep(counted, latent, grid, steps=4, path=path, metrics=["latent", "noise"], progress=False)
     assert df.attrs["rows_skipped"] == 4 and df.attrs["rows_computed"] == 8
-    assert counted.nfe == (4 + 2) + (4 + 4 + 3 + 2)  # "" with k = 2, then all of "red circle"
+    assert counted.calls == (4 + 2) + (4 + 4 + 3 + 2)  # "" with k = 2, then all of "red circle"
     assert _store_counts(path) == ((12, 12), {"latent": 12, "noise": 12})
     fresh = ul.sweep(tiny_model, latent, grid, steps=4, metrics=["latent", "noise"], progress=False)
     assert df["latent_mse"].tolist() == pytest.approx(fresh["latent_mse"].tolist(), rel=1e-6)

@@ -10,21 +10,8 @@ import torch
 import unsampling_lab as ul
 from fixtures_analysis import *  # noqa: F401,F403
 from unsampling_lab.analysis import metrics as M
+from unsampling_lab.testing import CountingModel
 
-
-class _CountingModel:
-    """Test-side: the model with its network calls counted, independent of the engine's own counter."""
-
-    def __init__(self, model):
-        self._model = model
-        self.nfe = 0
-
-    def forward(self, x, timestep, cond):
-        self.nfe += 1
-        return self._model.forward(x, timestep, cond)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
 
 STEPS = 4
 
@@ -59,11 +46,11 @@ def test_nfe_shared_inversion_formula(tiny_model, tiny_latent):
     assert int(df["nfe"].sum()) == df.attrs["nfe_total"] == STEPS + resample_cost  # N + sum(N - k)
     assert df.attrs["nfe_naive"] == 2 * resample_cost  # 2 sum(N - k)
     # the naive loop really costs that
-    counted = _CountingModel(tiny_model)
+    counted = CountingModel(tiny_model)
     for k in ks:
         noise = ul.unsample(counted, latent, steps=STEPS, end_at_step=k, progress=False)
         ul.resample(counted, noise, steps=STEPS, start_at_step=k, progress=False)
-    assert counted.nfe == 2 * resample_cost
+    assert counted.calls == 2 * resample_cost
     assert (df[df.item == 1]["nfe"] == 0).all()  # a combination's cost sits on its item-0 row
 
 
@@ -100,17 +87,17 @@ def test_interrupted_sweep_resumes_only_missing_rows(tiny_model, tiny_latent, tm
                  callback=crash_after_two)
     assert len(pd.read_csv(path)) == 2 * 2  # two combinations x two items are on disk
 
-    counted = _CountingModel(tiny_model)
+    counted = CountingModel(tiny_model)
     df = ul.sweep(counted, latent, grid, steps=STEPS, path=path, metrics=["latent"], progress=False)
     # missing: positive "" with k = 2 (inversion 4 + resample 2); "red circle" k = 0, 1, 2 (4 + 4 + 3 + 2)
-    assert counted.nfe == df.attrs["nfe_total"] == (STEPS + 2) + (STEPS + 4 + 3 + 2)
+    assert counted.calls == df.attrs["nfe_total"] == (STEPS + 2) + (STEPS + 4 + 3 + 2)
     assert df.attrs["rows_skipped"] == 4 and df.attrs["rows_computed"] == 8 and len(df) == 12
     on_disk = pd.read_csv(path, keep_default_na=False)
     assert len(on_disk) == 12 and not on_disk.duplicated(["positive", "end_at_step", "item"]).any()
 
-    again = _CountingModel(tiny_model)
+    again = CountingModel(tiny_model)
     df2 = ul.sweep(again, latent, grid, steps=STEPS, path=path, metrics=["latent"], progress=False)
-    assert again.nfe == 0 and df2.attrs["rows_skipped"] == 12
+    assert again.calls == 0 and df2.attrs["rows_skipped"] == 12
     assert df2["latent_mse"].tolist() == pytest.approx(df["latent_mse"].tolist())
 
 

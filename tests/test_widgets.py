@@ -10,24 +10,10 @@ pytest.importorskip("ipywidgets")
 import unsampling_lab as ul  # noqa: E402
 from unsampling_lab.errors import UnsamplingError  # noqa: E402
 from unsampling_lab.bundled.shapes import make_shapes  # noqa: E402
+from unsampling_lab.testing import CountingModel  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
-
-
-class Counting:
-    """A model whose network calls are counted (cond and uncond go through as one call)."""
-
-    def __init__(self, model) -> None:
-        self._model = model
-        self.calls = 0
-
-    def forward(self, x, timestep, cond):
-        self.calls += 1
-        return self._model.forward(x, timestep, cond)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +26,7 @@ def bundled():
 
 @pytest.fixture()
 def model(bundled, sd_model):
-    return Counting(bundled if bundled is not None else sd_model)
+    return CountingModel(bundled if bundled is not None else sd_model)
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +175,23 @@ def test_layout_fits_a_1000_px_output_area(model, image):
     png = Image.open(io.BytesIO(ex.stats.value))
     assert png.size == (w, h), "the statistics plot is drawn at the size it is shown (no stretching)"
     assert ex.stats.layout.width == f"{w}px"
+
+
+def test_method_dropdown_shows_that_methods_inversion_and_resampling(model, image):
+    """The method dropdown: the view is ul.invert(method) + ul.resample(inversion) for the current setting,
+    computed once per setting; the Unsampler's trajectory (statistics plot) is not recomputed for it."""
+    ex = ul.widgets.explorer(model, image, steps=4, cfg=2.0, **_prompts(model))
+    assert "negative_prompt" in ex.method.options and "rf_solver" not in ex.method.options  # a VP model
+    shown = ex.strip.value
+    ex.method.value = "negative_prompt"
+    assert ex.status.value.startswith("<small>"), ex.status.value  # no error line
+    assert ex.method_inversions == 1 and ex.inversions == 1 and ex.strip.value != shown
+    latent = ex.latent
+    inv = ul.invert(model, latent, method="negative_prompt", steps=4, cfg=2.0, positive="red circle", progress=False)
+    back = ul.resample(model, inv, steps=4, cfg=2.0, positive="red circle", progress=False)
+    want = float(ul.metrics.latent_mse(back["samples"], latent["samples"])[0])
+    assert ex.rows[0]["latent_mse"] == pytest.approx(want, rel=1e-6)
+    ex.resample_cfg.value = 3.0  # resampling only: the method's inversion is reused
+    assert ex.method_inversions == 1
+    ex.end_at_step.value = 2
+    assert ex.method_inversions == 2 and ex.inversions == 1

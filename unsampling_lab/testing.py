@@ -5,6 +5,8 @@
 - `tiny_sd_pipeline`: a whole StableDiffusionPipeline (UNet 32/64, cross-attention 32, 8x8 latents, 16 px images).
 - `tiny_flow_model`: an SD3 or Flux transformer adapter (4 latent channels, one block).
 - `benchmark_model`: what the benchmarks measure (the bundled model, else the tiny pipeline).
+- `CountingModel`: a model whose network calls are counted, to check the engine's own accounting
+  (`EvalCounter`, `Trajectory.nfe`) against an independent count.
 """
 from __future__ import annotations
 
@@ -163,3 +165,19 @@ def benchmark_model(kind: Literal["auto", "bundled", "tiny"] = "auto") -> tuple[
     model = load_model(tiny_sd_pipeline(), device="cpu")
     images = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0))
     return model, model.encode(images), "tiny seeded SD pipeline (UNet 32/64, 8x8 latents), 2 images"
+
+
+class CountingModel:
+    """`model` with its network calls counted in `calls` (cond and uncond batched together are one call):
+    an independent check of the engine's own accounting; everything else is the wrapped model's."""
+
+    def __init__(self, model: DiffusionModel) -> None:
+        self._model = model
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
+        self.calls += 1
+        return self._model.forward(x, timestep, cond)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
