@@ -373,7 +373,7 @@ def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: 
     first = groups[0]
     traj = engine.unsample_trajectory(
         model, _repeat(latents, n), steps=first.steps, sampler_name=first.sampler_name, scheduler=first.scheduler,
-        end_at_step=first.end_at_step, progress=False, **_packed_guidance(groups, batch))
+        end_at_step=first.end_at_step, progress=False, **_guidance([(g.cfg, g.positive, g.negative) for g in groups], batch))
     trajs = [_slice_trajectory(traj, i * batch, (i + 1) * batch, g) for i, g in enumerate(groups)] if n > 1 else [traj]
     shared = prefix_consistent(first.sampler_name)
     charge = {"nfe": traj.nfe}  # the inversion, charged to the first setting that finishes
@@ -390,7 +390,7 @@ def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: 
         result = engine.resample(
             model, _concat(noises), steps=first.steps, start_at_step=k, sampler_name=first.sampler_name,
             scheduler=first.scheduler, add_noise=False, noise_seed=chunk[0][1].seed, progress=False, counter=counter,
-            **_chunk_guidance([s for _, s in chunk], batch))
+            **_guidance([(s.guidance, s.resample_prompt, s.negative) for _, s in chunk], batch))
         result = _samples(result)
         decoded = model.decode(result) if refs.decodes and ({"pixel", "detector"} & set(chosen)) else None
         seconds = (time.perf_counter() - t0) / len(chunk)
@@ -415,22 +415,15 @@ def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: 
             yield SettingResult(i, s, by_set, nfe=nfe, nfe_naive=alone + counter.nfe, seconds=seconds, outputs=outputs)
 
 
-def _packed_guidance(groups: Sequence[InversionGroup], batch: int) -> dict[str, Any]:
-    if len(groups) == 1:
-        g = groups[0]
-        return {"cfg": g.cfg, "positive": _engine_prompt(g.positive), "negative": _engine_prompt(g.negative)}
-    return {"cfg": [g.cfg for g in groups for _ in range(batch)],
-            "positive": [_item_text(g.positive, b) for g in groups for b in range(batch)],
-            "negative": [_item_text(g.negative, b) for g in groups for b in range(batch)]}
-
-
-def _chunk_guidance(settings: Sequence[Setting], batch: int) -> dict[str, Any]:
-    if len(settings) == 1:
-        s = settings[0]
-        return {"cfg": s.guidance, "positive": _engine_prompt(s.resample_prompt), "negative": _engine_prompt(s.negative)}
-    return {"cfg": [s.guidance for s in settings for _ in range(batch)],
-            "positive": [_item_text(s.resample_prompt, b) for s in settings for b in range(batch)],
-            "negative": [_item_text(s.negative, b) for s in settings for b in range(batch)]}
+def _guidance(parts: Sequence[tuple[float, Prompts, Prompts]], batch: int) -> dict[str, Any]:
+    """The engine's cfg / positive / negative for (cfg, positive, negative) per packed member: one member's
+    values as they are, or one value per image of the packed network batch (members x batch items)."""
+    if len(parts) == 1:
+        cfg, positive, negative = parts[0]
+        return {"cfg": cfg, "positive": _engine_prompt(positive), "negative": _engine_prompt(negative)}
+    return {"cfg": [cfg for cfg, _, _ in parts for _ in range(batch)],
+            "positive": [_item_text(pos, b) for _, pos, _ in parts for b in range(batch)],
+            "negative": [_item_text(neg, b) for _, _, neg in parts for b in range(batch)]}
 
 
 def _engine_prompt(value: Prompts) -> str | list[str]:
