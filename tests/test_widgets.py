@@ -1,8 +1,6 @@
 """The explorer: controls set programmatically change the outputs; end_at_step reuses the inversion."""
 from __future__ import annotations
 
-import statistics
-
 import pytest
 
 pytest.importorskip("ipywidgets")
@@ -113,20 +111,19 @@ def test_sweep_button_runs_the_grid_with_progress(model, image, tmp_path):
     assert model.calls - calls == 4 + 2 * (4 + 2)
 
 
-def test_update_latency_on_the_bundled_model(bundled, image):
+def test_end_at_step_update_costs_one_resample_on_the_bundled_model(bundled, image):
+    """An end_at_step change runs no inversion and exactly the network calls of one resample from that
+    step (the honest measure of its cost; its seconds are measured by benchmarks/explorer_latency.py)."""
     if bundled is None:
-        pytest.skip("the bundled model is missing (unsampling_lab/bundled/weights); the latency budget is for it")
-    ex = ul.widgets.explorer(bundled, image, steps=10, source="red circle", edit="blue circle")
-    times, cpu = [], []
-    for k in (9, 5, 0, 3, 7, 1, 8):
+        pytest.skip("the bundled model is missing (unsampling_lab/bundled/weights)")
+    counted = CountingModel(bundled)
+    ex = ul.widgets.explorer(counted, image, steps=10, source="red circle", edit="blue circle")
+    for k in (9, 5, 0, 3):
+        before = counted.calls
         ex.end_at_step.value = k
-        times.append(ex.last_update_s)
-        cpu.append(ex.last_update_cpu_s)
-    assert ex.inversions == 1
-    print(f"explorer end_at_step update: median {statistics.median(times) * 1000:.0f} ms wall, "
-          f"{statistics.median(cpu) * 1000:.0f} ms CPU, max {max(times) * 1000:.0f} ms wall (steps=10)")
-    # CPU time of this process: on a shared machine the wall time also counts the other processes
-    assert statistics.median(cpu) <= 0.3, f"end_at_step updates took {cpu} s of CPU; the budget is 0.3 s"
+        assert ex.inversions == 1
+        assert counted.calls - before == 10 - k, f"end_at_step {k}: {counted.calls - before} network calls"
+        assert ex.last_update_s > 0 and ex.last_update_cpu_s > 0
 
 
 def test_resample_cfg_is_its_own_slider_and_reuses_the_inversion(model, image):
