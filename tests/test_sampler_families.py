@@ -7,6 +7,7 @@ The table of what each drew is printed (pytest -s).
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -161,7 +162,8 @@ def test_every_invertible_sampler_unsamples_a_flow_model() -> None:
     sigma is 1.0001; ours is clamped to 1, where exp_heun_2_x0 and euler_cfg_pp take the alpha_t = 0 limit).
     Measured noise errors: first-order ~3e-2, exp_heun_2_x0 8e-2 (its Heun stage over the first step
     1e-4 -> 0.025 spans 8 in logSNR), uni_pc 2e-2; uni_pc_bh2 1.9 (its e^h - 1 weights blow up on the
-    last steps into sigma 1, where D changes fastest in -log sigma): finite only."""
+    last steps into sigma 1, where D changes fastest in -log sigma): finite only, and warned about.
+    It converges all the same (third order: 0.24 at 80 steps, 0.032 at 160); on eps models it is as good as uni_pc."""
     import unsampling_lab as ul
     from unsampling_lab.models.analytic import gaussian_flow_model
 
@@ -171,7 +173,11 @@ def test_every_invertible_sampler_unsamples_a_flow_model() -> None:
     for name in ul.INVERTIBLE_SAMPLERS:
         if "flow" not in SAMPLER_SPECS[name].families:
             continue
-        noise = ul.unsample(model, x0, steps=40, sampler_name=name, scheduler="simple", progress=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            noise = ul.unsample(model, x0, steps=40, sampler_name=name, scheduler="simple", progress=False)
+        warned = [str(w.message) for w in caught if issubclass(w.category, ul.UnsamplingWarning)]
+        assert bool(warned) == (name == "uni_pc_bh2"), (name, warned)
         s0 = float(ul.unsample_sigmas(model, steps=40, end_at_step=0, sampler_name=name, scheduler="simple")[0])
         exact = DATA.ode_solution_flow(x0.flatten(1), s0, 1.0).reshape(x0.shape)
         errors[name] = float((noise - exact).norm() / exact.norm())

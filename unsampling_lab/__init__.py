@@ -19,7 +19,7 @@ from .analysis.executors import ModelSource, local_cluster
 from .analysis.store import load_results
 from .analysis.sweeps import sweep
 from .engine import NORMALIZE_MODES, resample, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
-from .errors import UnsamplingError
+from .errors import UnsamplingError, UnsamplingWarning
 from .inversion import INVERSION_METHODS, Inversion, invert
 from .latent_files import load_latent, save_latent
 from .model_sampling import ModelSampling
@@ -59,7 +59,7 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 __all__ = [
     "BUNDLED_MODEL", "INVERSION_METHODS", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "Inversion", "LatentFormat", "ModelSampling", "ModelSource", "Trajectory",
-    "UnsamplingError", "calculate_sigmas", "invert", "load_images", "load_latent", "load_model", "load_results",
+    "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "invert", "load_images", "load_latent", "load_model", "load_results",
     "local_cluster", "resample", "resample_sigmas", "save_latent", "sweep", "unsample", "unsample_sigmas",
     "unsample_trajectory", "unsampled",
 ]

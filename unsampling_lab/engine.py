@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Union
 
@@ -18,9 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .guidance import Prompt, to_conditioning
-from .errors import UnsamplingError, check_choice
-from .guidance import EvalCounter, GuidedDenoiser
+from .errors import UnsamplingError, UnsamplingWarning, check_choice
+from .guidance import EvalCounter, GuidedDenoiser, Prompt, to_conditioning
 from .models.base import DiffusionModel
 from .samplers import Step, get_sampler
 from .samplers.base import NoiseSeed, SamplerSpec
@@ -230,6 +230,8 @@ def _unsample(
 ) -> tuple[Latent, Trajectory | None]:
     samples, mask = _read_latent(latent, model)
     spec = get_sampler(sampler_name, invertible=True, family=model.model_sampling.family)
+    if model.model_sampling.family in spec.inversion_caveats:
+        warnings.warn(spec.inversion_caveats[model.model_sampling.family], UnsamplingWarning, stacklevel=3)
     steps, cfg = _check_common(steps=steps, cfg=cfg)
     end_at_step = _check_int("end_at_step", end_at_step, minimum=0)
     mode = _normalize_mode(normalize)

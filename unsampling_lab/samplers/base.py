@@ -25,8 +25,8 @@ Gaussians (`default_noise_sampler`) or a Brownian tree (`BrownianTreeNoiseSample
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -88,6 +88,8 @@ class SamplerSpec:
         `INVERTIBLE_SAMPLERS` are the deterministic ones that run upwards and follow the sigmas.
     steps_follow_sigmas: one step (and one reported `Step`) per interval of the given sigmas, which the
         Unsampler's end_at_step and trajectories rely on; dpm_fast / dpm_adaptive choose their own steps.
+    inversion_caveats: per family, why unsampling with it is poor there (measured); the engine warns
+        (`UnsamplingWarning`) when it unsamples a model of that family with this sampler.
     needs_uncond: a CFG++ sampler, which reads the unconditional estimate through
         `model.with_uncond`; the engine then evaluates the negative prompt even at cfg 1, as ComfyUI's
         `disable_cfg1_optimization` does.
@@ -102,6 +104,7 @@ class SamplerSpec:
     prefix_consistent: bool = True
     families: frozenset[Family] = frozenset(FAMILIES)  # type: ignore[assignment]
     needs_uncond: bool = False
+    inversion_caveats: Mapping[Family, str] = field(default_factory=dict)
     runs_upwards: bool = True
     steps_follow_sigmas: bool = True
     note: str = ""
