@@ -150,3 +150,15 @@ def test_method_grid_errors(tiny_model, tiny_latent):
     with pytest.raises(ul.UnsamplingError, match="normalize='disable'"):
         ul.sweep(tiny_model, latent, {"method": ["negative_prompt"], "normalize": ["enable"]}, steps=STEPS,
                  progress=False)
+
+
+def test_pack_cost_orders_executor_tasks_longest_first():
+    """cfg 1 skips the uncond pass and later end_at_steps resample fewer steps: cheaper packs go last."""
+    from unsampling_lab.analysis.sweeps import pack_cost, plan
+
+    groups = plan({"cfg": [1.0, 3.0], "end_at_step": [0, 5]}, {"steps": 10}, batch=1)
+    cheap, dear = (next(g for g in groups if g.cfg == c) for c in (1.0, 3.0))
+    assert pack_cost([cheap]) == 10 + (10 + 5)  # inversion + two resamples, one pass each
+    assert pack_cost([dear]) == 2 * pack_cost([cheap])
+    (fp,) = plan({"method": ["fixed_point"]}, {"steps": 10}, batch=1)
+    assert pack_cost([fp]) > pack_cost([dear])

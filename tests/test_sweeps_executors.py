@@ -57,6 +57,7 @@ def test_dask_cluster_sweep_equals_serial_and_survives_a_killed_worker(cluster, 
     assert cluster.dashboard_link.startswith("http://127.0.0.1:")
     env = cluster.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(env.values()) == {None}  # the helper keeps Dask's trim threshold off the workers
+    assert set(cluster.run(_profiler_enabled).values()) == {False}  # and Dask's 10 ms stack sampler
 
     df = ul.sweep(source, latent, GRID, steps=STEPS, images=images, progress=False, executor=cluster)
     assert _values(df).equals(_values(serial))  # same threads, same batches: bit for bit
@@ -74,6 +75,13 @@ def test_dask_cluster_sweep_equals_serial_and_survives_a_killed_worker(cluster, 
                   callback=kill_one_worker)
     assert killed and _values(df).equals(_values(serial))
     assert len(ul.load_results(path)) == len(serial)
+    assert set(cluster.run(_profiler_enabled).values()) == {False}  # the restarted worker too
+
+
+def _profiler_enabled() -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
 
 
 def test_process_pool_sweep_equals_serial(source, serial, tiny_latent):
