@@ -2,12 +2,18 @@
 
     python benchmarks/inversion_methods.py [--quick] [--threads 1] [--n 4]
 
-Bundled model: 4 held-out shapes images (`make_shapes(4, seed=123456)`), euler, normal, prompt = the
-caption, the same cfg to invert and to resample; method x cfg (1, 3, 7.5) x steps (10, 20, 50).
-PSNR of the decoded reconstruction against the VAE round trip (the ceiling: a perfect inversion scores
-inf), latent relative error, NFE (+ gradient steps), non-converged steps (fixed-point variants), seconds.
-Toys (exact denoisers, float64): the 2-D two-class Gaussian mixture (64 samples, prompt = the class),
-and for the flow-only methods a 4-D Gaussian flow model; latent relative error only.
+Bundled model: held-out shapes images (`make_shapes(n, seed=123456)`, n = 8 by default), euler, normal,
+prompt = the caption, the same cfg to invert and to resample; method x cfg (1, 3, 7.5) x steps (10, 20, 50).
+Reconstruction: PSNR of the decoded round trip against the VAE round trip (the ceiling: a perfect
+inversion scores inf), latent relative error. Editing, from the same inversion (`end_at_step` 0): resample
+with "<c2> <shape>" (c2 the next colour of the palette; each method's own resampling side) at the same
+cfg; edit success = the bundled detector sees c2 and the source's shape; structure kept = IoU of the
+detector's foreground masks of the edit and the source image (the VAE round trip alone keeps 0.957).
+Cost: NFE (+ gradient steps) of the inversion, non-converged steps (fixed-point variants), seconds of
+inversion + reconstruction.
+Toys (exact denoisers, float64): the 2-D two-class Gaussian mixture (64 samples, prompt = the class):
+latent relative error, and edit success = the resample with the other class's prompt lands where that
+class's posterior is > 1/2; for the flow-only methods a 4-D Gaussian flow model (latent relative error).
 --quick: 20 steps only. Prints markdown tables.
 """
 from __future__ import annotations
@@ -44,16 +50,28 @@ FLOW_METHODS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def run(model: Any, latent: Any, *, method: str, options: dict[str, Any], steps: int, cfg: float,
-        positive: Any) -> tuple[Any, Any, float]:
+        positive: Any, edit: Any = None) -> tuple[Any, Any, Any, float]:
+    """(inversion, reconstruction, edit or None, seconds of the inversion and the reconstruction)."""
     if method == "null_text" and math.isclose(cfg, 1.0):
-        return None, None, 0.0
+        return None, None, None, 0.0
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InversionWarning)  # reported in the table instead
         inv = ul.invert(model, latent, method=method, steps=steps, cfg=cfg, positive=positive, progress=False,
                         **options)
     back = ul.resample(model, inv, steps=steps, cfg=cfg, positive=positive, progress=False)
-    return inv, back, time.perf_counter() - t
+    seconds = time.perf_counter() - t
+    edited = None if edit is None else ul.resample(model, inv, steps=steps, cfg=cfg, positive=edit, progress=False)
+    return inv, back, edited, seconds
+
+
+def edit_prompts(colours: list[str], shape_names: list[str]) -> tuple[list[str], list[str]]:
+    """Each image's edit "<c2> <shape>": c2 the next colour of the palette (so every pair is exercised)."""
+    from unsampling_lab.bundled import shapes
+
+    palette = list(shapes.COLOURS)
+    targets = [palette[(palette.index(c) + 1) % len(palette)] for c in colours]
+    return [f"{c} {s}" for c, s in zip(targets, shape_names)], targets
 
 
 def _samples(x: Any) -> torch.Tensor:
@@ -61,28 +79,34 @@ def _samples(x: Any) -> torch.Tensor:
 
 
 def bundled_table(args: argparse.Namespace) -> None:
-    from unsampling_lab.bundled import shapes
+    from unsampling_lab.bundled import detector, shapes
 
     model = ul.load_model(device="cpu")
     batch = shapes.make_shapes(args.n, seed=123_456)
     latent = model.encode(batch.images)
     ceiling = model.decode(latent)
+    edits, targets = edit_prompts(batch.colours, batch.shapes)
+    source = detector.detect(batch.images)
     print(f"## bundled model: {args.n} shapes images, euler, normal, same cfg to invert and resample\n")
-    print("| method | cfg | steps | PSNR vs VAE (dB) | latent rel. err | NFE | grad steps | non-converged steps | s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| method | cfg | steps | PSNR vs VAE (dB) | latent rel. err | edit success | structure kept (IoU) | NFE "
+          "| grad steps | non-converged steps | s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cfg in args.cfg:
         for steps in args.steps:
             for label, method, options in EPS_METHODS:
-                inv, back, seconds = run(model, latent, method=method, options=options, steps=steps, cfg=cfg,
-                                         positive=batch.captions)
+                inv, back, edited, seconds = run(model, latent, method=method, options=options, steps=steps, cfg=cfg,
+                                                 positive=batch.captions, edit=edits)
                 if inv is None:
-                    print(f"| {label} | {cfg:g} | {steps} | (needs cfg != 1) | | | | | |", flush=True)
+                    print(f"| {label} | {cfg:g} | {steps} | (needs cfg != 1) | | | | | | | |", flush=True)
                     continue
                 p = float(metrics.psnr(model.decode(back), ceiling).mean())
                 err = float(metrics.relative_error(_samples(back), _samples(latent)).mean())
+                found = detector.detect(model.decode(edited))
+                ok = [c == t and s == s0 for c, t, s, s0 in zip(found.colours, targets, found.shapes, batch.shapes)]
+                iou = float(detector.foreground_iou(found.masks, source.masks).mean())
                 bad = f"{len(inv.nonconverged_steps)}/{len(inv.step_converged)}" if method == "fixed_point" else ""
-                print(f"| {label} | {cfg:g} | {steps} | {p:.2f} | {err:.2e} | {inv.nfe} | {inv.grad_steps} | {bad} | "
-                      f"{seconds:.1f} |", flush=True)
+                print(f"| {label} | {cfg:g} | {steps} | {p:.2f} | {err:.2e} | {sum(ok)}/{len(ok)} | {iou:.3f} | "
+                      f"{inv.nfe} | {inv.grad_steps} | {bad} | {seconds:.1f} |", flush=True)
 
 
 def toy_tables(args: argparse.Namespace) -> None:
@@ -95,33 +119,45 @@ def toy_tables(args: argparse.Namespace) -> None:
     x0 = x0[:, :, None, None]
     prompts = [("left", "right")[int(k)] for k in labels]
     print("\n## Gaussian-mixture toy (2-D, two classes, 64 samples, exact denoiser, float64): latent relative error\n")
-    _toy(m, x0, prompts, EPS_METHODS, args, null_text=False)
+    other = [("left", "right")[1 - int(k)] for k in labels]
+    _toy(m, x0, prompts, EPS_METHODS, args, edit=(other, lambda x: _class_rate(mixture, x, 1 - labels)))
     data = GaussianData(torch.tensor([0.3, -0.5, 1.0, 0.0], dtype=torch.float64),
                         torch.tensor([0.5, 1.0, 0.8, 1.5], dtype=torch.float64))
     flow = gaussian_flow_model(data)
     xf = data.sample(64, torch.Generator().manual_seed(1))[:, :, None, None]
     print("\n## Gaussian flow toy (4-D, exact velocity, float64, cfg 1): latent relative error\n")
-    _toy(flow, xf, "", FLOW_METHODS, argparse.Namespace(cfg=[1.0], steps=args.steps), null_text=False)
+    _toy(flow, xf, "", FLOW_METHODS, argparse.Namespace(cfg=[1.0], steps=args.steps))
 
 
-def _toy(model: Any, x0: torch.Tensor, prompts: Any, methods: list, args: argparse.Namespace, *, null_text: bool) -> None:
-    print("| method | cfg | steps | latent rel. err | NFE | non-converged steps |")
-    print("| --- | --- | --- | --- | --- | --- |")
+def _class_rate(mixture: Any, x: torch.Tensor, want: torch.Tensor) -> str:
+    """How many of x [B, D, 1, 1] lie where the class `want` [B] has posterior > 1/2 (at sigma 0)."""
+    r = mixture.responsibilities(x.flatten(1), 0.0)
+    p = torch.stack([r[b, mixture.classes == want[b]].sum() for b in range(x.shape[0])])
+    return f"{int((p > 0.5).sum())}/{x.shape[0]}"
+
+
+def _toy(model: Any, x0: torch.Tensor, prompts: Any, methods: list, args: argparse.Namespace,
+         edit: tuple[Any, Any] | None = None) -> None:
+    """edit: (the edit prompts, a function of the edited samples giving the edit success)."""
+    print("| method | cfg | steps | latent rel. err | " + ("edit success | " if edit else "") + "NFE | non-converged steps |")
+    print("| --- | --- | --- | --- | " + ("--- | " if edit else "") + "--- | --- |")
     for cfg in args.cfg:
         for steps in args.steps:
             for label, method, options in methods:
-                if method == "null_text" and not null_text:
+                if method == "null_text":
                     continue  # the toy's prompts are one-hot classes: no embedding to optimise
-                inv, back, _ = run(model, x0, method=method, options=options, steps=steps, cfg=cfg, positive=prompts)
+                inv, back, edited, _ = run(model, x0, method=method, options=options, steps=steps, cfg=cfg,
+                                           positive=prompts, edit=None if edit is None else edit[0])
                 err = float(metrics.relative_error(back, x0).mean())
+                success = "" if edit is None else f"{edit[1](edited)} | "
                 bad = f"{len(inv.nonconverged_steps)}/{len(inv.step_converged)}" if method == "fixed_point" else ""
-                print(f"| {label} | {cfg:g} | {steps} | {err:.2e} | {inv.nfe} | {bad} |", flush=True)
+                print(f"| {label} | {cfg:g} | {steps} | {err:.2e} | {success}{inv.nfe} | {bad} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 steps only")
-    parser.add_argument("--n", type=int, default=4, help="bundled-model images")
+    parser.add_argument("--n", type=int, default=8, help="bundled-model images")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--toys-only", action="store_true")
     parser.add_argument("--only", default="", help="run only the rows whose label contains this text")
