@@ -1,11 +1,13 @@
 """Rows per second of one sweep: serial, packed (max_batch), and a Dask LocalCluster; the store's cost per row.
 
-    python benchmarks/sweep_scaling.py [--model auto|tiny|bundled] [--steps 10] [--workers 2] [--repeat 3]
+    python benchmarks/sweep_scaling.py [--model auto|tiny|bundled] [--steps 10] [--workers 2] [--repeat 5]
 
 The grid is 8 cfg values x 2 end_at_step values (8 inversion groups sharing sigmas). Serial and packed
 run here on one thread; the cluster has `--workers` processes of one thread each, warmed up first (each
-worker loads the model once; that start-up is reported separately). Every timing is the best of
-`--repeat` runs (a 2-core machine's timings vary by 10-20% run to run; the best is the least disturbed).
+worker loads the model once; that start-up is reported separately). The configurations run in
+`--repeat` rounds, each once per round, so that a slow spell of the machine slows all of them: on this
+2-core VM one configuration's time varied by up to 1.8x between runs minutes apart. Ratios are the
+median of the per-round ratios (each round's are printed too), seconds the best round's.
 Packed rows are compared with serial ones (largest relative difference of latent_mse). The store's
 overhead is the time of `ResultStore.write` (one transaction per setting, as a sweep does) per row,
 against a serial row's time.
@@ -18,6 +20,8 @@ network batch): per-image time, small over large. Packing gains more than this o
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +34,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("auto", "tiny", "bundled"), default="auto")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3, help="timings are the best of this many runs")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds (every configuration once per round)")
     args = parser.parse_args()
 
     import torch
@@ -44,61 +48,77 @@ def main() -> None:
     fixed = dict(steps=args.steps, positive="red circle", metrics=["latent", "noise"], progress=False)
     batch = int(latent["samples"].shape[0])
 
-    def timed(**kw):
-        best, df = float("inf"), None
-        for _ in range(args.repeat):
-            t = time.perf_counter()
-            df = ul.sweep(kw.get("model", model), latent, grid, **fixed, **{k: v for k, v in kw.items() if k != "model"})
-            best = min(best, time.perf_counter() - t)
-        return df, best
+    def sweep_seconds(**kw):
+        t = time.perf_counter()
+        df = ul.sweep(kw.pop("model", model), latent, grid, **fixed, **kw)
+        return df, time.perf_counter() - t
 
     def unsample_seconds(lat) -> float:
         best = float("inf")
-        for _ in range(3 * args.repeat):  # short calls: more repeats for a steady minimum
+        for _ in range(3):  # short calls: the best of three within the round
             t = time.perf_counter()
             ul.unsample(model, lat, steps=args.steps, cfg=2.0, positive="red circle", progress=False)
             best = min(best, time.perf_counter() - t)
         return best
 
     big = {**latent, "samples": latent["samples"].repeat(8, 1, 1, 1)}
-    ceiling = 8 * unsample_seconds(latent) / unsample_seconds(big)
-    serial, serial_s = timed()
-    packed, packed_s = timed(max_batch=8 * batch)
-    rel = ((packed["latent_mse"] - serial["latent_mse"]).abs() / serial["latent_mse"].abs()).max()
-    rows = len(serial)
-    print(f"model: {what}; steps {args.steps}; grid {grid}; {rows} rows")
-    print(f"{'':22} {'seconds':>8} {'rows/s':>8} {'x serial':>9} {'nfe':>5}")
-    print(f"{'serial (1 thread)':22} {serial_s:>8.2f} {rows / serial_s:>8.2f} {1:>9.2f} {serial.attrs['nfe_total']:>5}")
-    print(f"{'packed (max_batch ' + str(8 * batch) + ')':22} {packed_s:>8.2f} {rows / packed_s:>8.2f} "
-          f"{serial_s / packed_s:>9.2f} {packed.attrs['nfe_total']:>5}")
-    print(f"{'batching ceiling':22} {'':>8} {'':>8} {ceiling:>9.2f}        (per-image time of one network call on "
-          f"{2 * batch} rows over one on {16 * batch})")
-
     with tempfile.TemporaryDirectory() as tmp:
+        client, source, warm_s = None, None, math.nan
         try:
             client = ul.local_cluster(args.workers, threads_per_worker=1)
         except ul.UnsamplingError as e:
-            client = None
-            print(f"{'dask':22} skipped: {e}")
-        if client is not None:
-            if "tiny" in what:
-                tiny_sd_pipeline(Path(tmp, "tiny"))
-                source = ul.ModelSource(str(Path(tmp, "tiny")), device="cpu", threads=1)
-            else:
-                source = ul.ModelSource(None, device="cpu", threads=1)
-            try:
+            print(f"dask skipped: {e}")
+        try:
+            if client is not None:
+                if "tiny" in what:
+                    tiny_sd_pipeline(Path(tmp, "tiny"))
+                    source = ul.ModelSource(str(Path(tmp, "tiny")), device="cpu", threads=1)
+                else:
+                    source = ul.ModelSource(None, device="cpu", threads=1)
                 t = time.perf_counter()  # warm-up: every worker loads the model once (a one-setting grid per worker)
                 ul.sweep(source, latent, {"cfg": [0.5 + 0.1 * i for i in range(args.workers)]}, steps=2,
                          progress=False, metrics=["latent"], executor=client)
                 warm_s = time.perf_counter() - t
-                dask_df, dask_s = timed(model=source, executor=client)
-                same = dask_df.drop(columns="seconds").equals(serial.drop(columns="seconds"))
-                print(f"{'dask ' + str(args.workers) + ' workers x 1':22} {dask_s:>8.2f} {rows / dask_s:>8.2f} "
-                      f"{serial_s / dask_s:>9.2f} {dask_df.attrs['nfe_total']:>5}   (start-up + model loads "
-                      f"{warm_s:.1f} s, not counted; rows equal serial: {same})")
-            finally:
+            # rounds: every configuration once per round, so a slow spell of the machine hits all of them;
+            # the ratios are per round (median over rounds), the seconds the best round's
+            runs: dict[str, list[float]] = {"serial": [], "packed": [], "dask": [], "ceiling": []}
+            for _ in range(args.repeat):
+                runs["ceiling"].append(8 * unsample_seconds(latent) / unsample_seconds(big))
+                serial, s_s = sweep_seconds()
+                packed, p_s = sweep_seconds(max_batch=8 * batch)
+                runs["serial"].append(s_s)
+                runs["packed"].append(p_s)
+                if client is not None:
+                    dask_df, d_s = sweep_seconds(model=source, executor=client)
+                    runs["dask"].append(d_s)
+        finally:
+            if client is not None:
                 client.close()
                 client.cluster.close()
+
+        rel = ((packed["latent_mse"] - serial["latent_mse"]).abs() / serial["latent_mse"].abs()).max()
+        rows = len(serial)
+        serial_s = min(runs["serial"])
+
+        def ratio(name: str) -> str:
+            per_round = [a / b for a, b in zip(runs["serial"], runs[name])]
+            return f"{statistics.median(per_round):>9.2f}   (rounds: {', '.join(f'{r:.2f}' for r in per_round)})"
+
+        print(f"model: {what}; steps {args.steps}; grid {grid}; {rows} rows; {args.repeat} rounds")
+        print(f"{'':22} {'seconds':>8} {'rows/s':>8} {'x serial':>9}")
+        print(f"{'serial (1 thread)':22} {serial_s:>8.2f} {rows / serial_s:>8.2f} {1:>9.2f}   nfe {serial.attrs['nfe_total']}")
+        packed_s = min(runs["packed"])
+        print(f"{'packed (max_batch ' + str(8 * batch) + ')':22} {packed_s:>8.2f} {rows / packed_s:>8.2f} {ratio('packed')}"
+              f"   nfe {packed.attrs['nfe_total']}")
+        ceiling = runs["ceiling"]
+        print(f"{'batching ceiling':22} {'':>8} {'':>8} {statistics.median(ceiling):>9.2f}   (rounds: "
+              f"{', '.join(f'{c:.2f}' for c in ceiling)}; per-image time of one network call on {2 * batch} rows "
+              f"over one on {16 * batch})")
+        if runs["dask"]:
+            dask_s = min(runs["dask"])
+            same = dask_df.drop(columns="seconds").equals(serial.drop(columns="seconds"))
+            print(f"{'dask ' + str(args.workers) + ' workers x 1':22} {dask_s:>8.2f} {rows / dask_s:>8.2f} {ratio('dask')}"
+                  f"   (start-up + model loads {warm_s:.1f} s, not counted; rows equal serial: {same})")
 
         store = ResultStore(Path(tmp, "bench.sqlite"))
         settings = 200
@@ -115,7 +135,6 @@ def main() -> None:
     print(f"store: {write_s * 1e3:.2f} ms per row written = {100 * write_s / per_row:.2f}% of a serial row "
           f"({per_row * 1e3:.0f} ms)")
     print(f"packed vs serial: largest relative difference of latent_mse {rel:.1e}")
-
 
 if __name__ == "__main__":
     main()

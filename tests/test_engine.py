@@ -80,6 +80,27 @@ def test_cfg_batches_cond_and_uncond_and_skips_negative_at_cfg_1(sd_model):
         restore()
 
 
+def test_per_item_cfg_skips_the_uncond_of_cfg_1_items(sd_model):
+    """A packed batch with one cfg per item: the cfg-1 items get no uncond rows (as alone) and their
+    denoised is the cond output itself; the others are uncond + cfg (cond - uncond). Each item equals
+    its own unpacked call up to float32 rounding (another batch size, other kernels)."""
+    from unsampling_lab.guidance import EvalCounter, GuidedDenoiser, to_conditioning
+
+    model = sd_model
+    p = to_conditioning(model, ["a", "b", "c"], batch_size=3, name="positive")
+    n = to_conditioning(model, ["", "", ""], batch_size=3, name="negative")
+    x, sigma = _latent(b=3), torch.tensor([2.0, 2.0, 2.0])
+    counter = EvalCounter()
+    out, uncond = GuidedDenoiser(model, p, n, torch.tensor([1.0, 3.0, 1.0]), counter=counter).with_uncond(x, sigma)
+    assert counter.rows == 3 + 1  # three cond rows, one uncond row
+    for i, cfg in enumerate((1.0, 3.0, 1.0)):
+        alone = GuidedDenoiser(model, to_conditioning(model, "abc"[i], batch_size=1, name="positive"),
+                               to_conditioning(model, "", batch_size=1, name="negative"), cfg)
+        got, unc = alone.with_uncond(x[i:i + 1], sigma[i:i + 1])
+        torch.testing.assert_close(out[i:i + 1], got, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(uncond[i:i + 1], unc, rtol=1e-4, atol=1e-5)
+
+
 def test_cfg_is_x0_space_extrapolation(sd2v_model):
     """denoised = uncond + cfg (cond - uncond): linear in cfg at a fixed state."""
     from unsampling_lab.guidance import GuidedDenoiser

@@ -104,6 +104,12 @@ def concat(conds: Sequence[Conditioning]) -> Conditioning:
     return Conditioning(embeds, pooled, dict(conds[0].extra))
 
 
+def _rows(cond: Conditioning, rows: Tensor) -> Conditioning:
+    """The conditioning of batch items `rows` (embeds [B, L, D], pooled [B, P])."""
+    pooled = None if cond.pooled is None else cond.pooled[rows.to(cond.pooled.device)]
+    return Conditioning(cond.embeds[rows.to(cond.embeds.device)], pooled, dict(cond.extra))
+
+
 def _encode(model: DiffusionModel, prompts: list[str], name: str) -> Conditioning:
     try:
         return model.encode_prompt(prompts)
@@ -157,7 +163,16 @@ class GuidedDenoiser:
         scales = self.cfg.tolist() if isinstance(self.cfg, Tensor) else [self.cfg]
         self.use_uncond = self.negative is not None and (
             self.always_uncond or not all(math.isclose(c, 1.0) for c in scales))
-        self._batched = concat([self.negative, self.positive]) if self.use_uncond else self.positive  # type: ignore[list-item]
+        # per-item cfg: items at cfg 1 need no uncond pass (ComfyUI's cfg-1 rule, item by item), so their
+        # denoised is the cond output itself, as when they run alone
+        self._uncond_rows: Tensor | None = None
+        negative = self.negative
+        if self.use_uncond and isinstance(self.cfg, Tensor) and not self.always_uncond:
+            need = [i for i, c in enumerate(scales) if not math.isclose(c, 1.0)]
+            if len(need) < len(scales) and negative is not None and negative.embeds.shape[0] == len(scales):
+                self._uncond_rows = torch.tensor(need, dtype=torch.long)
+                negative = _rows(negative, self._uncond_rows)
+        self._batched = concat([negative, self.positive]) if self.use_uncond else self.positive  # type: ignore[list-item]
 
     @property
     def model_sampling(self):  # type: ignore[no-untyped-def]
@@ -179,7 +194,16 @@ class GuidedDenoiser:
             known = self.model.model_sampling.noise_scaling(sigma, noise, self.latent)
             x = x * m + known * (1.0 - m)
         self.counter.nfe += 1
-        if self.use_uncond:
+        if self.use_uncond and self._uncond_rows is not None:
+            rows = self._uncond_rows.to(x.device)
+            k = int(rows.shape[0])
+            both = self._run(torch.cat([x[rows], x]), torch.cat([sigma[rows], sigma]), self._batched)
+            cond = both[k:]
+            cfg = self.cfg.to(x)[rows].reshape(-1, *([1] * (x.ndim - 1)))  # type: ignore[union-attr]
+            out, uncond = cond.clone(), cond.clone()
+            uncond[rows] = both[:k]
+            out[rows] = both[:k] + (cond[rows] - both[:k]) * cfg
+        elif self.use_uncond:
             both = self._run(torch.cat([x, x]), torch.cat([sigma, sigma]), self._batched)
             uncond, cond = both.chunk(2)
             cfg = self.cfg if not isinstance(self.cfg, Tensor) else self.cfg.to(x).reshape(-1, *([1] * (x.ndim - 1)))

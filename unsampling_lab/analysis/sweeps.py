@@ -358,8 +358,8 @@ def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: 
 
     With one group and max_batch = the batch size this is exactly the unpacked computation: the
     engine is called with the setting's own cfg and prompts. Packed, each image of the network batch
-    carries its own cfg and prompts; rows agree with unpacked ones to float rounding (a batched
-    cfg-1 item is computed as uncond + 1 * (cond - uncond); see benchmarks/sweep_scaling.py).
+    carries its own cfg and prompts; rows agree with unpacked ones to float rounding (a packed cfg-1 item
+    gets no uncond rows, as alone; see benchmarks/sweep_scaling.py).
     Yields each setting as its resample finishes.
     """
     from .. import engine
