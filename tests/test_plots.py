@@ -109,3 +109,14 @@ def test_rate_plot_image_grid_and_ceiling(tmp_path):
     ax = plots.psnr_against_ceiling(df)
     assert ax.lines[-1].get_ydata()[0] == 33.0 and "VAE ceiling" in ax.get_legend().get_texts()[-1].get_text()
     _png(ax.figure, tmp_path, "ceiling.png")
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points():
+    cost = [10, 20, 40, 40, 80, 15]
+    value = [20, 90, 40, 95, 30, 20]
+    # 10/20 is cheapest; 20/90 beats everything costlier except 40/95; 15/20 is dominated by 10/20
+    assert plots.pareto_front(cost, value) == [0, 1, 3]
+    ax = plots.pareto(pd.DataFrame({"nfe": cost, "psnr": value, "label": list("abcdef")}))
+    front = ax.get_lines()[0]
+    assert front.get_xdata().tolist() == [10, 20, 40] and front.get_ydata().tolist() == [20, 90, 95]
+    assert {t.get_text() for t in ax.texts} == set("abcdef")

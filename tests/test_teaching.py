@@ -93,3 +93,28 @@ def test_edit_grid_is_invert_then_resample_by_hand(bundled):
     assert rows["edit"].tolist() == ["blue circle", "red cross"] and set(rows["resample_cfg"]) == {3.0}
     assert rows["colour_match"].notna().all(), "per-item edit prompts reach the detector"
     assert not math.isnan(rows["fg_iou"].iloc[0])
+
+
+def test_compare_methods_is_invert_then_resample_by_hand(bundled):
+    from unsampling_lab.bundled import detector
+    from unsampling_lab.bundled.shapes import make_shapes
+
+    shapes = make_shapes(2, seed=5)
+    edits = ["blue circle", "red cross"]
+    settings = [("plain", "unsampler", {}), ("exact", "edict", {})]
+    table, decoded = teaching.compare_methods(bundled, shapes.images, settings, source=shapes.captions, edit=edits,
+                                              steps=4, cfg=3.0)
+    assert table["label"].tolist() == ["plain", "exact"] and table["nfe"].tolist() == [4, 8]
+    latent = bundled.encode(shapes.images)
+    inv = ul.invert(bundled, latent, method="edict", steps=4, cfg=3.0, positive=shapes.captions, progress=False)
+    back = ul.resample(bundled, inv, steps=4, cfg=3.0, positive=shapes.captions, progress=False)
+    edited = bundled.decode(ul.resample(bundled, inv, steps=4, cfg=3.0, positive=edits, progress=False))
+    exact = table.iloc[1]
+    assert exact["psnr"] == pytest.approx(float(ul.metrics.psnr(bundled.decode(back), bundled.decode(latent)).mean()),
+                                          rel=1e-5)
+    assert torch.allclose(decoded[("exact", "edit")], edited[0], atol=1e-5)
+    found = detector.detect(edited)
+    want = [c == t.split()[0] and s == t.split()[1] for c, s, t in zip(found.colours, found.shapes, edits)]
+    assert exact["edit_success"] == pytest.approx(sum(want) / 2)
+    assert exact["fg_iou"] == pytest.approx(float(detector.foreground_iou(found.masks, detector.detect(shapes.images).masks).mean()),
+                                            rel=1e-5)

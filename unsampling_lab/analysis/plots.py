@@ -205,6 +205,33 @@ def rate_plot(summary: "pd.DataFrame", *, x: str, y: str, hue: str, ax: "Axes | 
     return ax
 
 
+def pareto_front(cost: Sequence[float], value: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats: none costs at most as much and scores at least as
+    high with one of the two strictly better. Sorted by cost."""
+    pts = list(zip(cost, value))
+    front = [i for i, (c, v) in enumerate(pts)
+             if not any((c2 <= c and v2 >= v) and (c2 < c or v2 > v) for c2, v2 in pts)]
+    return sorted(front, key=lambda i: pts[i][0])
+
+
+def pareto(df: "pd.DataFrame", *, cost: str = "nfe", value: str = "psnr", label: str = "label",
+           ax: "Axes | None" = None, log_cost: bool = True) -> "Axes":
+    """Quality against cost, one labelled point per row, the Pareto front (`pareto_front`) drawn as a line."""
+    ax = ensure_ax(ax, figsize=(5, 3.6))
+    xs, ys = df[cost].to_numpy(dtype=float), df[value].to_numpy(dtype=float)
+    ax.scatter(xs, ys, s=18, zorder=3)
+    for x, y, name in zip(xs, ys, df[label].astype(str)):
+        ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    front = pareto_front(xs.tolist(), ys.tolist())
+    ax.plot(xs[front], ys[front], "-", color="C3", lw=1, label="Pareto front: nothing cheaper is better")
+    if log_cost:
+        ax.set_xscale("log")
+    ax.set_xlabel({"nfe": "network evaluations (NFE)"}.get(cost, cost))
+    ax.set_ylabel({"psnr": "reconstruction PSNR vs VAE (dB)"}.get(value, value))
+    ax.legend(fontsize=7)
+    return ax
+
+
 def image_grid(images: Mapping[tuple[Any, Any], Tensor], *, rows: Sequence[Any], cols: Sequence[Any],
                row_label: str = "", col_label: str = "", axes: Any = None, first: Tensor | None = None,
                first_title: str = "original", size: float = 1.3) -> Any:
@@ -228,7 +255,8 @@ def image_grid(images: Mapping[tuple[Any, Any], Tensor], *, rows: Sequence[Any],
             ax = axes[i, j + extra]
             ax.imshow(_to_rgb(images[(r, c)], latent=False), interpolation="nearest")
             if i == 0:
-                ax.set_title(f"{col_label}={c:g}" if isinstance(c, float) else f"{col_label}={c}", fontsize=8)
+                value = f"{c:g}" if isinstance(c, float) else str(c)
+                ax.set_title(f"{col_label}={value}" if col_label else value, fontsize=8)
         value = f"{r:g}" if isinstance(r, float) else str(r)
         axes[i, 0].set_ylabel(f"{row_label}={value}" if row_label else value, fontsize=8)
     for ax in axes.flat:
