@@ -65,28 +65,13 @@ def run(model: Any, latent: Any, *, method: str, options: dict[str, Any], steps:
     return inv, back, edited, seconds
 
 
-def edit_prompts(colours: list[str], shape_names: list[str]) -> tuple[list[str], list[str]]:
-    """Each image's edit "<c2> <shape>": c2 the next colour of the palette (so every pair is exercised)."""
-    from unsampling_lab.bundled import shapes
-
-    palette = list(shapes.COLOURS)
-    targets = [palette[(palette.index(c) + 1) % len(palette)] for c in colours]
-    return [f"{c} {s}" for c, s in zip(targets, shape_names)], targets
-
-
-def _samples(x: Any) -> torch.Tensor:
-    return x["samples"] if isinstance(x, dict) else x
-
-
 def bundled_table(args: argparse.Namespace) -> None:
-    from unsampling_lab.bundled import detector, shapes
+    from unsampling_lab.bundled import shapes
+    from unsampling_lab.lab.teaching import compare_methods
 
     model = ul.load_model(device="cpu")
     batch = shapes.make_shapes(args.n, seed=123_456)
-    latent = model.encode(batch.images)
-    ceiling = model.decode(latent)
-    edits, targets = edit_prompts(batch.colours, batch.shapes)
-    source = detector.detect(batch.images)
+    edits = shapes.recolour_captions(batch)
     print(f"## bundled model: {args.n} shapes images, euler, normal, same cfg to invert and resample\n")
     print("| method | cfg | steps | PSNR vs VAE (dB) | latent rel. err | edit success | structure kept (IoU) | NFE "
           "| grad steps | non-converged steps | s |")
@@ -94,19 +79,16 @@ def bundled_table(args: argparse.Namespace) -> None:
     for cfg in args.cfg:
         for steps in args.steps:
             for label, method, options in EPS_METHODS:
-                inv, back, edited, seconds = run(model, latent, method=method, options=options, steps=steps, cfg=cfg,
-                                                 positive=batch.captions, edit=edits)
-                if inv is None:
+                if method == "null_text" and math.isclose(cfg, 1.0):
                     print(f"| {label} | {cfg:g} | {steps} | (needs cfg != 1) | | | | | | | |", flush=True)
                     continue
-                p = float(metrics.psnr(model.decode(back), ceiling).mean())
-                err = float(metrics.relative_error(_samples(back), _samples(latent)).mean())
-                found = detector.detect(model.decode(edited))
-                ok = [c == t and s == s0 for c, t, s, s0 in zip(found.colours, targets, found.shapes, batch.shapes)]
-                iou = float(detector.foreground_iou(found.masks, source.masks).mean())
-                bad = f"{len(inv.nonconverged_steps)}/{len(inv.step_converged)}" if method == "fixed_point" else ""
-                print(f"| {label} | {cfg:g} | {steps} | {p:.2f} | {err:.2e} | {sum(ok)}/{len(ok)} | {iou:.3f} | "
-                      f"{inv.nfe} | {inv.grad_steps} | {bad} | {seconds:.1f} |", flush=True)
+                table, _ = compare_methods(model, batch.images, [(label, method, options)], source=batch.captions,
+                                           edit=edits, steps=steps, cfg=cfg)
+                r = table.iloc[0]
+                bad = f"{r['nonconverged']}/{steps}" if method == "fixed_point" else ""
+                print(f"| {label} | {cfg:g} | {steps} | {r['psnr']:.2f} | {r['relative_error']:.2e} | "
+                      f"{round(r['edit_success'] * args.n)}/{args.n} | {r['fg_iou']:.3f} | {r['nfe']} | {r['grad_steps']} | "
+                      f"{bad} | {r['seconds']:.1f} |", flush=True)
 
 
 def toy_tables(args: argparse.Namespace) -> None:

@@ -20,13 +20,6 @@ from unsampling_lab.bundled import detector, shapes
 from unsampling_lab.analysis import metrics
 
 
-def _edit_prompts(colours: list[str], shape_names: list[str]) -> tuple[list[str], list[str]]:
-    """Each image's target colour: the next colour in the palette (so every pair is exercised)."""
-    palette = list(shapes.COLOURS)
-    targets = [palette[(palette.index(c) + 1) % len(palette)] for c in colours]
-    return [f"{c} {s}" for c, s in zip(targets, shape_names)], targets
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="held-out images")
@@ -55,7 +48,8 @@ def main() -> None:
         print(f"{steps:6d} {float(metrics.psnr(images, ceiling).mean()):12.2f} "
               f"{float(metrics.psnr(images, batch.images).mean()):17.2f} {float(rel.mean()):16.4f}")
 
-    edits, targets = _edit_prompts(batch.colours, batch.shapes)
+    edits = shapes.recolour_captions(batch)
+    targets = [e.split()[0] for e in edits]
     source = detector.detect(batch.images)
     print(f"\nediting: '<c1> <shape>' -> '<c2> <shape>', {args.steps} steps, euler, normal")
     print(f"{'cfg':>5} {'end_at_step':>12} {'success':>8} {'colour':>7} {'shape':>6} {'IoU kept':>9}")

@@ -26,8 +26,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model = ul.load_model(device="cpu")
     batch = shapes.make_shapes(4, seed=2024)
-    palette = list(shapes.COLOURS)
-    edits = [f"{palette[(palette.index(c) + 2) % len(palette)]} {s}" for c, s in zip(batch.colours, batch.shapes)]
+    edits = shapes.recolour_captions(batch, shift=2)
     latent = model.encode(batch.images)
     traj = ul.unsample_trajectory(model, latent, steps=STEPS, cfg=CFG, positive=batch.captions, negative="", progress=False)
     noisy = ul.unsampled(model, traj, END_AT_STEP, like=latent)

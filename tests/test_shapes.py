@@ -36,3 +36,15 @@ def test_captions_and_colours_match_pixels() -> None:
 
 def test_all_classes_appear() -> None:
     assert set(make_shapes(400, seed=1).captions) == set(CAPTIONS)
+
+
+def test_recolour_captions_moves_the_colour_along_the_palette_and_keeps_the_shape():
+    from unsampling_lab.bundled.shapes import COLOURS, make_shapes, recolour_captions
+
+    batch = make_shapes(12, seed=3)
+    palette = list(COLOURS)
+    for caption, colour, shape, edit in zip(batch.captions, batch.colours, batch.shapes, recolour_captions(batch)):
+        new_colour, new_shape = edit.split()
+        assert new_shape == shape and caption == f"{colour} {shape}"
+        assert palette.index(new_colour) == (palette.index(colour) + 1) % len(palette)
+    assert recolour_captions(batch, shift=len(palette)) == batch.captions

@@ -79,6 +79,13 @@ def render(colour_idx: Tensor, shape_idx: Tensor, centres: Tensor, radii: Tensor
     return shape_masks(shape_idx, centres, radii, size=size)[..., None] * rgb[:, None, None, :]
 
 
+def recolour_captions(batch: ShapesBatch, *, shift: int = 1) -> list[str]:
+    """The benchmarks' and notebooks' edit: each caption with its colour moved `shift` places along the
+    palette ("red circle" -> "green circle"), so every colour pair occurs and the shape word stays."""
+    palette = list(COLOURS)
+    return [f"{palette[(palette.index(c) + shift) % len(palette)]} {s}" for c, s in zip(batch.colours, batch.shapes)]
+
+
 def make_shapes(n: int, *, seed: int, size: int = SIZE) -> ShapesBatch:
     """`n` random shapes, deterministic from `seed`: uniform colour, shape, radius, and a centre that keeps the shape inside."""
     g = torch.Generator().manual_seed(seed)
