@@ -446,14 +446,14 @@ def _captured_resample(model, sampler, monkeypatch):
     """ul.resample from pure noise with a noise seed; returns (denoiser, x, sigmas, our output) of the sampler run."""
     import unsampling_lab.engine as engine
 
-    runs, run = [], engine._run
+    runs, run = [], engine.run_sampler
 
     def recording(spec, denoiser, x, sigmas, **kwargs):
         out = run(spec, denoiser, x, sigmas, **kwargs)
         runs.append((denoiser, x.clone(), sigmas.clone(), out))
         return out
 
-    monkeypatch.setattr(engine, "_run", recording)
+    monkeypatch.setattr(engine, "run_sampler", recording)
     latent = torch.zeros(3, 4, 1, 1)
     ul.resample(model, {"samples": latent}, steps=12, sampler_name=sampler, scheduler="simple", add_noise=True,
                 noise_seed=SEED, progress=False)
@@ -599,14 +599,14 @@ def test_cfg_pp_sampler_is_comfyuis_bit_for_bit(sampler, cfg, monkeypatch):
     """With guidance (prompt "a" against the mixture), and at cfg 1, where ComfyUI still runs the uncond pass."""
     import unsampling_lab.engine as engine
 
-    runs, run = [], engine._run
+    runs, run = [], engine.run_sampler
 
     def recording(spec, denoiser, x, sigmas, **kwargs):
         out = run(spec, denoiser, x, sigmas, **kwargs)
         runs.append((denoiser, x.clone(), sigmas.clone(), out))
         return out
 
-    monkeypatch.setattr(engine, "_run", recording)
+    monkeypatch.setattr(engine, "run_sampler", recording)
     model = _mixture()
     ul.resample(model, {"samples": torch.zeros(3, 4, 1, 1)}, steps=10, cfg=cfg, sampler_name=sampler,
                 scheduler="karras", positive="a", negative="", add_noise=True, noise_seed=SEED, progress=False)

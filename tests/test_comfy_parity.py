@@ -439,14 +439,14 @@ def _engine_runs(monkeypatch):
     """Record (denoiser, x, sigmas, sampler output) of every sampler run the engine makes."""
     import unsampling_lab.engine as engine
 
-    runs, run = [], engine._run
+    runs, run = [], engine.run_sampler
 
     def recording(spec, denoiser, x, sigmas, **kwargs):
         out = run(spec, denoiser, x, sigmas, **kwargs)
         runs.append((denoiser, x.clone(), sigmas.clone(), out))
         return out
 
-    monkeypatch.setattr(engine, "_run", recording)
+    monkeypatch.setattr(engine, "run_sampler", recording)
     return runs
 
 

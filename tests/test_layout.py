@@ -1,9 +1,10 @@
 """The package's layers, read from its source (ast): no import cycles, and nothing imports upwards.
 
-    core      errors, model_sampling, schedulers, samplers/, guidance, engine, trajectory, models/, (inversion/)
-    bundled   the shapes model (data, detector, tokenizer, training, weights); testing (tiny seeded models)
-    analysis  analysis/ (metrics, evaluate, sweeps, store, plots)
-    lab       lab/ (widgets, cli, teaching, images, ComfyUI comparisons)
+    core      errors, inputs, model_sampling, schedulers, samplers/, guidance, trajectory, engine, models/,
+              inversion/, latent_files, pixels
+    bundled   the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
+    analysis  analysis/ (metrics, evaluate, sweeps, store, executors, plots)
+    lab       lab/ (widgets, cli, teaching, images, comfyui_flow)
 
 A module may import its own layer and the layers above it in this list. The core may read the bundled
 model's location (the `unsampling_lab.bundled` package itself, a path) to load it by default, and never
@@ -90,6 +91,59 @@ def test_no_upward_import(module):
     if _layer(module) == "core":
         heavy = sorted({t.split(".")[0] for t in _imports(module, MODULES[module])} & HEAVY)
         assert not heavy, f"core module {module} imports {heavy}; plotting, tables and widgets belong in analysis/ or lab/"
+
+
+def test_the_layer_list_is_the_packages():
+    """The layer list above and the one in unsampling_lab/__init__.py are the same text, and every core
+    module it names exists."""
+    ours = __doc__.split("\n\n")[1]
+    init = (PACKAGE / "__init__.py").read_text(encoding="utf-8")
+    assert ours in init, "the layer list in unsampling_lab/__init__.py differs from tests/test_layout.py's"
+    core = " ".join(line.split(None, 1)[1] if line.startswith("    core") else line for line in ours.splitlines()[:2])
+    for name in (n.strip(" ,/") for n in core.split()):
+        assert f"unsampling_lab.{name}" in MODULES, f"the layer list names {name}, which is not a module"
+    for module in MODULES:
+        if module.count(".") == 1 and _layer(module) == "core":
+            assert module.split(".")[1] in core, f"core module {module} is missing from the layer list"
+
+
+def _imported_names(path: Path, target: str) -> set[str]:
+    """The names a file imports from module `target` (`from ..engine import x`, `from .. import engine`)."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            where = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module
+            if where == target:
+                names.update(a.name for a in node.names)
+    return names
+
+
+def test_inversion_uses_only_the_engines_public_names():
+    """inversion/ builds on the engine through its public names, imported at module top; engine.py never
+    imports inversion/ (ul.resample dispatches an Inversion, not engine.resample)."""
+    files = sorted((PACKAGE / "inversion").glob("*.py"))
+    assert len(files) >= 5
+    seen: set[str] = set()
+    for path in files:
+        for target in ("unsampling_lab.engine", "unsampling_lab.inputs"):
+            names = _imported_names(path, target)
+            private = sorted(n for n in names if n.startswith("_"))
+            assert not private, f"{path.name} imports private names {private} of {target}"
+            seen |= names
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and node.module in ("engine", "inputs") and node.level == 2:
+                    raise AssertionError(f"{path.name}: {fn.name} imports from ..{node.module} inside the function")
+        for node in ast.walk(tree):  # engine._x through a module import
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "engine":
+                assert not node.attr.startswith("_"), f"{path.name} uses engine.{node.attr}"
+    assert {"run_sampler", "run_unsample", "finish_unsample", "wrap", "keep_unmasked"} <= seen  # the walk is live
+    engine_imports = GRAPH["unsampling_lab.engine"]
+    assert not any(m.startswith("unsampling_lab.inversion") for m in engine_imports), engine_imports
 
 
 def test_no_import_cycles():

@@ -6,11 +6,12 @@
     noise = ul.unsample(model, latent, steps=20)  # ComfyUI's Unsampler
     out = ul.resample(model, noise, steps=20)     # ComfyUI's KSamplerAdvanced
 
-Layers (each imports only those above it in this list, never below):
-    core      errors, model_sampling, schedulers, samplers/, guidance, engine, trajectory, models/
+Layers (a module imports its own layer and those above it in this list, never below; tests/test_layout.py):
+    core      errors, inputs, model_sampling, schedulers, samplers/, guidance, trajectory, engine, models/,
+              inversion/, latent_files, pixels
+    bundled   the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
     analysis  analysis/ (metrics, evaluate, sweeps, store, executors, plots)
-    lab       lab/ (widgets, cli, teaching, comfyui_flow)
-    bundled/  the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
+    lab       lab/ (widgets, cli, teaching, images, comfyui_flow)
 Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used.
 """
 from __future__ import annotations
@@ -18,9 +19,9 @@ from __future__ import annotations
 from .analysis.executors import ModelSource, local_cluster
 from .analysis.store import load_results
 from .analysis.sweeps import sweep
-from .engine import NORMALIZE_MODES, resample, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
+from .engine import NORMALIZE_MODES, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError, UnsamplingWarning
-from .inversion import INVERSION_METHODS, Inversion, invert
+from .inversion import INVERSION_METHODS, Inversion, invert, resample
 from .latent_files import load_latent, save_latent
 from .model_sampling import ModelSampling
 from .models.base import Conditioning, DiffusionModel, LatentFormat
@@ -36,7 +37,7 @@ __version__ = "0.1.0"
 _SUBMODULES: dict[str, str] = {
     "metrics": ".analysis.metrics", "plots": ".analysis.plots", "sweeps": ".analysis.sweeps",
     "widgets": ".lab.widgets", "teaching": ".lab.teaching", "cli": ".lab.cli",
-    "analytic": ".models.gaussian", "detector": ".bundled.detector", "shapes": ".bundled.shapes", "testing": ".testing",
+    "analytic": ".models.analytic", "detector": ".bundled.detector", "shapes": ".bundled.shapes", "testing": ".testing",
 }
 
 

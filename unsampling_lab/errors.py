@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Iterable
+from typing import Any
 
 
 class UnsamplingError(ValueError):
@@ -23,6 +25,20 @@ def check_choice(name: str, choices: Iterable[str], *, what: str) -> str:
     if name not in choices:
         raise suggest(name, choices, what=what)
     return name
+
+
+def check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    """`value` as a Python int in minimum..maximum: ints and numpy integers pass; bools, floats and strings are
+    errors (a whole float is told its int: `steps must be a whole number, got 4.0; use 4`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy bools are not Integral either
+        whole = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
+        hint = f"; use {int(value)}" if whole else ""
+        raise UnsamplingError(f"{name} must be a whole number, got {value!r}{hint}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        limits = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise UnsamplingError(f"{name} must be {limits}, got {value}")
+    return value
 
 
 class UnsamplingWarning(UserWarning):

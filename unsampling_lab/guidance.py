@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import UnsamplingError
+from .inputs import cfg_is_one, unguided
 from .models.base import Conditioning, DiffusionModel
 
 Prompt = Union[str, Sequence[str], Tensor, Conditioning, list]
@@ -160,15 +161,14 @@ class GuidedDenoiser:
     always_uncond: bool = False  # evaluate the negative even at cfg 1 (CFG++ samplers; ComfyUI's disable_cfg1_optimization)
 
     def __post_init__(self) -> None:
-        scales = self.cfg.tolist() if isinstance(self.cfg, Tensor) else [self.cfg]
-        self.use_uncond = self.negative is not None and (
-            self.always_uncond or not all(math.isclose(c, 1.0) for c in scales))
+        self.use_uncond = self.negative is not None and (self.always_uncond or not unguided(self.cfg))
         # per-item cfg: items at cfg 1 need no uncond pass (ComfyUI's cfg-1 rule, item by item), so their
         # denoised is the cond output itself, as when they run alone
         self._uncond_rows: Tensor | None = None
         negative = self.negative
         if self.use_uncond and isinstance(self.cfg, Tensor) and not self.always_uncond:
-            need = [i for i, c in enumerate(scales) if not math.isclose(c, 1.0)]
+            scales = self.cfg.tolist()
+            need = [i for i, c in enumerate(scales) if not cfg_is_one(c)]
             if len(need) < len(scales) and negative is not None and negative.embeds.shape[0] == len(scales):
                 self._uncond_rows = torch.tensor(need, dtype=torch.long)
                 negative = _rows(negative, self._uncond_rows)
@@ -211,7 +211,7 @@ class GuidedDenoiser:
         else:
             both = out = uncond = self._run(x, sigma, self._batched)
         if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(x).all()):
-            raise self._non_finite(x, sigma, both)  # a NaN state is the sampler's: engine._run reports it
+            raise self._non_finite(x, sigma, both)  # a NaN state is the sampler's: engine.run_sampler reports it
         if m is not None:
             out = out * m + self.latent * (1.0 - m)  # the uncond stays unblended: ComfyUI's post-cfg hook sees it raw
         return out, uncond

@@ -2,8 +2,8 @@
 
 One full unsample (end_at_step = 0) passes through the state that `unsample(end_at_step=k)`
 returns for every k (for prefix-consistent samplers), so a sweep over end_at_step needs one
-inversion, not one per value: `engine.trajectory_state(traj, k)` reads it, `engine.unsampled` returns it
-as the node would. A data object: per-step statistics live in `analysis.metrics.trajectory_frame`.
+inversion, not one per value: `traj.state(k)` reads it, `engine.unsampled` returns it as the node would.
+A data object: per-step statistics live in `analysis.metrics.trajectory_frame`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import UnsamplingError
+from .errors import UnsamplingError, check_int
+
+
+def state_index(steps: int, end_at_step: int) -> int:
+    """Where `unsample(steps=N, end_at_step=k)` stops, as an index into the N + 1 states of a full unsample:
+    N - min(k, N - 1) (ComfyUI's `last_step`; k >= N still takes one step). The one place this rule lives;
+    a recorded run answers it as `Trajectory.index(k)`."""
+    return steps - min(end_at_step, steps - 1)
+
+
+def end_at_step_for(steps: int, index: int) -> int:
+    """The inverse of `state_index` for index 1..N: the end_at_step whose unsample stops at state `index`
+    (index 0, the input latent itself, maps to N, which no unsample returns)."""
+    return steps - index
 
 
 @dataclass
@@ -36,6 +49,26 @@ class Trajectory:
     @property
     def n_steps(self) -> int:
         return int(self.sigmas.shape[0]) - 1
+
+    def index(self, end_at_step: int) -> int:
+        """Where `unsample(..., end_at_step=end_at_step)` with this run's steps stops, as an index into `xs`
+        and `sigmas` (`state_index`); an end_at_step this recording does not reach is an error."""
+        end_at_step = check_int("end_at_step", end_at_step, minimum=0)
+        index = state_index(int(self.params["steps"]), end_at_step)
+        if index > self.n_steps:
+            raise UnsamplingError(f"the trajectory has {self.n_steps} steps; it does not reach end_at_step={end_at_step}")
+        return index
+
+    def state(self, end_at_step: int) -> Tensor:
+        """The processed-space state that `unsample(..., end_at_step=end_at_step)` stops at, read off this
+        recording (refused for samplers whose rule depends on the number of sigmas)."""
+        index = self.index(end_at_step)
+        if not self.params.get("prefix_consistent", True) and index != self.n_steps:
+            raise UnsamplingError(
+                f"sampler {self.params.get('sampler_name')!r} changes its rule with the number of steps, so a partial "
+                "unsample is not a prefix of the full one; call unsample(..., end_at_step=k) for this sampler"
+            )
+        return self.xs[index]
 
     def save(self, path: str | Path) -> Path:
         """Write `path` (.safetensors: sigmas, xs, denoised) and `path` with suffix .json (params, nfe)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import UnsamplingError
+from ..errors import UnsamplingError, check_int
 
 if TYPE_CHECKING:
     from ..models.base import DiffusionModel
@@ -41,9 +41,8 @@ class ModelSource:
     def __post_init__(self) -> None:
         if self.path is not None and not isinstance(self.path, str):
             object.__setattr__(self, "path", str(self.path))  # a pathlib.Path is fine too
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise UnsamplingError(f"ModelSource threads must be a whole number >= 1 or None, got {self.threads!r}")
+        if self.threads is not None:
+            check_int("ModelSource threads", self.threads, minimum=1)
 
     def load(self) -> "DiffusionModel":
         import torch
@@ -142,8 +141,7 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_lim
         from distributed import Client, LocalCluster
     except ImportError:
         raise UnsamplingError("a local cluster needs Dask: pip install 'unsampling_lab[dask]'") from None
-    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-        raise UnsamplingError(f"n_workers must be a whole number >= 1, got {n_workers!r}")
+    check_int("n_workers", n_workers, minimum=1)
     options: dict[str, Any] = {}
     if memory_limit is not None:
         options["memory_limit"] = memory_limit

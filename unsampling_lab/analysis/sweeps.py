@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 from torch import Tensor
 
-from ..errors import UnsamplingError, check_choice, suggest
+from ..errors import UnsamplingError, check_choice, check_int, suggest
 from .executors import Failure, ModelSource, cached_model, run_all
 from .evaluate import METRIC_SETS, MetricSet, References, evaluate, inversion_endpoints, metric_sets, references  # noqa: F401 (METRIC_SETS: re-exported)
 from .store import ResultStore, StoredRow, digest, export_table, model_fingerprint, tensor_digest
@@ -199,8 +199,8 @@ def sweep(
     batch = int(samples.shape[0])
     groups = plan(grid, fixed, batch=batch, method_options=method_options)
     store_path, export_path = store_paths(path)
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-        raise UnsamplingError(f"max_batch must be a whole number >= 1 (images per network batch), got {max_batch!r}")
+    if max_batch is not None:
+        check_int("max_batch", max_batch, minimum=1)
     runner = _runner(model, executor, retries=retries)
     if store_path is not None:  # fingerprints only where rows are kept (they load the model on a worker)
         keys = _Keys(runner.fingerprint(), tensor_digest(samples, _mask(latents), images))
@@ -473,7 +473,7 @@ def _run_method_group(model: "DiffusionModel", latents: dict[str, Any] | Tensor,
     """
     from .. import engine
     from ..guidance import EvalCounter
-    from ..inversion import invert
+    from ..inversion import invert, resample
 
     (group,) = groups
     t0 = time.perf_counter()
@@ -484,7 +484,7 @@ def _run_method_group(model: "DiffusionModel", latents: dict[str, Any] | Tensor,
     charge = inv.nfe
     for s in group.settings:
         counter = EvalCounter()
-        result = _samples(engine.resample(
+        result = _samples(resample(
             model, inv, steps=s.steps, start_at_step=min(s.end_at_step, s.steps - 1), cfg=s.guidance,
             sampler_name=s.sampler_name, scheduler=s.scheduler, positive=_engine_prompt(s.resample_prompt),
             negative=_engine_prompt(s.negative), add_noise=False, noise_seed=s.seed, progress=False, counter=counter))
@@ -544,8 +544,7 @@ def _runner(model: Any, executor: Any, *, retries: int) -> "_Here | _There":
             f"with an executor, give the model by its source so that each worker loads it once: "
             f"ul.ModelSource('path/or/hub-id', device='cuda', dtype='float16', threads=None) instead of a loaded "
             f"{type(model).__name__} (loaded models are not shipped to workers)")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise UnsamplingError(f"retries must be a whole number >= 0, got {retries!r}")
+    check_int("retries", retries, minimum=0)
     return _There(model, executor, retries)
 
 

@@ -4,22 +4,29 @@
     out = ul.resample(model, inv, steps=20, cfg=3.0, positive=caption)
 
 `INVERSION_METHODS` lists the names; `METHOD_SPECS[name]` says which model families and samplers each
-serves, its options with their defaults, and its cost. Update rules in sigma-space notation are in each
-method's module docstring (and /shared/METHODS.md).
+serves, its options with their defaults, and its cost. Each method's update rule, in the sigma notation
+of `base.py`, is in its module's docstring.
+
+`resample` here is the public `ul.resample`: `engine.resample` for a LATENT, the method's resampling side
+for an `Inversion` (the engine below knows nothing of inversion methods).
 """
 from __future__ import annotations
 
-import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
-from ..guidance import Prompt
-from ..errors import UnsamplingError
+from .. import engine
+from ..engine import state_dtype
+from ..errors import UnsamplingError, check_int
+from ..guidance import EvalCounter, Prompt
+from ..inputs import Latent, check_cfg, describe_prompt, read_latent, unguided
 from ..models.base import DiffusionModel
+from ..samplers import Step, get_sampler
 from .base import Inversion, InversionWarning, MethodSpec, Problem, ResampleCall, check_option_values
 from .registry import INVERSION_METHODS, METHOD_SPECS, get_method
 
 __all__ = ["INVERSION_METHODS", "METHOD_SPECS", "Inversion", "InversionWarning", "MethodSpec", "get_method",
-           "invert", "resample_inversion"]
+           "invert", "resample", "resample_inversion"]
 
 
 def invert(
@@ -43,48 +50,48 @@ def invert(
     applies the method's own resampling side. Method options are keyword arguments
     (`METHOD_SPECS[method].options` lists them with their defaults); anything else is an error.
     """
-    from ..engine import _check_common, _check_int, _describe, _read_latent, state_dtype
-    from ..samplers import get_sampler
-
     spec = get_method(method)
     opts = check_option_values(method, options, spec.options)
-    _check_common(steps=steps, cfg=cfg)
-    _check_int("end_at_step", end_at_step, minimum=0)
+    steps = check_int("steps", steps, minimum=1)
+    cfg = check_cfg(cfg)
+    end_at_step = check_int("end_at_step", end_at_step, minimum=0)
+    if isinstance(cfg, list):
+        raise UnsamplingError(f"ul.invert takes one cfg, got a list of {len(cfg)}; invert each setting on its own")
     check_applicable(spec, model, sampler_name, cfg=cfg)
     get_sampler(sampler_name, invertible=True)
-    samples, mask = _read_latent(latent, model)
+    samples, mask = read_latent(latent, model)
     latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
-    problem = Problem(model, latent, samples, mask, latent_in, steps=steps, end_at_step=end_at_step, cfg=float(cfg),
+    problem = Problem(model, latent, samples, mask, latent_in, steps=steps, end_at_step=end_at_step, cfg=cfg,
                       sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
                       progress=progress)
     result = spec.invert(problem, **opts)
-    params = dict(steps=steps, end_at_step=end_at_step, cfg=float(cfg), sampler_name=sampler_name, scheduler=scheduler,
-                  positive=_describe(positive), negative=_describe(negative))
+    params = dict(steps=steps, end_at_step=end_at_step, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                  positive=describe_prompt(positive), negative=describe_prompt(negative))
     nfe = problem.counter.nfe if result.nfe is None else result.nfe
     return Inversion(result.noise, method, opts, nfe=nfe, grad_steps=result.grad_steps, params=params,
                      residuals=result.residuals, step_converged=result.step_converged, resampling=result.resampling)
 
 
 def methods_for(model: DiffusionModel) -> list[str]:
-    """The methods of INVERSION_METHODS that serve this model's prediction family (for menus and sweeps)."""
-    return [m.name for m in METHOD_SPECS.values() if model.model_sampling.prediction in m.families]
+    """The methods of INVERSION_METHODS that serve this model's prediction (for menus and sweeps)."""
+    return [m.name for m in METHOD_SPECS.values() if model.model_sampling.prediction in m.predictions]
 
 
 def check_applicable(spec: MethodSpec, model: DiffusionModel, sampler_name: str, *, cfg: float) -> None:
-    """Refuse a model family or sampler the method cannot serve, saying why and what to use instead."""
-    family = model.model_sampling.prediction
-    if family not in spec.families:
-        others = [m.name for m in METHOD_SPECS.values() if family in m.families and m.name != spec.name]
+    """Refuse a model prediction or sampler the method cannot serve, saying why and what to use instead."""
+    prediction = model.model_sampling.prediction
+    if prediction not in spec.predictions:
+        others = [m.name for m in METHOD_SPECS.values() if prediction in m.predictions and m.name != spec.name]
         raise UnsamplingError(
-            f"method {spec.name!r} serves {'/'.join(spec.families)} models, not this {family!r} model"
-            f"{': ' + spec.why_families if spec.why_families else ''}; for it use one of {', '.join(others)}"
+            f"method {spec.name!r} serves {'/'.join(spec.predictions)} models, not this {prediction!r} model"
+            f"{': ' + spec.why_predictions if spec.why_predictions else ''}; for it use one of {', '.join(others)}"
         )
     if spec.samplers is not None and sampler_name not in spec.samplers:
         raise UnsamplingError(
             f"method {spec.name!r} works with sampler_name in {list(spec.samplers)}, got {sampler_name!r}"
             f"{': ' + spec.why_samplers if spec.why_samplers else ''}"
         )
-    if spec.name == "null_text" and math.isclose(cfg, 1.0):
+    if spec.name == "null_text" and unguided(cfg):
         raise UnsamplingError("method 'null_text' optimises the unconditional embedding, which cfg 1 never uses; "
                               "give the cfg you will resample at (e.g. cfg=7.5), or use method='unsampler' at cfg 1")
 
@@ -96,3 +103,37 @@ def resample_inversion(model: DiffusionModel, inversion: Inversion, **kwargs: An
     if spec.resample is None:
         return call.plain()
     return spec.resample(call)
+
+
+def resample(
+    model: DiffusionModel,
+    latent: Latent | Inversion,
+    steps: int = 20,
+    start_at_step: int = 0,
+    end_at_step: int = 10000,
+    cfg: float | Sequence[float] = 1.0,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
+    positive: Prompt = "",
+    negative: Prompt = "",
+    add_noise: bool | Literal["enable", "disable"] = False,
+    noise_seed: int = 0,
+    return_with_leftover_noise: bool | Literal["enable", "disable"] = False,
+    *,
+    callback: Callable[[Step], None] | None = None,
+    progress: bool = True,
+    counter: EvalCounter | None = None,
+) -> Latent:
+    """Sample forward from `latent` (ComfyUI's KSamplerAdvanced; `engine.resample`), seeded by `noise_seed`.
+
+    `latent` may be an `Inversion` (from `ul.invert`): its method's resampling side is applied (per-step
+    null embeddings, the second latent of an exact pair, ...); for a plain LATENT nothing changes.
+    cfg: one value, or one per batch item. counter: an EvalCounter this call's evaluations are added to.
+    """
+    kw = dict(steps=steps, start_at_step=start_at_step, end_at_step=end_at_step, cfg=cfg, sampler_name=sampler_name,
+              scheduler=scheduler, positive=positive, negative=negative, add_noise=add_noise, noise_seed=noise_seed,
+              return_with_leftover_noise=return_with_leftover_noise, callback=callback, progress=progress,
+              counter=counter)
+    if isinstance(latent, Inversion):
+        return resample_inversion(model, latent, **kw)
+    return engine.resample(model, latent, **kw)

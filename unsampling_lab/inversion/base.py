@@ -1,6 +1,6 @@
 """What every inversion method shares: the problem it is given, the `Inversion` it returns, its registry entry.
 
-Notation (docs: /shared/METHODS.md): D(x, σ) the guided denoiser, d(x, σ) = (x − D)/σ (the velocity for
+Notation (each method's module docstring writes its rule in it): D(x, σ) the guided denoiser, d(x, σ) = (x − D)/σ (the velocity for
 flow models), inversion runs σ₀ < … < σ_N with Δᵢ = σᵢ₊₁ − σᵢ. The resampler's Euler step that an
 inversion must undo is xᵢ = xᵢ₊₁ − Δᵢ d(xᵢ₊₁, σᵢ₊₁).
 
@@ -18,10 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..guidance import Prompt
+from ..engine import (finish_unsample, guided_denoiser, keep_unmasked, resample_sigmas, run_sampler, state_dtype,
+                      unsample_sigmas, wrap)
+from ..engine import resample as resample_latent
 from ..errors import UnsamplingError
-from ..guidance import EvalCounter, GuidedDenoiser
+from ..guidance import EvalCounter, GuidedDenoiser, Prompt
+from ..inputs import on_off, read_latent
 from ..models.base import DiffusionModel
+from ..samplers.base import SamplerSpec
 
 Latent = Any  # a LATENT dict or a tensor (engine.Latent)
 
@@ -97,8 +101,6 @@ class Problem:
 
     def resampler_sigmas(self) -> Tensor:
         """Ascending: the sigmas `resample(steps, start_at_step=end_at_step)` visits, flipped (σ₀ = 0)."""
-        from ..engine import resample_sigmas
-
         end = min(self.end_at_step, self.steps - 1)
         sig = resample_sigmas(self.model, steps=self.steps, start_at_step=end, sampler_name=self.sampler_name,
                               scheduler=self.scheduler)
@@ -106,16 +108,12 @@ class Problem:
 
     def unsampler_sigmas(self) -> Tensor:
         """Ascending: ComfyUI's Unsampler sigmas (flipped schedule + 1e-4, clamped to 1 on flow models)."""
-        from ..engine import unsample_sigmas
-
         return unsample_sigmas(self.model, steps=self.steps, end_at_step=self.end_at_step,
                                sampler_name=self.sampler_name, scheduler=self.scheduler).to(self.model.device)
 
     def denoiser(self, *, cfg: float | None = None, positive: Prompt | None = None,
                  negative: Prompt | None = None) -> GuidedDenoiser:
         """The guided denoiser (mask blend included), counting into this problem's `counter`."""
-        from ..engine import guided_denoiser
-
         den = guided_denoiser(self.model, self.latent_in, self.mask, cfg=self.cfg if cfg is None else cfg,
                         positive=self.positive if positive is None else positive,
                         negative=self.negative if negative is None else negative)
@@ -128,11 +126,9 @@ class Problem:
 
     def finish(self, x: Tensor, sigma_final: Tensor | float) -> Latent:
         """A final state as the LATENT `unsample` returns (raw latent, unmasked region bit for bit)."""
-        from ..engine import _finish_unsample, _wrap
-
-        out = _finish_unsample(self.model, x, sigma_final=float(sigma_final), normalize="disable",
-                               source=self.samples, mask=self.mask)
-        return _wrap(out, self.latent)
+        out = finish_unsample(self.model, x, sigma_final=float(sigma_final), normalize="disable",
+                              source=self.samples, mask=self.mask)
+        return wrap(out, self.latent)
 
 
 @dataclass
@@ -169,16 +165,14 @@ class ResampleCall:
     counter: Any = None  # an EvalCounter the resample's evaluations are added to (sweeps account with it)
 
     def plain(self, latent: Latent | None = None, **changes: Any) -> Latent:
-        """`ul.resample` on the noise LATENT (or `latent`), with some arguments changed."""
-        from ..engine import resample
-
+        """`engine.resample` on the noise LATENT (or `latent`), with some arguments changed."""
         kw = dict(steps=self.steps, start_at_step=self.start_at_step, end_at_step=self.end_at_step, cfg=self.cfg,
                   sampler_name=self.sampler_name, scheduler=self.scheduler, positive=self.positive,
                   negative=self.negative, add_noise=self.add_noise, noise_seed=self.noise_seed,
                   return_with_leftover_noise=self.return_with_leftover_noise, callback=self.callback,
                   progress=self.progress, counter=self.counter)
         kw.update(changes)
-        return resample(self.model, self.inversion.noise if latent is None else latent, **kw)
+        return resample_latent(self.model, self.inversion.noise if latent is None else latent, **kw)
 
 
 InvertFn = Callable[..., MethodResult]  # (problem, **options) -> MethodResult
@@ -189,7 +183,8 @@ ResampleFn = Callable[..., Latent]  # (call: ResampleCall) -> LATENT
 class MethodSpec:
     """An inversion method's registry entry: promises kept as data.
 
-    families: the model predictions it serves ("eps", "v", "flow"); a model of another family is refused.
+    predictions: the model predictions it serves ("eps", "v", "flow"; `ModelSampling.prediction`); a model
+    with another is refused, saying `why_predictions`. (`SamplerSpec.families` is the other axis: "vp"/"flow".)
     samplers: the `sampler_name`s it accepts (None: every deterministic sampler). `why_samplers` says why.
     options: its keyword options with their defaults (anything else is an error).
     cost: the network evaluations it spends, in words; gradients: whether it backpropagates.
@@ -198,7 +193,7 @@ class MethodSpec:
 
     name: str
     invert: InvertFn
-    families: tuple[str, ...]
+    predictions: tuple[str, ...]
     samplers: tuple[str, ...] | None
     options: Mapping[str, Any]
     cost: str
@@ -206,7 +201,12 @@ class MethodSpec:
     resample: ResampleFn | None = None
     gradients: bool = False
     why_samplers: str = ""
-    why_families: str = ""
+    why_predictions: str = ""
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """Deprecated name of `predictions` (kept for notebook 07)."""
+        return self.predictions
 
 
 def check_option_values(method: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -241,8 +241,6 @@ def rel_residual(r: Tensor, x: Tensor) -> float:
 
 def as_sampler_spec(name: str, fn: Any, evals_per_step: int = 1) -> Any:
     """A method's own loop as a SamplerSpec, so the engine's runner (progress, NaN check) runs it."""
-    from ..samplers.base import SamplerSpec
-
     return SamplerSpec(name, fn, deterministic=True, order=1, evals_per_step=evals_per_step)
 
 
@@ -254,15 +252,13 @@ def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step:
     The loop continues the inversion's own states, so the resample must start where the inversion ended:
     same steps, scheduler and start_at_step = end_at_step, and no added noise.
     """
-    from ..engine import _keep_unmasked, _on_off, _read_latent, _run, _wrap, guided_denoiser, resample_sigmas, state_dtype
-
     inv, model = call.inversion, call.model
-    if _on_off("add_noise", call.add_noise):
+    if on_off("add_noise", call.add_noise):
         raise UnsamplingError(f"method {inv.method!r}: its resampling side continues the inverted states; "
                               "add_noise must be off (resample(..., add_noise=False))")
     sigmas = resample_sigmas(model, steps=call.steps, start_at_step=call.start_at_step, end_at_step=call.end_at_step,
                              sampler_name=call.sampler_name, scheduler=call.scheduler,
-                             return_with_leftover_noise=_on_off("return_with_leftover_noise", call.return_with_leftover_noise))
+                             return_with_leftover_noise=on_off("return_with_leftover_noise", call.return_with_leftover_noise))
     top = inv.resampling.get("sigma_top")
     p = inv.params
     if len(sigmas) < 2 or top is None or abs(float(sigmas[0]) - float(top)) > 1e-6 * max(1.0, abs(float(top))):
@@ -272,14 +268,14 @@ def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step:
             f"scheduler={p['scheduler']!r}, start_at_step={min(p['end_at_step'], p['steps'] - 1)} "
             "(or resample inversion.noise for a plain resample)"
         )
-    samples, mask = _read_latent(inv.noise, model)
+    samples, mask = read_latent(inv.noise, model)
     latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     ms = model.model_sampling
     x = inv.resampling.get("state", ms.latent_to_state(sigmas[0], latent_in))
     if denoiser is None:
         denoiser = guided_denoiser(model, latent_in, mask, cfg=call.cfg, positive=call.positive, negative=call.negative,
                                    noise=torch.zeros_like(latent_in), counter=call.counter)
-    x = _run(as_sampler_spec(name, loop, evals_per_step), denoiser, x.to(model.device), sigmas.to(model.device),
-             callback=call.callback, progress=call.progress, noise_seed=None, desc="resample")
+    x = run_sampler(as_sampler_spec(name, loop, evals_per_step), denoiser, x.to(model.device), sigmas.to(model.device),
+                    callback=call.callback, progress=call.progress, noise_seed=None, desc="resample")
     x = ms.inverse_noise_scaling(sigmas[-1], x)
-    return _wrap(_keep_unmasked(model.latent_format.process_out(x).cpu(), samples, mask), inv.noise)
+    return wrap(keep_unmasked(model.latent_format.process_out(x).cpu(), samples, mask), inv.noise)

@@ -23,6 +23,8 @@ from typing import Any
 
 from torch import Tensor
 
+from ..engine import run_sampler
+from ..errors import UnsamplingError
 from ..samplers.base import denoise_at, report, to_d
 from .base import MethodResult, Problem, ResampleCall, as_sampler_spec, custom_resample
 
@@ -35,9 +37,6 @@ def _d(model: Any, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def invert_edict(problem: Problem, *, mix: float) -> MethodResult:
-    from ..engine import _run
-    from ..errors import UnsamplingError
-
     if not 0.5 <= mix < 1.0:
         raise UnsamplingError(f"edict: mix must be in [0.5, 1) (the paper uses 0.93), got {mix}")
     p = mix
@@ -57,8 +56,8 @@ def invert_edict(problem: Problem, *, mix: float) -> MethodResult:
         second.append(y)
         return x
 
-    x = _run(as_sampler_spec("edict", loop, 2), problem.denoiser(), problem.start(sigmas[0]), sigmas, callback=None,
-             progress=problem.progress, noise_seed=None, desc="invert")
+    x = run_sampler(as_sampler_spec("edict", loop, 2), problem.denoiser(), problem.start(sigmas[0]), sigmas, callback=None,
+                    progress=problem.progress, noise_seed=None, desc="invert")
     return MethodResult(problem.finish(x, sigmas[-1]),
                         resampling={"second": second[0], "state": x, "sigma_top": float(sigmas[-1]), "mix": p})
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..engine import run_sampler
 from ..samplers import get_sampler
 from ..samplers.base import Step
 from .base import InversionWarning, MethodResult, Problem, as_sampler_spec
@@ -167,10 +168,8 @@ def fixed_point_path(problem: Problem, denoiser: Callable, sigmas: Tensor, *, it
                 record.append(x)
         return x
 
-    from ..engine import _run
-
-    x = _run(as_sampler_spec(f"fixed_point/{spec.name}", loop), denoiser, x, sigmas, callback=None,
-             progress=problem.progress, noise_seed=None, desc="invert")
+    x = run_sampler(as_sampler_spec(f"fixed_point/{spec.name}", loop), denoiser, x, sigmas, callback=None,
+                    progress=problem.progress, noise_seed=None, desc="invert")
     return x, residuals, converged
 
 

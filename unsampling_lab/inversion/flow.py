@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..engine import run_sampler
 from ..errors import UnsamplingError
 from ..samplers.base import denoise_at, report, to_d
 from .base import MethodResult, Problem, ResampleCall, as_sampler_spec, custom_resample
@@ -70,11 +71,9 @@ def sample_fireflow(model: Any, x: Tensor, sigmas: Tensor, *, callback=None, noi
 
 
 def _explicit(problem: Problem, name: str, loop: Any, evals: int) -> tuple[Tensor, Tensor]:
-    from ..engine import _run
-
     sigmas = problem.unsampler_sigmas()
-    x = _run(as_sampler_spec(name, loop, evals), problem.denoiser(), problem.start(sigmas[0]), sigmas, callback=None,
-             progress=problem.progress, noise_seed=None, desc="invert")
+    x = run_sampler(as_sampler_spec(name, loop, evals), problem.denoiser(), problem.start(sigmas[0]), sigmas, callback=None,
+                    progress=problem.progress, noise_seed=None, desc="invert")
     return x, sigmas
 
 

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..engine import run_unsample
 from .base import MethodResult, Problem, ResampleCall
 
 
 def _unsample(problem: Problem, *, cfg: float, negative: Any) -> MethodResult:
-    from ..engine import unsample
-    from ..samplers import get_sampler
-
-    seen: list[int] = []
-    noise = unsample(problem.model, problem.latent, steps=problem.steps, end_at_step=problem.end_at_step, cfg=cfg,
-                     sampler_name=problem.sampler_name, scheduler=problem.scheduler, positive=problem.positive,
-                     negative=negative, callback=lambda step: seen.append(step.i), progress=problem.progress)
-    # the sampler reports once per step; unsampling never steps into sigma 0, so every step spends evals_per_step
-    return MethodResult(noise, nfe=len(seen) * get_sampler(problem.sampler_name).evals_per_step)
+    """The engine's Unsampler on the problem's checked inputs; its evaluations count into `problem.counter`."""
+    noise, _ = run_unsample(problem.model, problem.latent, problem.samples, problem.mask, steps=problem.steps,
+                            end_at_step=problem.end_at_step, cfg=cfg, sampler_name=problem.sampler_name,
+                            scheduler=problem.scheduler, normalize="disable", positive=problem.positive,
+                            negative=negative, progress=problem.progress, counter=problem.counter)
+    return MethodResult(noise)
 
 
 def invert_unsampler(problem: Problem) -> MethodResult:

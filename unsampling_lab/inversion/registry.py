@@ -1,11 +1,11 @@
-"""The inversion-method registry: each method's promises as data (families, samplers, options, cost)."""
+"""The inversion-method registry: each method's promises as data (predictions, samplers, options, cost)."""
 from __future__ import annotations
 
 from ..errors import check_choice
 from . import exact_pair, fixed_point, flow, null_text, prompts
 from .base import MethodSpec
 
-ALL_FAMILIES = ("eps", "v", "flow")
+ALL_PREDICTIONS = ("eps", "v", "flow")
 #: samplers whose step depends only on the current state (no history), so one step can be solved alone
 ONE_STEP_SAMPLERS = ("euler", "ddim", "heun", "dpm_2", "exp_heun_2_x0")
 
@@ -13,29 +13,29 @@ _FLOW_ONLY = "its update rule is written for the straight paths of a flow model 
 
 _SPECS: list[MethodSpec] = [
     MethodSpec(
-        "unsampler", prompts.invert_unsampler, families=ALL_FAMILIES, samplers=None, options={},
+        "unsampler", prompts.invert_unsampler, predictions=ALL_PREDICTIONS, samplers=None, options={},
         cost="the sampler's evaluations per step", paper="ComfyUI_Noise's Unsampler (ComfyUI's KSampler run on flipped sigmas)",
     ),
     MethodSpec(
-        "fixed_point", fixed_point.invert_fixed_point, families=ALL_FAMILIES, samplers=ONE_STEP_SAMPLERS,
+        "fixed_point", fixed_point.invert_fixed_point, predictions=ALL_PREDICTIONS, samplers=ONE_STEP_SAMPLERS,
         options=fixed_point.FIXED_POINT_OPTIONS,
         cost="up to `iterations` (+1 with averaging) sampler steps per step", paper="Meiri et al. 2023; Pan et al. ICCV 2023 (AIDI); Garibi et al. ECCV 2024 (ReNoise)",
         why_samplers="it solves one resampler step at a time, so the step must depend on the current state only "
                      "(multistep samplers such as lms or dpmpp_2m carry history)",
     ),
     MethodSpec(
-        "negative_prompt", prompts.invert_negative_prompt, families=ALL_FAMILIES, samplers=None, options={},
+        "negative_prompt", prompts.invert_negative_prompt, predictions=ALL_PREDICTIONS, samplers=None, options={},
         cost="the Unsampler's at cfg 1 (no uncond pass)", paper="Miyake et al. 2023 (arXiv 2305.16807)",
         resample=prompts.resample_negative_prompt,
     ),
     MethodSpec(
-        "edict", exact_pair.invert_edict, families=ALL_FAMILIES, samplers=("euler", "ddim"),
+        "edict", exact_pair.invert_edict, predictions=ALL_PREDICTIONS, samplers=("euler", "ddim"),
         options=exact_pair.EDICT_OPTIONS, cost="2 evaluations per step, both ways", paper="Wallace et al. CVPR 2023 (arXiv 2211.12446)",
         resample=exact_pair.resample_edict,
         why_samplers="EDICT couples two latents through the DDIM/Euler step; its sampling side is its own",
     ),
     MethodSpec(
-        "null_text", null_text.invert_null_text, families=ALL_FAMILIES, samplers=("euler", "ddim"),
+        "null_text", null_text.invert_null_text, predictions=ALL_PREDICTIONS, samplers=("euler", "ddim"),
         options=null_text.NULL_TEXT_OPTIONS, gradients=True,
         cost="pivot: pivot_iterations per step at cfg 1; then per step up to inner_steps forward+backward passes "
              "(grad_steps) and 2 evaluations", paper="Mokady et al. CVPR 2023",
@@ -43,23 +43,23 @@ _SPECS: list[MethodSpec] = [
         why_samplers="its embeddings are optimised for the Euler/DDIM step, one per step",
     ),
     MethodSpec(
-        "rf_solver", flow.invert_rf_solver, families=("flow",), samplers=("euler",), options=flow.RF_SOLVER_OPTIONS,
+        "rf_solver", flow.invert_rf_solver, predictions=("flow",), samplers=("euler",), options=flow.RF_SOLVER_OPTIONS,
         cost="2 evaluations per step, both ways", paper="Wang et al. ICML 2025", resample=flow.resample_rf_solver,
         why_samplers="RF-Solver is its own (midpoint) step; leave sampler_name='euler'",
-        why_families=_FLOW_ONLY,
+        why_predictions=_FLOW_ONLY,
     ),
     MethodSpec(
-        "fireflow", flow.invert_fireflow, families=("flow",), samplers=("euler",), options=flow.FIREFLOW_OPTIONS,
+        "fireflow", flow.invert_fireflow, predictions=("flow",), samplers=("euler",), options=flow.FIREFLOW_OPTIONS,
         cost="1 evaluation per step (+1), both ways", paper="Deng et al. ICML 2025", resample=flow.resample_fireflow,
         why_samplers="FireFlow is its own (midpoint) step; leave sampler_name='euler'",
-        why_families=_FLOW_ONLY,
+        why_predictions=_FLOW_ONLY,
     ),
     MethodSpec(
-        "rf_inversion", flow.invert_rf_inversion, families=("flow",), samplers=("euler",),
+        "rf_inversion", flow.invert_rf_inversion, predictions=("flow",), samplers=("euler",),
         options=flow.RF_INVERSION_OPTIONS, cost="1 evaluation per step, both ways", paper="Rout et al. ICLR 2025",
         resample=flow.resample_rf_inversion,
         why_samplers="RF-Inversion's controlled ODE is integrated with its own Euler steps; leave sampler_name='euler'",
-        why_families="its controlled drift (xi - x)/(1 - sigma) is the straight path of a flow model to the noise at sigma = 1",
+        why_predictions="its controlled drift (xi - x)/(1 - sigma) is the straight path of a flow model to the noise at sigma = 1",
     ),
 ]
 

@@ -20,7 +20,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from ..errors import UnsamplingError
+from ..errors import UnsamplingError, check_int
 from ..pixels import _from_pil, _pixels_to_float, read_image
 
 #: What a folder is scanned for (case-insensitive); a file named explicitly may be any format Pillow reads.
@@ -66,7 +66,7 @@ def load_images(
     size: None (centre-crop to a multiple of `multiple_of`, no resampling), S (square S x S), or (H, W);
     see the module docstring for the exact rule. Alpha is dropped; 16-bit PNGs keep their precision.
     """
-    multiple_of = _whole("multiple_of", multiple_of, minimum=1)
+    multiple_of = check_int("multiple_of", multiple_of, minimum=1)
     target = _target_size(size, multiple_of)
     files = list_images(paths_or_folder)
     batch = []
@@ -90,25 +90,15 @@ def load_images(
     return torch.cat([t for _, t in batch])
 
 
-def _whole(name: str, value: Any, *, minimum: int) -> int:
-    import numbers
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise UnsamplingError(f"{name} must be a whole number, got {value!r}")
-    if int(value) < minimum:
-        raise UnsamplingError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _target_size(size: int | tuple[int, int] | None, multiple_of: int) -> tuple[int, int] | None:
     if size is None:
         return None
     if isinstance(size, (tuple, list)):
         if len(size) != 2:
             raise UnsamplingError(f"size must be S or (H, W), got {size!r}")
-        h, w = (_whole("size", s, minimum=1) for s in size)
+        h, w = (check_int("size", s, minimum=1) for s in size)
     else:
-        h = w = _whole("size", size, minimum=1)
+        h = w = check_int("size", size, minimum=1)
     if h % multiple_of or w % multiple_of:
         near = lambda v: max(multiple_of, round(v / multiple_of) * multiple_of)  # noqa: E731
         raise UnsamplingError(

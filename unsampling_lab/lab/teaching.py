@@ -428,7 +428,7 @@ def compare_methods(model: Any, images: Tensor, settings: Sequence[tuple[str, st
     import pandas as pd
 
     from ..analysis import metrics
-    from ..inversion import InversionWarning, invert
+    from ..inversion import InversionWarning, invert, resample
 
     latent = model.encode(images)
     ceiling = model.decode(latent)
@@ -441,9 +441,9 @@ def compare_methods(model: Any, images: Tensor, settings: Sequence[tuple[str, st
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InversionWarning)  # reported in the nonconverged column
             inv = invert(model, latent, method=method, positive=source, **common, **options)
-        back = engine.resample(model, inv, positive=source, **common)
+        back = resample(model, inv, positive=source, **common)
         seconds = time.perf_counter() - t
-        edited = model.decode(engine.resample(model, inv, positive=edits, **common))
+        edited = model.decode(resample(model, inv, positive=edits, **common))
         recon = model.decode(back)
         judged = metrics.detector_metrics(edited, images, prompts=edits) or []
         rows.append({

@@ -28,7 +28,7 @@ from ..analysis import sweeps
 from ..analysis.evaluate import References, evaluate, inversion_endpoints, references
 from ..engine import NORMALIZE_MODES
 from ..errors import UnsamplingError
-from ..inversion import methods_for
+from ..inversion import methods_for, resample
 from ..samplers import INVERTIBLE_SAMPLERS
 from ..schedulers import SCHEDULERS
 
@@ -252,7 +252,7 @@ class Explorer:
         else:  # the method's own inversion and resampling side (its noise is never normalized)
             inv = self._method_inversion(p)
             noise, seen = inv.samples, inversion_endpoints(model, self.latent, inv)
-            result = torch.cat([engine.resample(model, inv, positive=prompt, **common)["samples"]
+            result = torch.cat([resample(model, inv, positive=prompt, **common)["samples"]
                                 for prompt in (p["positive"], edit)])
             k = 0  # the endpoints' last state is the one this inversion stopped at
         decoded = model.decode(result) if hasattr(model, "decode") and getattr(model, "vae", None) is not None else None

@@ -1,4 +1,8 @@
-"""Exact denoisers as models the engine runs: the same unsample/resample code on a known answer.
+"""Exact denoisers as models the engine runs: the same unsample/resample code on a known answer (`ul.analytic`).
+
+The data with closed-form denoisers live in `models/gaussian.py` (`GaussianData`, `GaussianMixture`, pure
+functions of tensors); this module wraps them as models (`gaussian_model`, `mixture_model`,
+`gaussian_flow_model`) and re-exports them, so `ul.analytic` holds both.
 
 The "latent" of a D-dimensional toy is a [B, D, 1, 1] tensor. Prompts name classes: `labels[k]`
 selects component k's conditional denoiser and "" the unconditional (mixture) one, so cfg pulls
@@ -7,7 +11,6 @@ between classes exactly as it does in a text-to-image model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -15,9 +18,9 @@ from torch import Tensor
 from ..errors import UnsamplingError
 from ..model_sampling import ModelSampling, Prediction
 from .base import Conditioning, LatentFormat
+from .gaussian import GaussianData, GaussianMixture
 
-if TYPE_CHECKING:
-    from .gaussian import GaussianData, GaussianMixture
+__all__ = ["AnalyticModel", "GaussianData", "GaussianMixture", "gaussian_flow_model", "gaussian_model", "mixture_model"]
 
 #: denoise(x [B, D], sigma [B], label [B] with -1 = unconditional) -> x0 [B, D]
 DenoiseFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -80,7 +83,7 @@ class AnalyticModel:
         return f"AnalyticModel(dim={self.latent_format.channels}, labels={list(self.labels)}, prediction={self.model_sampling.prediction!r})"
 
 
-def gaussian_model(data: "GaussianData", *, prediction: Prediction = "eps") -> AnalyticModel:
+def gaussian_model(data: GaussianData, *, prediction: Prediction = "eps") -> AnalyticModel:
     """Independent Gaussian data (exact PF-ODE known in closed form) as a model; latent [B, D, 1, 1]."""
     if prediction == "flow":
         fn: DenoiseFn = lambda x, sigma, label: data.denoise_flow(x, sigma[:, None])  # noqa: E731
@@ -89,7 +92,7 @@ def gaussian_model(data: "GaussianData", *, prediction: Prediction = "eps") -> A
     return AnalyticModel(fn, dim=int(torch.as_tensor(data.mean).numel()), prediction=prediction)
 
 
-def mixture_model(mixture: "GaussianMixture", *, labels: Sequence[str] | None = None) -> AnalyticModel:
+def mixture_model(mixture: GaussianMixture, *, labels: Sequence[str] | None = None) -> AnalyticModel:
     """A labelled Gaussian mixture as a text-conditioned model: prompt `labels[k]` is class k, "" the mixture."""
     labels = tuple(labels) if labels is not None else tuple(f"class {k}" for k in range(mixture.n_classes))
 
@@ -103,7 +106,7 @@ def mixture_model(mixture: "GaussianMixture", *, labels: Sequence[str] | None = 
     return AnalyticModel(denoise, dim=int(mixture.means.shape[-1]), labels=labels)
 
 
-def gaussian_flow_model(data: "GaussianData") -> AnalyticModel:
+def gaussian_flow_model(data: GaussianData) -> AnalyticModel:
     """An exact flow model for Gaussian data (`models.gaussian.GaussianData`): denoised = E[x0 | x] in flow form.
 
     Latents are [B, D, 1, 1]; the sigma table is the unshifted flow table (timestep = 1000 sigma), on
