@@ -164,6 +164,30 @@ def test_trajectory_serves_every_end_at_step(sd_model):
                                        direct["samples"], rtol=0, atol=0)
 
 
+def test_trajectory_reads_its_own_end_at_step():
+    """Trajectory.index/state own ComfyUI's rule (last_step = N - min(k, N - 1)), written out here as a table."""
+    from unsampling_lab.trajectory import Trajectory
+
+    def recorded(n_steps: int, **params) -> Trajectory:
+        xs = torch.arange(n_steps + 1, dtype=torch.float32).reshape(-1, 1, 1, 1, 1)
+        return Trajectory(sigmas=torch.linspace(0.1, 1.0, n_steps + 1), xs=xs, denoised=xs[1:], params=params)
+
+    full = recorded(5, steps=5)
+    assert [full.index(k) for k in (0, 1, 2, 3, 4, 5, 9)] == [5, 4, 3, 2, 1, 1, 1]
+    assert float(full.state(1).flatten()[0]) == 4.0 and torch.equal(ul.engine.trajectory_state(full, 1), full.state(1))
+    assert ul.engine.state_index(5, 3) == full.index(3) == 2
+    partial = recorded(3, steps=5, end_at_step=2)  # stopped at step 2: states for k >= 2 only
+    assert [partial.index(k) for k in (2, 3, 4, 7)] == [3, 2, 1, 1]
+    with pytest.raises(ul.UnsamplingError, match="has 3 steps; it does not reach end_at_step=1"):
+        partial.state(1)
+    with pytest.raises(ul.UnsamplingError, match="end_at_step must be a whole number, got 1.5"):
+        full.index(1.5)
+    history = recorded(5, steps=5, sampler_name="dpmpp_2m", prefix_consistent=False)
+    assert float(history.state(0).flatten()[0]) == 5.0
+    with pytest.raises(ul.UnsamplingError, match="'dpmpp_2m' changes its rule with the number of steps"):
+        history.state(2)
+
+
 def test_normalize_modes(sd_model):
     latent = _latent(b=2)
     raw = ul.unsample(sd_model, latent, steps=3, progress=False, positive="a")

@@ -313,3 +313,31 @@ def test_cli_user_errors_never_print_a_traceback(env, tmp_path):
         assert run.returncode == 2, (flags, run.stderr)
         assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, (flags, run.stderr)
         assert fragment in run.stderr, (flags, run.stderr)
+
+
+# -- the checks themselves (unsampling_lab.inputs, errors.check_int): one owner each --------------------
+def test_check_int_cfg_and_switches_convert_once():
+    from unsampling_lab.errors import check_int
+    from unsampling_lab.inputs import cfg_is_one, check_cfg, normalize_mode, on_off, unguided
+
+    assert check_int("steps", np.int64(4), minimum=1) == 4 and type(check_int("steps", np.int64(4), minimum=1)) is int
+    for bad, message in ((4.0, "steps must be a whole number, got 4.0; use 4"), (np.True_, "must be a whole number"),
+                         ("4", "must be a whole number, got '4'"), (0, "steps must be >= 1, got 0")):
+        with pytest.raises(ul.UnsamplingError, match=message):
+            check_int("steps", bad, minimum=1)
+    with pytest.raises(ul.UnsamplingError, match=r"seed must be in 0\.\.9, got 10"):
+        check_int("seed", 10, minimum=0, maximum=9)
+    assert check_cfg(np.float32(2.0)) == 2.0 and type(check_cfg(2)) is float
+    assert check_cfg((1, 3.5)) == [1.0, 3.5]
+    for bad in (-1.0, math.inf, True, "2", [1.0, math.nan]):
+        with pytest.raises(ul.UnsamplingError, match="cfg must be a finite number >= 0"):
+            check_cfg(bad)
+    assert cfg_is_one(1.0) and cfg_is_one(1 + 1e-12) and not cfg_is_one(1.01)
+    assert unguided(1.0) and unguided([1.0, 1.0]) and unguided(torch.tensor([1.0, 1.0]))
+    assert not unguided([1.0, 2.0]) and not unguided(torch.tensor([2.0, 1.0])) and not unguided(0.0)
+    assert on_off("add_noise", "enable") is True and on_off("add_noise", False) is False
+    with pytest.raises(ul.UnsamplingError, match="add_noise must be True/False or 'enable'/'disable', got 'on'"):
+        on_off("add_noise", "on")
+    assert normalize_mode(True) == "enable" and normalize_mode("per_sample") == "per_sample"
+    with pytest.raises(ul.UnsamplingError, match="did you mean 'enable'"):
+        normalize_mode("enabel")

@@ -45,7 +45,7 @@ def contraction(sigmas: torch.Tensor, i: int, *, w: float = 1.0, s_uncond: float
 def test_registry_is_data_and_unsampler_is_unsample(sd_model):
     assert set(ul.INVERSION_METHODS) == set(METHOD_SPECS) and "unsampler" in ul.INVERSION_METHODS
     for spec in METHOD_SPECS.values():
-        assert spec.families and spec.cost and spec.paper and isinstance(dict(spec.options), dict)
+        assert spec.predictions and spec.cost and spec.paper and isinstance(dict(spec.options), dict)
     mask = torch.zeros(1, 32, 32)
     mask[:, :16] = 1.0
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), "noise_mask": mask}
@@ -56,6 +56,23 @@ def test_registry_is_data_and_unsampler_is_unsample(sd_model):
     assert inv.method == "unsampler" and inv.nfe == 3 and inv.grad_steps == 0 and inv.converged
     back = ul.resample(sd_model, inv, **kw)
     assert torch.equal(back["samples"], ul.resample(sd_model, plain, **kw)["samples"])
+
+
+@pytest.mark.parametrize("sampler, evals", [("euler", 1), ("heun", 2)])
+def test_unsampler_nfe_is_the_counted_forward_passes_and_engine_resample_takes_latents_only(sampler, evals):
+    """The Unsampler method's nfe is the problem's counter (as for every method), equal to the network calls
+    counted from outside; an Inversion goes to ul.resample, and engine.resample says so."""
+    m = gaussian_model(DATA4)
+    calls: list[int] = []
+    forward = m.forward
+    m.forward = lambda x, t, c: (calls.append(int(x.shape[0])), forward(x, t, c))[1]
+    inv = ul.invert(m, X4, steps=4, sampler_name=sampler, progress=False)
+    assert inv.nfe == len(calls) == 4 * evals
+    assert torch.equal(inv.noise, ul.unsample(m, X4, steps=4, sampler_name=sampler, progress=False))
+    with pytest.raises(ul.UnsamplingError, match=r"Inversion; resample it with ul.resample\(model, inversion"):
+        ul.engine.resample(m, inv, steps=4, progress=False)
+    assert torch.equal(ul.resample(m, inv, steps=4, sampler_name=sampler, progress=False),
+                       ul.engine.resample(m, inv.noise, steps=4, sampler_name=sampler, progress=False))
 
 
 def test_bad_method_options_sampler_are_clear_errors():

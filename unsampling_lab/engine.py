@@ -31,7 +31,7 @@ from .models.base import DiffusionModel
 from .samplers import Step, get_sampler
 from .samplers.base import NoiseSeed, SamplerSpec
 from .schedulers import sigma_schedule
-from .trajectory import Trajectory, TrajectoryRecorder, end_at_step_for, state_index  # noqa: F401 (re-exported)
+from .trajectory import Trajectory, TrajectoryRecorder, end_at_step_for, state_index, stop_step  # noqa: F401 (re-exported)
 
 #: ComfyUI's Unsampler adds this to every sigma of the flipped schedule.
 UNSAMPLE_SIGMA_OFFSET = 1e-4

@@ -1,4 +1,6 @@
-"""Prompts -> conditioning -> the denoiser a sampler calls (network + classifier-free guidance + inpainting mask, as ComfyUI wires it).
+"""Classifier-free guidance: prompts -> conditioning -> the denoiser a sampler calls (network + cfg + inpainting
+mask, as ComfyUI wires it). "Guidance" here is cfg only; Flux's distilled guidance is a model input
+(`FlowTransformerModel.flux_guidance`).
 
 Prompts: a string, a list of strings (one per batch item), a tensor of prompt embeddings shaped like the
 pipeline's `prompt_embeds` [B, L, D] (or [L, D]), ComfyUI CONDITIONING (`[[embeds, {"pooled_output": pooled}]]`),

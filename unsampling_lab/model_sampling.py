@@ -19,9 +19,12 @@ from torch import Tensor
 
 from .errors import UnsamplingError, check_choice
 
+#: What the network predicts (`ModelSampling.prediction`); an inversion method's `MethodSpec.predictions` says
+#: which it serves.
 Prediction = Literal["eps", "v", "flow"]
-#: The model families samplers tell apart: "vp" (eps / v: x = x0 + sigma n, ComfyUI's EPS / V_PREDICTION)
-#: and "flow" (x = (1 - sigma) x0 + sigma n, ComfyUI's CONST). A sampler's `SamplerSpec.families` says which it serves.
+#: The model families samplers tell apart (`ModelSampling.family`): "vp" (eps / v: x = x0 + sigma n, ComfyUI's
+#: EPS / V_PREDICTION) and "flow" (x = (1 - sigma) x0 + sigma n, ComfyUI's CONST). A sampler's
+#: `SamplerSpec.families` says which it serves.
 Family = Literal["vp", "flow"]
 FAMILIES: tuple[str, ...] = ("vp", "flow")
 TimestepMap = Literal["nearest_index", "continuous_index", "scaled", "flux"]

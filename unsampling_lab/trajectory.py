@@ -17,11 +17,17 @@ from torch import Tensor
 from .errors import UnsamplingError, check_int
 
 
+def stop_step(steps: int, end_at_step: int) -> int:
+    """The step `unsample(steps=N, end_at_step=k)` stops at, min(k, N - 1) (ComfyUI's Unsampler: k >= N still
+    takes one step); the resample that continues it starts there (`start_at_step`). The one place this rule
+    lives; `state_index` and `Trajectory.index` read it."""
+    return min(end_at_step, steps - 1)
+
+
 def state_index(steps: int, end_at_step: int) -> int:
     """Where `unsample(steps=N, end_at_step=k)` stops, as an index into the N + 1 states of a full unsample:
-    N - min(k, N - 1) (ComfyUI's `last_step`; k >= N still takes one step). The one place this rule lives;
-    a recorded run answers it as `Trajectory.index(k)`."""
-    return steps - min(end_at_step, steps - 1)
+    N - stop_step(N, k) (ComfyUI's `last_step`). A recorded run answers it as `Trajectory.index(k)`."""
+    return steps - stop_step(steps, end_at_step)
 
 
 def end_at_step_for(steps: int, index: int) -> int:

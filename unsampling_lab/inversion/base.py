@@ -26,6 +26,7 @@ from ..guidance import EvalCounter, GuidedDenoiser, Prompt
 from ..inputs import on_off, read_latent
 from ..models.base import DiffusionModel
 from ..samplers.base import SamplerSpec
+from ..trajectory import stop_step
 
 Latent = Any  # a LATENT dict or a tensor (engine.Latent)
 
@@ -101,9 +102,8 @@ class Problem:
 
     def resampler_sigmas(self) -> Tensor:
         """Ascending: the sigmas `resample(steps, start_at_step=end_at_step)` visits, flipped (σ₀ = 0)."""
-        end = min(self.end_at_step, self.steps - 1)
-        sig = resample_sigmas(self.model, steps=self.steps, start_at_step=end, sampler_name=self.sampler_name,
-                              scheduler=self.scheduler)
+        sig = resample_sigmas(self.model, steps=self.steps, start_at_step=stop_step(self.steps, self.end_at_step),
+                              sampler_name=self.sampler_name, scheduler=self.scheduler)
         return sig.flip(0).to(self.model.device)
 
     def unsampler_sigmas(self) -> Tensor:
@@ -265,7 +265,7 @@ def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step:
         raise UnsamplingError(
             f"method {inv.method!r} resamples from the sigma its inversion ended at ({top}); this resample starts at "
             f"{float(sigmas[0]) if len(sigmas) else 'nothing'}: call resample with steps={p['steps']}, "
-            f"scheduler={p['scheduler']!r}, start_at_step={min(p['end_at_step'], p['steps'] - 1)} "
+            f"scheduler={p['scheduler']!r}, start_at_step={stop_step(p['steps'], p['end_at_step'])} "
             "(or resample inversion.noise for a plain resample)"
         )
     samples, mask = read_latent(inv.noise, model)

@@ -37,7 +37,8 @@ from .vae import VAEImages
 
 #: ComfyUI's latent formats when the VAE config does not say: (scale, shift).
 LATENT_SCALE_SHIFT: dict[str, tuple[float, float]] = {"sd3": (1.5305, 0.0609), "flux": (0.3611, 0.1159)}
-#: Flux-dev's distilled guidance in diffusers' pipeline and ComfyUI's FluxGuidance node.
+#: Flux-dev's distilled guidance (the transformer's `guidance` input; diffusers' pipeline default and ComfyUI's
+#: FluxGuidance node). A model input, not classifier-free guidance (`cfg`, unsampling_lab.guidance).
 DEFAULT_FLUX_GUIDANCE = 3.5
 
 
@@ -51,7 +52,7 @@ class FlowTransformerModel(VAEImages):
     Latents are [B, C, H, W] in both cases (Flux's 2 x 2 packing happens inside `forward`).
     Conditioning: `embeds` [B, L, joint_attention_dim] (SD3: CLIP-L/G + T5; Flux: T5) and
     `pooled` [B, pooled_projection_dim] (SD3: CLIP-L + G; Flux: CLIP-L), both required.
-    Flux-dev's distilled guidance is a model option (`guidance`, default 3.5; keep cfg at 1).
+    Flux-dev's distilled guidance is a model option (`flux_guidance`, default 3.5; keep cfg at 1).
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class FlowTransformerModel(VAEImages):
         latent_format: LatentFormat,
         vae: Any | None = None,
         encoder: Encoder | None = None,
-        guidance: float = DEFAULT_FLUX_GUIDANCE,
+        flux_guidance: float = DEFAULT_FLUX_GUIDANCE,
         scheduler_config: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -80,16 +81,24 @@ class FlowTransformerModel(VAEImages):
         self.encoder = encoder
         self.model_sampling = model_sampling
         self.latent_format = latent_format
-        self.guidance = float(guidance)
+        self.flux_guidance = float(flux_guidance)
         self.scheduler_config = dict(scheduler_config or {})
         self.patch_size = int(getattr(transformer.config, "patch_size", 1)) if kind == "sd3" else 2
 
     # -- options ----------------------------------------------------------------------------------
-    def with_options(self, *, guidance: float | None = None, mu: float | None = None) -> "FlowTransformerModel":
-        """A copy (sharing the networks) with another distilled `guidance` or Flux shift `mu`."""
+    @property
+    def guidance(self) -> float:
+        """Deprecated name of `flux_guidance`."""
+        return self.flux_guidance
+
+    def with_options(self, *, flux_guidance: float | None = None, mu: float | None = None,
+                     guidance: float | None = None) -> "FlowTransformerModel":
+        """A copy (sharing the networks) with another distilled `flux_guidance` or Flux shift `mu`
+        (`guidance`: the deprecated name of `flux_guidance`)."""
         out = copy.copy(self)
-        if guidance is not None:
-            out.guidance = float(guidance)
+        flux_guidance = guidance if flux_guidance is None else flux_guidance
+        if flux_guidance is not None:
+            out.flux_guidance = float(flux_guidance)
         if mu is not None:
             out.model_sampling = flow_model_sampling(self.kind, self._dynamic_config(), mu=mu)
         return out
@@ -169,7 +178,7 @@ class FlowTransformerModel(VAEImages):
             return out.float()
         guidance = None
         if getattr(self.transformer.config, "guidance_embeds", False):
-            guidance = torch.full((b,), self.guidance, device=self.device, dtype=torch.float32)
+            guidance = torch.full((b,), self.flux_guidance, device=self.device, dtype=torch.float32)
         out = self.transformer(
             hidden_states=pack_latents(x.to(self.device, self.dtype)), timestep=t, guidance=guidance,
             encoder_hidden_states=embeds, pooled_projections=pooled, return_dict=False,
@@ -181,7 +190,7 @@ class FlowTransformerModel(VAEImages):
     def __repr__(self) -> str:
         ms = self.model_sampling
         shift = f"mu={ms.shift:.4g}" if self.kind == "flux" else f"shift={ms.shift:.4g}"
-        extra = f", guidance={self.guidance}" if self.kind == "flux" else ""
+        extra = f", flux_guidance={self.flux_guidance}" if self.kind == "flux" else ""
         return (f"FlowTransformerModel({self.kind.upper()}, {shift}{extra}, latent_scale={self.latent_format.scale}, "
                 f"latent_shift={self.latent_format.shift}, device={self.device}, dtype={self.dtype})")
 
@@ -212,7 +221,7 @@ def load_flow_model(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-    guidance: float = DEFAULT_FLUX_GUIDANCE,
+    flux_guidance: float = DEFAULT_FLUX_GUIDANCE,
     mu: float | None = None,
 ) -> FlowTransformerModel:
     """Wrap an SD3 or Flux diffusers pipeline (or a dict of its components) as a model the engine runs.
@@ -237,7 +246,7 @@ def load_flow_model(
     latent_format = LatentFormat(channels=channels, scale=float(scale), shift=float(default_shift if shift is None else shift))
     return FlowTransformerModel(
         transformer, kind=kind, model_sampling=flow_model_sampling(kind, scheduler_config, mu=mu),
-        latent_format=latent_format, vae=vae, encoder=_pipeline_encoder(src, kind), guidance=guidance,
+        latent_format=latent_format, vae=vae, encoder=_pipeline_encoder(src, kind), flux_guidance=flux_guidance,
         scheduler_config=scheduler_config, device=device, dtype=dtype,
     )
 
