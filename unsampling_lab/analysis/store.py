@@ -81,11 +81,14 @@ class StoredRow:
 class ResultStore:
     """A sweep's rows in one SQLite file (see the module docstring for the guarantees)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path | None) -> None:
+        """The store at `path` (created when missing); None: a store in memory, gone when closed."""
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self._db = sqlite3.connect(str(self.path) if self.path is not None else ":memory:",
+                                       timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")  # an int constant, not data
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a commit survives a killed process
