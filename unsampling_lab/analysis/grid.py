@@ -105,7 +105,6 @@ class InversionGroup:
         return (self.sampler_name, self.scheduler, self.steps, self.end_at_step, self.method, self.method_options)
 
 
-
 # -- the grid -------------------------------------------------------------------------------------
 def plan(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], *, batch: int,
          method_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[InversionGroup]:
@@ -253,8 +252,6 @@ def pack_cost(groups: Sequence[InversionGroup]) -> float:
         own += sum((s.steps - s.end_at_step) * passes(s.guidance) for s in g.settings)
         rows += own if g.plain else 10 * own
     return rows
-
-
 
 
 def _method_options(method_options: Mapping[str, Mapping[str, Any]] | None,

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from ..errors import UnsamplingError
-from .evaluate import METRIC_SETS, MetricSet, metric_sets  # noqa: F401 (METRIC_SETS: re-exported)
+from .evaluate import METRIC_SETS, MetricSet, metric_sets
 from .executors import ModelSource
-from .grid import (DEFAULTS, INVERSION_KEY, PARAMETERS, InversionGroup, Setting, grid_values,  # noqa: F401 (re-exported)
+from .grid import (DEFAULTS, INVERSION_KEY, PARAMETERS, InversionGroup, Setting, grid_values,
                    inversion_group, pack, pack_cost, plan, prefix_consistent)
-from .running import SettingResult, SweepOutputs, evaluate_setting, mask_of, run_groups, samples_of  # noqa: F401
+from .running import SettingResult, SweepOutputs, evaluate_setting, mask_of, run_groups, samples_of
 from .runners import runner
 from .store import ResultStore, StoredRow, digest, export_table, tensor_digest
 
@@ -197,3 +197,11 @@ def store_paths(path: str | Path | None) -> tuple[Path | None, Path | None]:
         return path.with_suffix(".sqlite"), path
     raise UnsamplingError(f"sweep path must end in .sqlite (the results store), .csv or .parquet (an export of the "
                           f"store kept beside it), got {path.name!r}")
+
+
+#: The sweep's names, the planning and running ones re-exported from where they live (grid, running).
+__all__ = [
+    "DEFAULTS", "INVERSION_KEY", "METRIC_SETS", "PARAMETERS", "InversionGroup", "Setting", "SettingResult",
+    "SweepOutputs", "evaluate_setting", "grid_values", "inversion_group", "pack", "pack_cost", "plan",
+    "prefix_consistent", "run_groups", "store_paths", "sweep",
+]

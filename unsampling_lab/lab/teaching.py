@@ -350,7 +350,7 @@ def sample_prompts(paths_or_folder: Any = SAMPLE_IMAGES) -> tuple[list[str], lis
 
 
 __all__ = [
-    "COMFYUI_ANCESTRAL", "TOY_LABELS", "cfg_endpoints", "comfyui_unsample", "ddim_vs_ddim_inverse", "edit_grid",
+    "CLASS_COLOURS", "COMFYUI_ANCESTRAL", "TOY_LABELS", "cfg_endpoints", "comfyui_unsample", "ddim_vs_ddim_inverse", "edit_grid",
     "equal_budget_sweep", "inversion_errors", "steps_for_budget", "loglog_slopes", "SAMPLE_IMAGES", "SAMPLE_PROMPTS", "sample_prompts", "noise_report", "noise_spread", "normalize_modes", "rates", "standardized_noise", "toy_prompts",
     "plane", "plot_cfg_endpoints", "plot_density", "plot_paths", "plot_round_trip", "real_model_ready",
     "sample_path", "toy_data", "toy_model", "vp_view",

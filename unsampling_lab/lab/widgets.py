@@ -27,7 +27,8 @@ from .. import engine
 from ..analysis import sweeps
 from ..analysis.evaluate import METRIC_SETS, References, inversion_endpoints, references
 from ..analysis.grid import Setting
-from ..analysis.running import Inverted, evaluate_setting
+from ..analysis import running
+from ..analysis.running import Inverted
 from ..engine import NORMALIZE_MODES
 from ..errors import UnsamplingError
 from ..inversion import methods_for
@@ -246,13 +247,13 @@ class Explorer:
         model, refs = self.model, self.references()
         settings = [self.setting(p, edit=None), self.setting(p, edit=p["edit"] or p["positive"])]
         if p["method"] == "unsampler":  # both from one noise, in one network batch
-            done, _ = evaluate_setting(model, [(Inverted(traj), s) for s in settings], refs, metrics=METRIC_SETS,
-                                       like=self.latent)
+            done, _ = running.evaluate_setting(model, [(Inverted(traj), s) for s in settings], refs,
+                                               metrics=METRIC_SETS, like=self.latent)
         else:  # the method's own inversion and resampling side (its noise is never normalized); one resample each
             inv = self._method_inversion(p)
             inverted = Inverted(inversion_endpoints(model, self.latent, inv), inv)
-            done = [evaluate_setting(model, [(inverted, s)], refs, metrics=METRIC_SETS, like=self.latent)[0][0]
-                    for s in settings]
+            done = [running.evaluate_setting(model, [(inverted, s)], refs, metrics=METRIC_SETS,
+                                             like=self.latent)[0][0] for s in settings]
         self.rows = [{**p, "edit": e.setting.resample_prompt, **e.row(0), "row": name}
                      for name, e in zip(("reconstruction", "edit"), done)]
         decoded = None if done[0].decoded is None else torch.cat([e.decoded for e in done])
