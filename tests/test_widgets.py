@@ -217,4 +217,8 @@ def test_explorer_and_sweep_rows_come_from_one_evaluate_setting(model, image, mo
     cols = [c for c in df.columns if c in ex.rows[0] and c not in skip]
     assert {"latent_mse", "psnr", "noise_std", "noise_ks", "sigma_final"} <= set(cols)
     for row, shown_row in zip(df.to_dict("records"), ex.rows):
-        assert {c: row[c] for c in cols} == pytest.approx({c: shown_row[c] for c in cols}, rel=1e-5, abs=1e-9)
+        # the explorer resamples reconstruction and edit in one network batch, the sweep one setting at a time:
+        # equal to float rounding; the detector's colour / shape are words, equal exactly
+        numbers = [c for c in cols if not isinstance(shown_row[c], str)]
+        assert {c: row[c] for c in cols if c not in numbers} == {c: shown_row[c] for c in cols if c not in numbers}
+        assert {c: row[c] for c in numbers} == pytest.approx({c: shown_row[c] for c in numbers}, rel=1e-5, abs=1e-9)
