@@ -161,10 +161,11 @@ class ResultStore:
             self._db.executemany(
                 "INSERT OR IGNORE INTO rows (key, grp, model, inputs, params, accounting, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.key, r.group, model, inputs, _json(r.params), _json(r.accounting), now) for r in rows])
+                [(r.key, r.group, model, inputs, _json(r.params, ordered=True), _json(r.accounting, ordered=True), now)
+                 for r in rows])
             self._db.executemany(
                 "INSERT OR IGNORE INTO metrics (key, metric_set, vals) VALUES (?, ?, ?)",
-                [(r.key, name, _json(vals)) for r in rows for name, vals in r.metrics.items()])
+                [(r.key, name, _json(vals, ordered=True)) for r in rows for name, vals in r.metrics.items()])
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._db)
@@ -183,8 +184,9 @@ class _Transaction:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_plain)
+def _json(value: Any, *, ordered: bool = False) -> str:
+    """JSON text: keys sorted (a digest's input), or `ordered` as given (a row's columns keep their order)."""
+    return json.dumps(value, sort_keys=not ordered, default=_plain)
 
 
 def _plain(value: Any) -> Any:

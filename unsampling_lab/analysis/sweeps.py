@@ -171,6 +171,10 @@ def _frame(stored: Mapping[str, StoredRow], keys: _Keys, groups: Sequence[Invers
 
     planned = [stored[k] for g in groups for s in g.settings for k in keys.rows(g, s, batch) if k in stored]
     df = pd.DataFrame([r.flat(chosen) for r in planned if set(chosen) <= set(r.metrics)])
+    order = Setting(method_options=(("", 0),)).row(0)  # the parameter columns in their order (stored rows: sorted)
+    lead = [c for c in order if c in df.columns]
+    tail = [c for c in ("nfe", "nfe_naive", "seconds") if c in df.columns]
+    df = df[lead + [c for c in df.columns if c not in lead and c not in tail] + tail]
     df.attrs.update(
         nfe_total=int(nfe_total),
         nfe_naive=int(pd.to_numeric(df["nfe_naive"], errors="coerce").fillna(0).sum()) if len(df) else 0,
