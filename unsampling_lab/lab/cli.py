@@ -7,6 +7,7 @@
 writes OUT/results.csv (or .parquet), OUT/*.png and OUT/summary.md (and with --save-noise OUT/noise/*.latent,
 ComfyUI LoadLatent files). Rerunning the same command resumes: rows already in the results table are not
 recomputed. Inputs are processed --batch-size at a time. A user error is one line on stderr and exit code 2.
+This module parses, finds the inputs and runs the sweep; the figures and summary.md are `lab.report.write_report`.
 """
 from __future__ import annotations
 
