@@ -110,10 +110,9 @@ def normalize_modes(model: Any, trajectory: "Trajectory", *, end_at_step: int = 
     """
     import pandas as pd
 
-    from ..engine import NORMALIZE_MODES
-    from ..analysis.plots import noise_histogram
-
     from ..analysis.metrics import expected_noise_std
+    from ..analysis.plots import noise_histogram
+    from ..engine import NORMALIZE_MODES
 
     proper = float(expected_noise_std(model, trajectory, end_at_step, pooled=True)[0])  # the whole tensor's
     like = trajectory.xs[engine.state_index(int(trajectory.params["steps"]), end_at_step)]
