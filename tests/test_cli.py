@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from fixtures_analysis import *  # noqa: F401,F403
+import unsampling_lab as ul
 from unsampling_lab.lab import cli
 
 FAST = ["--steps", "3", "--end-at-step", "0", "2", "--cfg", "2", "--normalize", "disable", "enable",
@@ -138,3 +139,19 @@ def test_ctrl_c_says_rows_saved_and_rerun_resumes(tiny_pipeline_dir, tmp_path, c
     monkeypatch.setattr(sweeps, "sweep", real)
     assert cli.main(argv) == 0
     assert "1 rows computed, 2 resumed" in capsys.readouterr().out
+
+
+def test_write_report_from_a_notebook(tiny_model, tiny_latent, tmp_path):
+    """The report without the command line: a sweep's table and the outputs its callback kept."""
+    from unsampling_lab.lab.report import write_report
+
+    latent, images = tiny_latent
+    kept = {}
+    df = ul.sweep(tiny_model, latent, {"end_at_step": [0, 1]}, steps=2, images=images, progress=False,
+                  callback=lambda rows, out: kept.setdefault("reconstruction", out))
+    files = write_report(tiny_model, df, tmp_path / "report", outputs=kept, images=images)
+    assert {"heatmap_latent_mse.png", "heatmap_psnr.png", "latent_stats.png", "noise.png", "strip.png"} <= \
+        {f.name for f in files[:-1]} and files[-1].name == "summary.md"
+    assert all(f.stat().st_size > 0 for f in files)
+    summary = files[-1].read_text()
+    assert "end_at_step [0, 1]" in summary and "resumed from the store" in summary and "![noise](noise.png)" in summary

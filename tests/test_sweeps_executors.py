@@ -12,7 +12,7 @@ import torch
 
 import unsampling_lab as ul
 from fixtures_analysis import *  # noqa: F401,F403
-from unsampling_lab.analysis import sweeps
+from unsampling_lab.analysis import running  # where sweeps run their groups
 
 STEPS = 3
 GRID = {"cfg": [1.0, 2.0], "positive": ["", "red circle"], "end_at_step": [0, 1]}
@@ -94,14 +94,14 @@ def test_process_pool_sweep_equals_serial(source, serial, tiny_latent):
 def test_failed_group_is_named_finished_groups_kept_and_the_rerun_computes_only_it(source, tiny_latent, tmp_path,
                                                                                  monkeypatch):
     latent, _ = tiny_latent
-    run_groups = sweeps.run_groups
+    run_groups = running.run_groups
 
     def failing(model, latents, refs, groups, *args, **kwargs):
         if any(g.cfg == 2.0 and g.positive == "red circle" for g in groups):
             raise RuntimeError("CUDA out of memory (simulated)")
         return run_groups(model, latents, refs, groups, *args, **kwargs)
 
-    monkeypatch.setattr(sweeps, "run_groups", failing)
+    monkeypatch.setattr(running, "run_groups", failing)
     path = tmp_path / "partial.sqlite"
     with ThreadPoolExecutor(2) as pool:
         with pytest.raises(ul.UnsamplingError, match=r"1 inversion group\(s\) failed after 1 retries.*simulated.*"
@@ -109,7 +109,7 @@ def test_failed_group_is_named_finished_groups_kept_and_the_rerun_computes_only_
             ul.sweep(source, latent, GRID, steps=STEPS, metrics=["latent"], progress=False, executor=pool,
                      path=path, retries=1)
         assert len(ul.load_results(path)) == len(_values_of(GRID)) - 2 * 2  # 3 of 4 groups: 2 settings x 2 items each
-        monkeypatch.setattr(sweeps, "run_groups", run_groups)
+        monkeypatch.setattr(running, "run_groups", run_groups)
         df = ul.sweep(source, latent, GRID, steps=STEPS, metrics=["latent"], progress=False, executor=pool, path=path)
     assert df.attrs["rows_computed"] == 4 and df.attrs["rows_skipped"] == 12
 

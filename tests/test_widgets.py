@@ -192,3 +192,33 @@ def test_method_dropdown_shows_that_methods_inversion_and_resampling(model, imag
     assert ex.method_inversions == 1
     ex.end_at_step.value = 2
     assert ex.method_inversions == 2 and ex.inversions == 1
+
+
+def test_explorer_and_sweep_rows_come_from_one_evaluate_setting(model, image, monkeypatch):
+    """The explorer's view and a sweep's row of the same setting are both `running.evaluate_setting` (counted)
+    and hold the same metric values."""
+    from unsampling_lab.analysis import running
+
+    real, calls = running.evaluate_setting, []
+
+    def counted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append([e.setting for e in out[0]])
+        return out
+
+    monkeypatch.setattr(running, "evaluate_setting", counted)
+    ex = ul.widgets.explorer(model, image, steps=4, end_at_step=1, cfg=2.0, **_prompts(model))
+    shown = [ex.setting(ex.params, edit=None), ex.setting(ex.params, edit="blue square")]
+    assert calls == [shown], "one explorer update: the reconstruction and the edit in one evaluate_setting call"
+    df = ul.sweep(model, ex.latent, {"edit": [None, "blue square"]}, steps=4, end_at_step=1, cfg=2.0, resample_cfg=2.0,
+                  positive="red circle", images=ex.images, progress=False)
+    assert calls[1:] == [[shown[0]], [shown[1]]], "the sweep runs the same two settings, each through evaluate_setting"
+    skip = set(ul.sweeps.PARAMETERS) | {"item", "nfe", "nfe_naive", "seconds"}
+    cols = [c for c in df.columns if c in ex.rows[0] and c not in skip]
+    assert {"latent_mse", "psnr", "noise_std", "noise_ks", "sigma_final"} <= set(cols)
+    for row, shown_row in zip(df.to_dict("records"), ex.rows):
+        # the explorer resamples reconstruction and edit in one network batch, the sweep one setting at a time:
+        # equal to float rounding; the detector's colour / shape are words, equal exactly
+        numbers = [c for c in cols if not isinstance(shown_row[c], str)]
+        assert {c: row[c] for c in cols if c not in numbers} == {c: shown_row[c] for c in cols if c not in numbers}
+        assert {c: row[c] for c in numbers} == pytest.approx({c: shown_row[c] for c in numbers}, rel=1e-5, abs=1e-9)

@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 #: Submodules reachable as attributes (`ul.metrics`, `ul.widgets`, ...), imported on first use.
 _SUBMODULES: dict[str, str] = {
     "metrics": ".analysis.metrics", "plots": ".analysis.plots", "sweeps": ".analysis.sweeps",
-    "widgets": ".lab.widgets", "teaching": ".lab.teaching", "cli": ".lab.cli",
+    "widgets": ".lab.widgets", "teaching": ".lab.teaching", "cli": ".lab.cli", "report": ".lab.report",
     "analytic": ".models.analytic", "detector": ".bundled.detector", "shapes": ".bundled.shapes", "testing": ".testing",
 }
 

@@ -6,9 +6,9 @@ one dict per batch item. The metric sets:
 - latent:   latent_mse, relative_error of the resampled latents against the input latents;
 - pixel:    psnr, ssim of decode(result) against the original images, and the VAE-only ceiling
             psnr_vae, ssim_vae = metric(decode(encode(images)), images) no inversion can beat;
-- noise:    statistics of the standardized noise z = (x_k - x_0) / sigma_k at the state the
-            inversion stopped at (noise_std, noise_ks, noise_kurtosis_z, noise_autocorr_<lag>, ...)
-            and sigma_final;
+- noise:    statistics of the standardized noise z = x_k / expected_std(sigma_k) (per item,
+            `metrics.standardized_noise`) at the state the inversion stopped at (noise_std, noise_ks,
+            noise_kurtosis_z, noise_autocorr_<lag>, ...) and sigma_final;
 - detector: colour / shape / foreground IoU of the shapes model's detector (bundled model only).
 """
 from __future__ import annotations
@@ -110,17 +110,13 @@ def evaluate(
 
 
 def noise_metrics(model: Any, trajectory: "Trajectory", end_at_step: int) -> list[dict[str, float]]:
-    """Per item: noise_* statistics of z = standardize(x_k) at the state `unsample(end_at_step=k)` stops at."""
+    """Per item: noise_* statistics of z = `metrics.standardized_noise` at the state `unsample(end_at_step=k)` stops at."""
     from .. import engine
     from . import metrics as M
 
-    state = engine.trajectory_state(trajectory, end_at_step)
-    index = min(engine.state_index(int(trajectory.params["steps"]), end_at_step), trajectory.n_steps)
-    sigma = float(trajectory.sigmas[index])
-    data_std = trajectory.xs[0].double().flatten(1).std(dim=1)
+    sigma = float(trajectory.sigmas[engine.state_index(int(trajectory.params["steps"]), end_at_step)])
     out = []
-    for b in range(int(state.shape[0])):
-        z = M.standardize_noise(state[b], sigma, model.model_sampling, data_std=float(data_std[b]))
+    for z in M.standardized_noise(model, trajectory, end_at_step):
         stats = M.noise_stats(z)
         stats.pop("n")
         row = {f"noise_{k}": v for k, v in stats.items()}

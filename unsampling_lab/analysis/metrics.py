@@ -5,7 +5,7 @@ Reconstruction (per batch item, [B] float64 tensors):
     relative_error  ||x_hat - x|| / ||x||
     psnr            10 log10(L^2 / mse) on images in 0..L
     ssim            Wang et al. 2004 with an 11-tap Gaussian window (sigma 1.5), C1 = (0.01 L)^2, C2 = (0.03 L)^2
-The unsampled noise, standardized as z = x / expected_std(sigma_final) (`standardize_noise`):
+The unsampled noise, standardized per item as z = x / expected_std(sigma_final) (`standardized_noise`):
     moments and a Kolmogorov-Smirnov statistic against N(0, 1), each with a z-score against its
     standard error for n samples under the null hypothesis z ~ N(0, 1) iid:
         SE(mean) = 1/sqrt(n), SE(std) = 1/sqrt(2n), SE(skew) = sqrt(6/n), SE(excess kurtosis) = sqrt(24/n),
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "autocorrelation", "autocorrelation_map", "detector_metrics", "ks_statistic", "latent_mse", "noise_stats",
-    "psnr", "psnr_from_mse", "relative_error", "ssim", "standardize_noise", "step_stats",
+    "expected_noise_std", "loglog_slopes", "psnr", "psnr_from_mse", "relative_error", "ssim", "standardize_noise",
+    "rates", "standardized_noise", "step_stats",
 ]
 
 
@@ -112,6 +113,31 @@ def standardize_noise(state: Tensor, sigma: float, model_sampling: "ModelSamplin
     else:
         expected = math.sqrt(sigma**2 + data_std**2)
     return state.detach().double().cpu() / expected
+
+
+def expected_noise_std(model: Any, trajectory: "Trajectory", end_at_step: int = 0, *, pooled: bool = False) -> Tensor:
+    """Per batch item [B]: the std proper noise would have at the state `unsample(end_at_step=k)` stops at,
+    `ModelSampling.expected_std(sigma_k, data_std=d)` (sqrt(sigma^2 + d^2); on flow models
+    sqrt(sigma^2 + (1 - sigma)^2 d^2)) with d the input latent's std: each item's own (a batch of
+    different images), or pooled over the whole batch (points of one distribution, as the 2-D toy's)."""
+    from .. import engine
+
+    sigma = float(trajectory.sigmas[engine.state_index(int(trajectory.params["steps"]), end_at_step)])
+    x0 = trajectory.xs[0].double()
+    data_std = x0.std().expand(x0.shape[0]) if pooled else x0.flatten(1).std(dim=1)
+    return torch.stack([torch.as_tensor(model.model_sampling.expected_std(sigma, data_std=float(d)), dtype=torch.float64)
+                        for d in data_std])
+
+
+def standardized_noise(model: Any, trajectory: "Trajectory", end_at_step: int = 0, *, pooled: bool = False) -> Tensor:
+    """z = x_k / expected_noise_std (float64, per batch item): the state `unsample(end_at_step=k)` stops at,
+    ~N(0, I) if the inversion produced x_0 + sigma_k n, n ~ N(0, I). The one standardisation the sweep's
+    noise metrics, the command line's figures and the notebooks use (`pooled`: see `expected_noise_std`)."""
+    from .. import engine
+
+    state = engine.trajectory_state(trajectory, end_at_step).detach().double().cpu()
+    scale = expected_noise_std(model, trajectory, end_at_step, pooled=pooled)
+    return state / scale.reshape(-1, *([1] * (state.ndim - 1)))
 
 
 def _normal_cdf(x: Tensor) -> Tensor:
@@ -260,6 +286,46 @@ def step_stats(trajectory: "Trajectory", *, model_sampling: "ModelSampling | Non
                 rec["denoised_mse"] = float((e**2).mean())
             records.append(rec)
     return records
+
+
+# -- rates and slopes over a results table -----------------------------------------------------------
+def rates(df: "pd.DataFrame", by: Sequence[str], columns: Sequence[str], *, z: float = 1.96) -> "pd.DataFrame":
+    """Mean of 0/1 columns per group with Wilson score intervals (`{col}_lo`, `{col}_hi`) and the count `n`.
+
+    Wilson (1927): centre (p + z^2/2n) / (1 + z^2/n), half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n).
+    With n = 12 images a measured rate of 0.5 is anywhere in about 0.25-0.75.
+    """
+    import pandas as pd
+
+    out = []
+    for key, part in df.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rec: dict[str, Any] = dict(zip(by, key))
+        for c in columns:
+            v = pd.to_numeric(part[c], errors="coerce").dropna()
+            n = len(v)
+            p = float(v.mean()) if n else math.nan
+            rec[c] = p
+            if n:
+                centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+                half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+                rec[f"{c}_lo"], rec[f"{c}_hi"] = centre - half, centre + half
+        rec["n"] = len(part)
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def loglog_slopes(df: "pd.DataFrame", *, value: str = "relative_error", x: str = "steps",
+                  hue: str = "cfg") -> dict[Any, float]:
+    """Least-squares slope p of log(value) = p log(x) + c (means over items), per `hue` value.
+
+    p = -1: the error halves when the steps double (first order); p ~ 0: more steps do not help.
+    """
+    import numpy as np
+
+    table = df.pivot_table(index=x, columns=hue, values=value, aggfunc="mean").sort_index()
+    lx = np.log(table.index.to_numpy(dtype=float))
+    return {h: float(np.polyfit(lx, np.log(table[h].to_numpy(dtype=float)), 1)[0]) for h in table.columns}
 
 
 # -- the bundled model's detector ------------------------------------------------------------------------

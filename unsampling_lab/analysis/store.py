@@ -81,11 +81,14 @@ class StoredRow:
 class ResultStore:
     """A sweep's rows in one SQLite file (see the module docstring for the guarantees)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path | None) -> None:
+        """The store at `path` (created when missing); None: a store in memory, gone when closed."""
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self._db = sqlite3.connect(str(self.path) if self.path is not None else ":memory:",
+                                       timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")  # an int constant, not data
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a commit survives a killed process
@@ -158,10 +161,11 @@ class ResultStore:
             self._db.executemany(
                 "INSERT OR IGNORE INTO rows (key, grp, model, inputs, params, accounting, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.key, r.group, model, inputs, _json(r.params), _json(r.accounting), now) for r in rows])
+                [(r.key, r.group, model, inputs, _json(r.params, ordered=True), _json(r.accounting, ordered=True), now)
+                 for r in rows])
             self._db.executemany(
                 "INSERT OR IGNORE INTO metrics (key, metric_set, vals) VALUES (?, ?, ?)",
-                [(r.key, name, _json(vals)) for r in rows for name, vals in r.metrics.items()])
+                [(r.key, name, _json(vals, ordered=True)) for r in rows for name, vals in r.metrics.items()])
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._db)
@@ -180,8 +184,9 @@ class _Transaction:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_plain)
+def _json(value: Any, *, ordered: bool = False) -> str:
+    """JSON text: keys sorted (a digest's input), or `ordered` as given (a row's columns keep their order)."""
+    return json.dumps(value, sort_keys=not ordered, default=_plain)
 
 
 def _plain(value: Any) -> Any:

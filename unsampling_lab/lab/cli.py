@@ -7,6 +7,7 @@
 writes OUT/results.csv (or .parquet), OUT/*.png and OUT/summary.md (and with --save-noise OUT/noise/*.latent,
 ComfyUI LoadLatent files). Rerunning the same command resumes: rows already in the results table are not
 recomputed. Inputs are processed --batch-size at a time. A user error is one line on stderr and exit code 2.
+This module parses, finds the inputs and runs the sweep; the figures and summary.md are `lab.report.write_report`.
 """
 from __future__ import annotations
 
@@ -236,6 +237,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     from ..analysis.executors import ModelSource
     from ..analysis.sweeps import sweep
     from ..models.loading import load_model, resolve_device
+    from .report import write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -303,19 +305,17 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 130
     df = _combine(frames, table_path if len(batches) > 1 else None)
     latents, images, positive = first
-    if args.figures:
-        if "reconstruction" not in kept:  # every row was already in the table: rerun one setting for figures
-            traj = engine.unsample_trajectory(model, latents, steps=args.steps, cfg=args.cfg[0],
-                                              sampler_name=args.sampler_name[0], scheduler=args.scheduler[0],
-                                              positive=positive, negative=args.negative, progress=False)
-            kept["trajectory_only"] = traj
-        figures = _figures(model, df, kept, images, out, steps=args.steps, end_at_step=args.end_at_step[0])
-    else:
-        figures = []
+    traj = None
+    if args.figures and "reconstruction" not in kept:  # every row was already in the table: rerun one for figures
+        traj = engine.unsample_trajectory(model, latents, steps=args.steps, cfg=args.cfg[0],
+                                          sampler_name=args.sampler_name[0], scheduler=args.scheduler[0],
+                                          positive=positive, negative=args.negative, progress=False)
     source.write_index(out)
-    summary = _summary(df, args, source=source.description, table_path=table_path, figures=figures,
-                       seconds=time.perf_counter() - t0)
-    (out / "summary.md").write_text(summary, encoding="utf-8")
+    written = write_report(model, df, out, outputs=kept, trajectory=traj, images=images,
+                           end_at_step=args.end_at_step[0], figures=args.figures,
+                           model_name=args.model or "bundled shapes model", source=source.description,
+                           table_path=table_path, seconds=time.perf_counter() - t0)
+    figures = written[:-1]
     print(f"wrote {table_path}, {len(figures)} figures and {out / 'summary.md'} "
           f"({df.attrs['rows_computed']} rows computed, {df.attrs['rows_skipped']} resumed)")
     return 0
@@ -485,99 +485,6 @@ class _Source:
                 writer = csv.writer(f)
                 writer.writerow(["item", "file"])
                 writer.writerows((i, str(path)) for i, path in enumerate(self.files))
-
-
-def _figures(model: Any, df: Any, kept: dict[str, Any], images: Any, out: Path, *, steps: int,
-             end_at_step: int) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from .. import engine
-    from ..analysis import metrics as M
-    from ..analysis import plots
-
-    written: list[Path] = []
-
-    def save(fig: Any, name: str) -> None:
-        if fig.get_layout_engine() is None:  # figures drawn with layout="constrained" lay themselves out
-            fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        written.append(out / name)
-
-    recon = df[df["edit"] == df["positive"]]
-    for value in ("latent_mse", "psnr", "fg_iou"):
-        if len(recon) and value in recon.columns and recon[value].notna().any():
-            axes = plots.error_heatmaps(recon, value=value, log=value == "latent_mse")
-            axes[0].figure.suptitle(value, fontsize=10)
-            save(axes[0].figure, f"heatmap_{value}.png")
-    rec = kept.get("reconstruction")
-    traj = rec.trajectory if rec is not None else kept["trajectory_only"]
-    index = min(engine.state_index(steps, end_at_step), traj.n_steps)
-    data_std = float(traj.xs[0].double().std())
-    z = M.standardize_noise(traj.xs[index], float(traj.sigmas[index]), model.model_sampling, data_std=data_std)
-    ax = plots.latent_stats(traj, model_sampling=model.model_sampling)
-    save(ax.figure, "latent_stats.png")
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(11, 3.3))
-    plots.noise_histogram(z, ax=a1)
-    plots.noise_qq(z, ax=a2)
-    plots.autocorrelation_map(z, ax=a3)
-    save(fig, "noise.png")
-    if rec is not None and images is not None and rec.images is not None:
-        edit = kept.get("edit")
-        axes = plots.image_strip(images, rec.noise, rec.images, None if edit is None else edit.images)
-        save(axes.flat[0].figure, "strip.png")
-    return written
-
-
-def _markdown_table(df: Any, floatfmt: str = ".4g") -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for rec in df.itertuples(index=False):
-        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in rec]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _summary(df: Any, args: argparse.Namespace, *, source: str, table_path: Path, figures: list[Path],
-             seconds: float) -> str:
-    a = df.attrs
-    naive, total = a.get("nfe_naive", 0), a.get("nfe_total", 0)
-    spent = int(df["nfe"].sum())
-    lines = [
-        "# Unsampling sweep", "",
-        f"- model: {args.model or 'bundled shapes model'}; source: {source}",
-        f"- steps {args.steps}; end_at_step {args.end_at_step}; cfg {args.cfg}; normalize {args.normalize}; "
-        f"sampler {args.sampler_name}; scheduler {args.scheduler}; edit {args.edit or []}",
-        f"- rows: {len(df)} ({a.get('rows_computed', 0)} computed now, {a.get('rows_skipped', 0)} resumed from "
-        f"`{table_path.name}`); wall time {seconds:.1f} s",
-        f"- model evaluations: {spent} for the whole table ({total} in this run) against {naive} for unsample + "
-        f"resample per row (ratio {spent / naive:.2f})" if naive else f"- model evaluations: {spent}",
-        "",
-    ]
-    metrics = [c for c in ("latent_mse", "relative_error", "psnr", "ssim", "psnr_vae", "ssim_vae", "noise_std",
-                           "noise_ks", "noise_autocorr_1", "fg_iou") if c in df.columns]
-    recon = df[df["edit"] == df["positive"]]
-    if len(recon):
-        table = recon.groupby(["normalize", "cfg", "end_at_step"], as_index=False)[metrics].mean()
-        lines += ["## Reconstruction (mean over images)", "", _markdown_table(table), ""]
-        best = table.loc[table["latent_mse"].idxmin()] if "latent_mse" in table else None
-        if best is not None:
-            lines += [f"Best reconstruction: normalize={best['normalize']}, cfg={best['cfg']:g}, "
-                      f"end_at_step={int(best['end_at_step'])} (latent_mse {best['latent_mse']:.4g}).", ""]
-        if "psnr_vae" in table:
-            lines += [f"VAE-only ceiling (encode -> decode): PSNR {recon['psnr_vae'].mean():.2f} dB, "
-                      f"SSIM {recon['ssim_vae'].mean():.3f}.", ""]
-    edits = df[df["edit"] != df["positive"]]
-    if len(edits):
-        cols = [c for c in ("latent_mse", "fg_iou", "colour_match", "shape_match") if c in df.columns]
-        table = edits.groupby(["edit", "normalize", "cfg", "end_at_step"], as_index=False)[cols].mean()
-        lines += ["## Edits (mean over images)", "", _markdown_table(table), ""]
-    if figures:
-        lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,14 +1,9 @@
-"""Helpers for the notebooks: the 2-D toy drawn in the plane, and demonstrations that need a few lines.
+"""Helpers for the notebooks: demonstrations that need a few lines, and the 2-D toy (from `lab.toy`).
 
 Everything here calls the package's own functions (engine, sweeps, metrics, plots); nothing is a
-second implementation. The 2-D toy is `GaussianMixture.two_class_2d()` run as a model
-(`models.analytic.mixture_model`): a latent is a [B, 2, 1, 1] tensor and the prompts are the class
-names, "" the unconditional mixture. Points are drawn in the VP view
-
-    u = x / sqrt(1 + sigma^2)
-
-(what the network sees), so data (sigma ~ 0) and noise (sigma = 80, u ~ N(0, I)) share one frame.
-matplotlib loads only inside the plotting functions.
+second implementation. The toy's names (`toy_model`, `plot_paths`, ...) live in `lab.toy` and are
+importable from here as the notebooks call them (`teaching.toy_model()`); `rates` and `loglog_slopes`
+live beside the metrics (`analysis.metrics`) and are importable from here too.
 """
 from __future__ import annotations
 
@@ -21,138 +16,19 @@ import torch
 from torch import Tensor
 
 from .. import engine
+from ..analysis.metrics import loglog_slopes, rates, standardized_noise  # noqa: F401 (the notebooks' names)
 from ..errors import UnsamplingError
-from ..analysis.plots import ensure_ax
 from ..samplers import get_sampler
 from ..samplers.base import seeded_noise
 from ..schedulers import sigma_schedule
+from .toy import (CLASS_COLOURS, TOY_LABELS, cfg_endpoints, plane, plot_cfg_endpoints,  # noqa: F401 (re-exported)
+                  plot_density, plot_paths, plot_round_trip, sample_path, toy_data, toy_model, toy_prompts, vp_view)
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
 
-    from ..models.gaussian import GaussianMixture
-    from ..models.analytic import AnalyticModel
     from ..trajectory import Trajectory
-
-TOY_LABELS: tuple[str, str] = ("left", "right")
-CLASS_COLOURS: tuple[str, str] = ("tab:blue", "tab:orange")
-
-
-# -- the 2-D toy ---------------------------------------------------------------------------------------
-def toy_model() -> tuple["GaussianMixture", "AnalyticModel"]:
-    """The two-class 2-D mixture and the model the engine runs on it (prompts "left", "right", "")."""
-    from ..models.gaussian import GaussianMixture
-    from ..models.analytic import mixture_model
-
-    mixture = GaussianMixture.two_class_2d()
-    return mixture, mixture_model(mixture, labels=TOY_LABELS)
-
-
-def toy_data(mixture: "GaussianMixture", n: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """n points [n, 2, 1, 1] (float64 latents) and their class labels [n]."""
-    x, labels = mixture.sample(n, generator=torch.Generator().manual_seed(seed))
-    return x[:, :, None, None], labels
-
-
-def toy_prompts(labels: Tensor) -> list[str]:
-    """Each point's own class name as its prompt ("left" / "right"), for per-item conditioning."""
-    return [TOY_LABELS[int(c)] for c in labels]
-
-
-def plane(latents: Tensor) -> Tensor:
-    """[..., B, 2, 1, 1] latents as [..., B, 2] points."""
-    return latents.reshape(*latents.shape[:-3], latents.shape[-3])
-
-
-def vp_view(xs: Tensor, sigmas: Tensor) -> Tensor:
-    """States [n, B, 2, 1, 1] at sigmas [n] as points u = x / sqrt(1 + sigma^2), [n, B, 2]."""
-    return plane(xs) / torch.sqrt(1 + sigmas.double() ** 2)[:, None, None]
-
-
-def sample_path(model: Any, latent: Tensor, **resample_kwargs: Any) -> tuple[Tensor, Tensor]:
-    """`resample` with every state kept: (states [n+1, B, ...], sigmas [n+1])."""
-    xs: list[Tensor] = []
-    sigmas: list[float] = []
-
-    def keep(step: Any) -> None:
-        xs.append(step.x.detach().cpu())
-        sigmas.append(step.sigma)
-
-    out = engine.resample(model, latent, callback=keep, progress=False, **resample_kwargs)
-    sigmas.append(0.0 if not resample_kwargs.get("return_with_leftover_noise") else float("nan"))
-    return torch.stack(xs + [out.detach().cpu()]), torch.tensor(sigmas, dtype=torch.float64)
-
-
-def plot_density(mixture: "GaussianMixture", *, sigma: float = 0.0, ax: "Axes | None" = None,
-                 lim: float = 3.5, label: int | None = None) -> "Axes":
-    """Filled contours of the (noised) data density log p_sigma in the plane; class means marked."""
-    ax = ensure_ax(ax, figsize=(4, 4))
-    g = torch.linspace(-lim, lim, 150, dtype=torch.float64)
-    xx, yy = torch.meshgrid(g, g, indexing="xy")
-    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
-    logp = mixture.log_prob(pts, sigma).reshape(xx.shape)
-    ax.contourf(xx.numpy(), yy.numpy(), logp.clamp_min(float(logp.max()) - 12).numpy(), levels=14, cmap="Greys")
-    for k in range(mixture.means.shape[0]):
-        c = int(mixture.classes[k])
-        ax.plot(*mixture.means[k].tolist(), "+", color=CLASS_COLOURS[c % 2], ms=9, mew=2)
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    ax.set_xlabel("u1 = x1 / sqrt(1 + sigma^2)")
-    ax.set_ylabel("u2")
-    return ax
-
-
-def plot_paths(xs: Tensor, sigmas: Tensor, *, ax: "Axes | None" = None, colour: Any = "C3", alpha: float = 0.6,
-               start: str = "o", end: str = "x", label: str | None = None,
-               start_label: str = "start", end_label: str = "end") -> "Axes":
-    """Paths of states [n+1, B, 2, 1, 1] at sigmas [n+1] in the VP view u = x / sqrt(1 + sigma^2).
-
-    The legend names the markers: `start_label` for the first state, `end_label` for the last; the
-    grey contours are the data density and the + marks the class means (blue "left", orange "right").
-    """
-    ax = ensure_ax(ax, figsize=(4, 4))
-    u = vp_view(xs, torch.nan_to_num(sigmas, nan=0.0)).numpy()
-    for b in range(u.shape[1]):
-        ax.plot(u[:, b, 0], u[:, b, 1], "-", color=colour, lw=0.8, alpha=alpha, label=label if b == 0 else None)
-    ax.plot(u[0, :, 0], u[0, :, 1], start, color=colour, ms=3, label=start_label)
-    ax.plot(u[-1, :, 0], u[-1, :, 1], end, color=colour, ms=4, label=end_label)
-    ax.legend(fontsize=7, loc="lower left")
-    return ax
-
-
-def plot_round_trip(original: Tensor, noise: Tensor, sigma_max: float, reconstruction: Tensor, *,
-                    ax: "Axes | None" = None) -> "Axes":
-    """Originals (dots), the unsampled noise in the VP view (grey) and each reconstruction joined to its original."""
-    ax = ensure_ax(ax, figsize=(4, 4))
-    a, r = plane(original).numpy(), plane(reconstruction).numpy()
-    z = (plane(noise) / math.sqrt(1 + sigma_max**2)).numpy()
-    ax.plot(z[:, 0], z[:, 1], ".", color="0.6", ms=3, label="noise u")
-    ax.plot(a[:, 0], a[:, 1], "o", color="k", ms=3, label="original")
-    ax.plot(r[:, 0], r[:, 1], "x", color="C3", ms=4, label="reconstruction")
-    for p, q in zip(a, r):
-        ax.plot([p[0], q[0]], [p[1], q[1]], "-", color="C3", lw=0.8)
-    ax.set_aspect("equal")
-    ax.legend(fontsize=7, loc="lower left")
-    return ax
-
-
-def cfg_endpoints(model: Any, noise: Tensor, cfgs: Sequence[float], *, prompt: str, steps: int = 30,
-                  sampler_name: str = "euler") -> dict[float, Tensor]:
-    """Where the same noise [B, 2, 1, 1] (at sigma_max) lands for each cfg: {cfg: points [B, 2]}."""
-    return {float(c): plane(engine.resample(model, noise, steps=steps, cfg=float(c), positive=prompt,
-                                            sampler_name=sampler_name, progress=False)) for c in cfgs}
-
-
-def plot_cfg_endpoints(mixture: "GaussianMixture", endpoints: dict[float, Tensor], *, ax: "Axes | None" = None,
-                       lim: float = 5.0) -> "Axes":
-    """The data density with each cfg's end points in its own colour."""
-    ax = plot_density(mixture, ax=ax, lim=lim)
-    for i, (c, pts) in enumerate(endpoints.items()):
-        ax.plot(pts[:, 0].numpy(), pts[:, 1].numpy(), ".", color=f"C{i + 2}", ms=4, label=f"cfg {c:g}")
-    ax.legend(fontsize=7, loc="lower left")
-    return ax
 
 
 # -- demonstrations --------------------------------------------------------------------------------------
@@ -226,21 +102,20 @@ def normalize_modes(model: Any, trajectory: "Trajectory", *, end_at_step: int = 
     """Each normalize mode's output read off one trajectory: its values' histogram, moments, and the std it would have.
 
     "disable" is the state itself, stored as a LATENT, i.e. in raw VAE units (process_out divides the
-    model-space state by the latent scale factor): proper noise would have std sqrt(sigma^2 + d^2) / scale.
+    model-space state by the latent scale factor): proper noise would have std expected_std(sigma) / scale
+    (`ModelSampling.expected_std` with d the input's std over the batch: sqrt(sigma^2 + d^2) on VP models).
     "enable" z-scores the whole batch tensor and "per_sample" each item (std 1 by construction);
     "sigma" divides the model-space state by the final sigma: std 1 only if the inversion produced proper noise.
     Column `proper_std`: the std each mode's output would have were the state x_0 + sigma n, n ~ N(0, I).
     """
     import pandas as pd
 
-    from ..engine import NORMALIZE_MODES
+    from ..analysis.metrics import expected_noise_std
     from ..analysis.plots import noise_histogram
+    from ..engine import NORMALIZE_MODES
 
-    steps = int(trajectory.params["steps"])
-    index = steps - min(end_at_step, steps - 1)
-    sigma = float(trajectory.sigmas[index])
-    proper = math.sqrt(sigma**2 + float(trajectory.xs[0].double().var()))
-    like = trajectory.xs[index]
+    proper = float(expected_noise_std(model, trajectory, end_at_step, pooled=True)[0])  # the whole tensor's
+    like = trajectory.xs[engine.state_index(int(trajectory.params["steps"]), end_at_step)]
     lf = model.latent_format
     raw_proper = float((lf.process_out(torch.full_like(like, proper)) - lf.process_out(torch.zeros_like(like))).mean())
     rows = []
@@ -255,19 +130,6 @@ def normalize_modes(model: Any, trajectory: "Trajectory", *, end_at_step: int = 
             shown = " (divided by its std)" if mode == "disable" else ""
             ax.set_title(f"normalize={mode!r}{shown}\nstd {float(flat.std()):.3g}", fontsize=9)
     return pd.DataFrame(rows)
-
-
-def loglog_slopes(df: "pd.DataFrame", *, value: str = "relative_error", x: str = "steps",
-                  hue: str = "cfg") -> dict[Any, float]:
-    """Least-squares slope p of log(value) = p log(x) + c (means over items), per `hue` value.
-
-    p = -1: the error halves when the steps double (first order); p ~ 0: more steps do not help.
-    """
-    import numpy as np
-
-    table = df.pivot_table(index=x, columns=hue, values=value, aggfunc="mean").sort_index()
-    lx = np.log(table.index.to_numpy(dtype=float))
-    return {h: float(np.polyfit(lx, np.log(table[h].to_numpy(dtype=float)), 1)[0]) for h in table.columns}
 
 
 def inversion_errors(model: Any, latent: Tensor, true_noise: Tensor, *, samplers: Sequence[str],
@@ -322,29 +184,33 @@ def equal_budget_sweep(model: Any, latents: dict[str, Any] | Tensor, *, samplers
 
 
 def noise_spread(model: Any, latent: dict[str, Any] | Tensor, *, steps: Sequence[int], **unsample_kwargs: Any) -> "pd.DataFrame":
-    """The spread of the fully unsampled state against the schedule's promise, for each number of steps.
+    """The spread of the unsampled state against the schedule's promise, for each number of steps.
 
-    ratio = std(x_N) / sqrt(sigma_N^2 + var(x_0)), pooled over every element of the batch (processed
-    space). If the inversion produced x_0 + sigma n with n ~ N(0, I) the ratio would be 1.
+    ratio = std(x_k) / expected_std, pooled over every element of the batch (processed space; the batch
+    is points of one distribution), expected_std from `metrics.expected_noise_std(pooled=True)`. If the
+    inversion produced x_0 + sigma n with n ~ N(0, I) the ratio would be 1.
     Columns: steps, sigma_final, std, expected_std, ratio.
     """
     import pandas as pd
 
+    from ..analysis.metrics import expected_noise_std
+
+    k = int(unsample_kwargs.get("end_at_step", 0))
     rows = []
     for n in steps:
         traj = engine.unsample_trajectory(model, latent, steps=int(n), progress=False, **unsample_kwargs)
-        x0, xn, sigma = traj.xs[0].double(), traj.xs[-1].double(), float(traj.sigmas[-1])
-        expected = math.sqrt(sigma**2 + float(x0.var()))
-        rows.append(dict(steps=int(n), sigma_final=sigma, std=float(xn.std()), expected_std=expected,
-                         ratio=float(xn.std()) / expected))
+        xk = engine.trajectory_state(traj, k).double()
+        expected = float(expected_noise_std(model, traj, k, pooled=True)[0])
+        rows.append(dict(steps=int(n), sigma_final=float(traj.sigmas[engine.state_index(int(n), k)]),
+                         std=float(xk.std()), expected_std=expected, ratio=float(xk.std()) / expected))
     return pd.DataFrame(rows)
 
 
 def noise_report(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0, seed: int = 0) -> "pd.DataFrame":
     """Statistics of the unsampled noise next to those of true N(0, I) noise of the same shape.
 
-    The state at the last sigma is standardized by the schedule's std sqrt(sigma^2 + d^2)
-    (`metrics.standardize_noise`). Rows "unsampled" and "N(0, 1) sample"; columns: std (1 for
+    The state where the inversion stopped is standardized per item by the schedule's std
+    (`metrics.standardized_noise`, the sweep's noise metrics' own). Rows "unsampled" and "N(0, 1) sample"; columns: std (1 for
     proper noise: below 1 is the std deficit), and z-scores, each ~N(0, 1) for proper noise
     (|z| > 3 is a clear departure): mean_z, std_z, skew_z, kurtosis_z, ks_z (Kolmogorov-Smirnov,
     sqrt(n) D, ~0.5-1.4 for proper noise), autocorr_1 (neighbour correlation) and autocorr_1_z.
@@ -353,11 +219,7 @@ def noise_report(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0, 
 
     from ..analysis import metrics
 
-    steps = int(trajectory.params["steps"])
-    index = steps - min(end_at_step, steps - 1)
-    state, sigma = trajectory.xs[index].double(), float(trajectory.sigmas[index])
-    d = float(trajectory.xs[0].double().std())
-    z = metrics.standardize_noise(state, sigma, model.model_sampling, data_std=d)
+    z = metrics.standardized_noise(model, trajectory, end_at_step)
     fresh = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     rows = []
     for name, t in (("unsampled", z), ("N(0, 1) sample", fresh)):
@@ -367,17 +229,6 @@ def noise_report(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0, 
                          kurtosis_z=st["kurtosis_z"], ks_z=st["ks_z"], autocorr_1=ac.get("autocorr_1", math.nan),
                          autocorr_1_z=ac.get("autocorr_1_z", math.nan)))
     return pd.DataFrame(rows).set_index("noise")
-
-
-def standardized_noise(model: Any, trajectory: "Trajectory", *, end_at_step: int = 0) -> Tensor:
-    """The state where the inversion stopped divided by the schedule's std sqrt(sigma^2 + d^2) (~N(0, 1) if proper)."""
-    from ..analysis import metrics
-
-    steps = int(trajectory.params["steps"])
-    index = steps - min(end_at_step, steps - 1)
-    d = float(trajectory.xs[0].double().std())
-    return metrics.standardize_noise(trajectory.xs[index], float(trajectory.sigmas[index]), model.model_sampling,
-                                     data_std=d)
 
 
 def edit_grid(model: Any, images: Tensor, *, source: str | Sequence[str], edit: str | Sequence[str],
@@ -458,32 +309,6 @@ def compare_methods(model: Any, images: Tensor, settings: Sequence[tuple[str, st
     return pd.DataFrame(rows), decoded
 
 
-def rates(df: "pd.DataFrame", by: Sequence[str], columns: Sequence[str], *, z: float = 1.96) -> "pd.DataFrame":
-    """Mean of 0/1 columns per group with Wilson score intervals (`{col}_lo`, `{col}_hi`) and the count `n`.
-
-    Wilson (1927): centre (p + z^2/2n) / (1 + z^2/n), half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n).
-    With n = 12 images a measured rate of 0.5 is anywhere in about 0.25-0.75.
-    """
-    import pandas as pd
-
-    out = []
-    for key, part in df.groupby(list(by), sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        rec: dict[str, Any] = dict(zip(by, key))
-        for c in columns:
-            v = pd.to_numeric(part[c], errors="coerce").dropna()
-            n = len(v)
-            p = float(v.mean()) if n else math.nan
-            rec[c] = p
-            if n:
-                centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-                half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-                rec[f"{c}_lo"], rec[f"{c}_hi"] = centre - half, centre + half
-        rec["n"] = len(part)
-        out.append(rec)
-    return pd.DataFrame(out)
-
-
 def real_model_ready(model_id: str) -> tuple[bool, str]:
     """(ready, reason): a CUDA device and the weights available offline (a local folder or the HF cache)?"""
 
@@ -524,7 +349,7 @@ def sample_prompts(paths_or_folder: Any = SAMPLE_IMAGES) -> tuple[list[str], lis
 
 
 __all__ = [
-    "COMFYUI_ANCESTRAL", "TOY_LABELS", "cfg_endpoints", "comfyui_unsample", "ddim_vs_ddim_inverse", "edit_grid",
+    "CLASS_COLOURS", "COMFYUI_ANCESTRAL", "TOY_LABELS", "cfg_endpoints", "comfyui_unsample", "ddim_vs_ddim_inverse", "edit_grid",
     "equal_budget_sweep", "inversion_errors", "steps_for_budget", "loglog_slopes", "SAMPLE_IMAGES", "SAMPLE_PROMPTS", "sample_prompts", "noise_report", "noise_spread", "normalize_modes", "rates", "standardized_noise", "toy_prompts",
     "plane", "plot_cfg_endpoints", "plot_density", "plot_paths", "plot_round_trip", "real_model_ready",
     "sample_path", "toy_data", "toy_model", "vp_view",

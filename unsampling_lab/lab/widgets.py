@@ -25,7 +25,10 @@ from torch import Tensor
 
 from .. import engine
 from ..analysis import sweeps
-from ..analysis.evaluate import References, evaluate, inversion_endpoints, references
+from ..analysis.evaluate import METRIC_SETS, References, inversion_endpoints, references
+from ..analysis.grid import Setting
+from ..analysis import running
+from ..analysis.running import Inverted
 from ..engine import NORMALIZE_MODES
 from ..errors import UnsamplingError
 from ..inversion import methods_for, resample
@@ -240,31 +243,31 @@ class Explorer:
         return self.trajectory
 
     def _show(self, traj: "Trajectory", p: Mapping[str, Any]) -> None:
-        model, k = self.model, p["end_at_step"]
-        edit = p["edit"] or p["positive"]
-        common = dict(steps=p["steps"], start_at_step=k, cfg=p["resample_cfg"], sampler_name=p["sampler_name"],
-                      scheduler=p["scheduler"], negative=p["negative"], progress=False)
-        if p["method"] == "unsampler":
-            noise = engine.unsampled(model, traj, k, p["normalize"])
-            pair = noise.repeat(2, *([1] * (noise.ndim - 1)))  # [reconstruction, edit] in one batch
-            result = engine.resample(model, pair, positive=[p["positive"], edit], **common)
-            seen = traj
-        else:  # the method's own inversion and resampling side (its noise is never normalized)
+        """The current setting through the sweep's own `evaluate_setting`: the reconstruction and the edit."""
+        model, refs = self.model, self.references()
+        settings = [self.setting(p, edit=None), self.setting(p, edit=p["edit"] or p["positive"])]
+        if p["method"] == "unsampler":  # both from one noise, in one network batch
+            done, _ = running.evaluate_setting(model, [(Inverted(traj), s) for s in settings], refs,
+                                               metrics=METRIC_SETS, like=self.latent)
+        else:  # the method's own inversion and resampling side (its noise is never normalized); one resample each
             inv = self._method_inversion(p)
-            noise, seen = inv.samples, inversion_endpoints(model, self.latent, inv)
-            result = torch.cat([resample(model, inv, positive=prompt, **common)["samples"]
-                                for prompt in (p["positive"], edit)])
-            k = 0  # the endpoints' last state is the one this inversion stopped at
-        decoded = model.decode(result) if hasattr(model, "decode") and getattr(model, "vae", None) is not None else None
-        refs = self.references()
-        self.rows = []
-        for b, prompt in enumerate((p["positive"], edit)):
-            metrics = evaluate(model, result[b:b + 1], trajectory=seen, end_at_step=k, references=refs,
-                               decoded=None if decoded is None else decoded[b:b + 1], prompts=[prompt])
-            self.rows.append({**p, "edit": prompt, **metrics[0], "row": "reconstruction" if b == 0 else "edit"})
-        self._draw_strip(noise, decoded, p)
+            inverted = Inverted(inversion_endpoints(model, self.latent, inv), inv)
+            done = [running.evaluate_setting(model, [(inverted, s)], refs, metrics=METRIC_SETS,
+                                             like=self.latent)[0][0] for s in settings]
+        self.rows = [{**p, "edit": e.setting.resample_prompt, **e.row(0), "row": name}
+                     for name, e in zip(("reconstruction", "edit"), done)]
+        decoded = None if done[0].decoded is None else torch.cat([e.decoded for e in done])
+        self._draw_strip(done[0].noise, decoded, p)
         self._draw_stats(traj, p["end_at_step"])
         self._draw_table()
+
+    @staticmethod
+    def setting(p: Mapping[str, Any], *, edit: str | None) -> Setting:
+        """The sweep's Setting for the explorer's parameters `p` (seed 0, as a sweep's default)."""
+        return Setting(sampler_name=p["sampler_name"], scheduler=p["scheduler"], steps=int(p["steps"]),
+                       cfg=float(p["cfg"]), positive=p["positive"], negative=p["negative"],
+                       end_at_step=int(p["end_at_step"]), normalize=p["normalize"], edit=edit,
+                       resample_cfg=float(p["resample_cfg"]), method=p["method"])
 
     def _method_inversion(self, p: Mapping[str, Any]) -> Any:
         """`ul.invert` for the current setting (methods other than the Unsampler), cached per setting."""
