@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 _SUBMODULES: dict[str, str] = {
     "metrics": ".analysis.metrics", "plots": ".analysis.plots", "sweeps": ".analysis.sweeps",
     "widgets": ".lab.widgets", "teaching": ".lab.teaching", "cli": ".lab.cli",
-    "analytic": ".models.gaussian", "detector": ".bundled.detector", "shapes": ".bundled.shapes", "testing": ".testing",
+    "analytic": ".models.gaussian", "comfy": ".lab.comfy", "detector": ".bundled.detector", "shapes": ".bundled.shapes", "testing": ".testing",
 }
 
 
