@@ -165,3 +165,46 @@ def test_not_a_workflow_is_one_line(tmp_path):
     bad.write_text("{")
     with pytest.raises(UnsamplingError, match="not a readable JSON workflow"):
         ul.comfy.read_workflow(bad)
+
+
+def test_the_readme_comfyui_block_runs(tmp_path, monkeypatch):
+    """README "From your ComfyUI workflow to a sweep and back", as written, on a ComfyUI folder made here: the
+    bundled model as a single-file checkpoint, its tokenizer as comfy/sd1_tokenizer, an output PNG with its workflow."""
+    import re
+
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from unsampling_lab.models.ldm_layout import write_single_file
+
+    if not Path(ul.BUNDLED_MODEL, "model_index.json").exists():
+        pytest.skip("bundled model not installed")
+    torch.set_num_threads(1)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "ComfyUI"
+    pipe = StableDiffusionPipeline.from_pretrained(str(ul.BUNDLED_MODEL), local_files_only=True)
+    pipe.tokenizer.save_pretrained(str(root / "comfy" / "sd1_tokenizer"))
+    write_single_file(pipe, root / "models" / "checkpoints" / "shapes.safetensors")
+    batch = ul.shapes.make_shapes(1, seed=3)
+    (root / "input").mkdir()
+    Image.fromarray((batch.images[0].numpy() * 255).round().astype("uint8")).save(root / "input" / "shape.png")
+    made = ul.comfy.to_workflow({"steps": 6, "positive": batch.captions[0], "edit": "blue " + batch.shapes[0]},
+                                tmp_path / "made.json", checkpoint="shapes.safetensors", image="shape.png")
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(made.api))
+    info.add_text("workflow", json.dumps(made.ui))
+    (root / "output").mkdir()
+    Image.new("RGB", (32, 32)).save(root / "output" / "ComfyUI_00001_.png", pnginfo=info)
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index("## From your ComfyUI workflow"):], re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"ul": ul}
+    exec(compile(code, "README.md", "exec"), namespace)
+    df, best = namespace["df"], namespace["best"]
+    assert len(df) == 4 and namespace["edit"]["samples"].shape == namespace["latent"]["samples"].shape
+    back = ul.comfy.read_workflow(tmp_path / "best_api.json")
+    assert back.unsample["end_at_step"] == best["end_at_step"] and back.unsample["cfg"] == best["cfg"]
+    assert back.resample["positive"] == "blue " + batch.shapes[0] and back.checkpoint == "shapes.safetensors"
+    assert (tmp_path / "best.json").exists()

@@ -175,19 +175,20 @@ def find_comfyui(path: Path, comfyui: str | Path | None) -> Path | None:
 
 
 def load_tokenizer(spec: Mapping[str, Any], name: str, arch: str, path: Path, comfyui: Path | None) -> Any:
-    """A tokenizer from the Hugging Face cache (repos in `spec['hub']`) or ComfyUI's copy; a one-line error naming both."""
+    """A tokenizer from ComfyUI's copy (when the installation is known) or the Hugging Face cache (repos in
+    `spec['hub']`); a one-line error naming both places."""
     import transformers
 
     cls = getattr(transformers, spec["class"])
+    for rel in spec.get("comfyui", []):  # first: the copy the ComfyUI holding this file would use itself
+        if comfyui is not None and (comfyui / rel).is_dir():
+            return _finish(cls.from_pretrained(str(comfyui / rel), local_files_only=True), spec)
     looked: list[str] = []
     for repo, subfolder in spec.get("hub", []):
         folder = _cached_folder(repo, subfolder)
         looked.append(f"{repo}/{subfolder}".rstrip("/"))
         if folder is not None:
             return _finish(cls.from_pretrained(str(folder), local_files_only=True), spec)
-    for rel in spec.get("comfyui", []):
-        if comfyui is not None and (comfyui / rel).is_dir():
-            return _finish(cls.from_pretrained(str(comfyui / rel), local_files_only=True), spec)
     where = f"ComfyUI's {' or '.join(spec.get('comfyui', []))} under {comfyui}" if comfyui else (
         f"a ComfyUI installation above {path.parent} (none found; pass comfyui=PATH)")
     raise UnsamplingError(

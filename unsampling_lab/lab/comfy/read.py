@@ -41,8 +41,9 @@ class ComfyWorkflow:
     unknown_nodes: list[str] = field(default_factory=list)
     source_format: Literal["ui", "api"] = "api"
 
-    def sweep_base(self) -> dict[str, Any]:
-        """The fixed keywords of `ul.sweep` for this workflow (edit / resample_cfg / seed from the sampler)."""
+    def sweep_base(self, *, without: Any = ()) -> dict[str, Any]:
+        """The fixed keywords of `ul.sweep` for this workflow (edit / resample_cfg / seed from the sampler),
+        less the names in `without` (pass the grid: what it varies cannot also be fixed)."""
         if self.unsample is None:
             raise UnsamplingError("this workflow has no Unsampler node, so there is no inversion to sweep around")
         base = {k: self.unsample[k] for k in ("steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
@@ -53,7 +54,7 @@ class ComfyWorkflow:
             if self.resample["cfg"] != base["cfg"]:
                 base["resample_cfg"] = self.resample["cfg"]
             base["seed"] = self.resample["noise_seed"]
-        return base
+        return {k: v for k, v in base.items() if k not in set(without)}
 
 
 def read_workflow(path: str | Path | dict[str, Any], *, unsampler: str | int | None = None,
