@@ -240,11 +240,8 @@ def load_single_file(path: str | Path, *, dtype: torch.dtype | None = None, allo
             configs["scheduler"] = {**configs["scheduler"], "shift": 1.0, "use_dynamic_shifting": False}
     root = find_comfyui(path, comfyui)
     tokenizers = {name: load_tokenizer(spec, name, arch, path, root) for name, spec in configs["tokenizers"].items()}
-    from .loading import _quiet_libraries
-
-    with _quiet_libraries():
-        networks, encoders = _build(configs, arch)
-        converted = convert_components(state, arch, networks, encoders)
+    networks, encoders = _build(configs, arch)
+    converted = convert_components(state, arch, networks, encoders)
     parts = {**networks, **encoders}
     for name, weights in converted.items():
         _load_weights(parts[name], weights, name, path)
