@@ -210,3 +210,26 @@ def test_missing_tokenizer_names_where_it_looked(bundled_file, tmp_path):
     assert model.tokenizer is not None
     with pytest.raises(UnsamplingError, match="not a ComfyUI installation"):
         ul.load_model(alone, device="cpu", comfyui=tmp_path)
+
+
+def test_t5_of_an_all_in_one_file_loads_with_its_tied_embedding():
+    """SD3 / Flux files hold T5 under text_encoders.t5xxl.transformer. (one copy of the tied token embedding)."""
+    from transformers import T5Config, T5EncoderModel
+
+    from unsampling_lab.models.single_file import _load_weights
+
+    config = T5Config(vocab_size=32, d_model=8, d_ff=16, d_kv=4, num_heads=2, num_layers=1, feed_forward_proj="gated-gelu")
+    torch.manual_seed(0)
+    source = T5EncoderModel(config).eval()
+    state = {"text_encoders.t5xxl.transformer." + k: v for k, v in source.state_dict().items()
+             if k != "encoder.embed_tokens.weight"}
+    from diffusers.loaders.single_file_utils import convert_sd3_t5_checkpoint_to_diffusers
+
+    target = T5EncoderModel(config).eval()
+    _load_weights(target, convert_sd3_t5_checkpoint_to_diffusers(state), "text_encoder_3", Path("x.safetensors"))
+    _same_weights(target, source)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(target(ids).last_hidden_state, source(ids).last_hidden_state)
+    with pytest.raises(UnsamplingError, match="is missing 1 text_encoder_3 weights"):
+        partial = {k: v for k, v in convert_sd3_t5_checkpoint_to_diffusers(state).items() if not k.endswith("final_layer_norm.weight")}
+        _load_weights(T5EncoderModel(config), partial, "text_encoder_3", Path("x.safetensors"))

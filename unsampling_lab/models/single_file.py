@@ -153,10 +153,15 @@ def _build(configs: Mapping[str, Any], arch: Architecture) -> tuple[dict[str, An
 
 def _load_weights(model: Any, state: dict[str, Tensor], name: str, path: Path) -> None:
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
-    if missing or result.unexpected_keys:
+    shared: dict[int, set[str]] = {}  # tied weights (T5's shared / encoder.embed_tokens) load through either name
+    for key, param in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(param), set()).add(key)
+    loaded = {k for names in shared.values() if names & set(state) for k in names}
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids") and k not in loaded]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]  # a buffer older files saved
+    if missing or unexpected:
         what = f"is missing {len(missing)} {name} weights (e.g. {missing[0]})" if missing else (
-            f"has {len(result.unexpected_keys)} {name} weights this architecture does not use (e.g. {result.unexpected_keys[0]})")
+            f"has {len(unexpected)} {name} weights this architecture does not use (e.g. {unexpected[0]})")
         raise UnsamplingError(f"checkpoint {path} {what}; it is not a complete checkpoint of the detected architecture")
 
 
