@@ -166,6 +166,8 @@ def test_shipped_configs_have_the_released_sizes():
     for arch, sizes in want.items():
         with torch.device("meta"):
             networks, encoders = _build(architecture_configs(arch), arch)
+        for encoder in encoders.values():
+            encoder.tie_weights()  # built without init, as load_single_file does; loading ties them
         parts = {**networks, **encoders}
         assert {n: sum(p.numel() for p in parts[n].parameters()) for n in sizes} == sizes, arch
 
@@ -225,7 +227,10 @@ def test_t5_of_an_all_in_one_file_loads_with_its_tied_embedding():
              if k != "encoder.embed_tokens.weight"}
     from diffusers.loaders.single_file_utils import convert_sd3_t5_checkpoint_to_diffusers
 
-    target = T5EncoderModel(config).eval()
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # as load_single_file builds it: not initialised, not tied
+        target = T5EncoderModel(config).eval()
     _load_weights(target, convert_sd3_t5_checkpoint_to_diffusers(state), "text_encoder_3", Path("x.safetensors"))
     _same_weights(target, source)
     ids = torch.tensor([[1, 2, 3]])
@@ -233,3 +238,23 @@ def test_t5_of_an_all_in_one_file_loads_with_its_tied_embedding():
     with pytest.raises(UnsamplingError, match="is missing 1 text_encoder_3 weights"):
         partial = {k: v for k, v in convert_sd3_t5_checkpoint_to_diffusers(state).items() if not k.endswith("final_layer_norm.weight")}
         _load_weights(T5EncoderModel(config), partial, "text_encoder_3", Path("x.safetensors"))
+
+
+def test_what_released_files_also_hold_is_skipped(bundled_file, tmp_path):
+    """Released SD1 files carry EMA copies, CLIP's position_ids buffer and fp16 weights; none of it gets in the way."""
+    from safetensors.torch import save_file
+
+    _, path = bundled_file
+    state, metadata = read_single_file(path)
+    extra = {k: v.half() for k, v in state.items()}
+    extra["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(8)[None]
+    extra["model_ema.decay"] = torch.tensor(0.9999)
+    extra["model_ema.num_updates"] = torch.tensor(0)
+    halved = path.parent / "shapes_fp16.safetensors"
+    save_file(extra, str(halved), metadata=metadata)
+    model = ul.load_model(halved, device="cpu")
+    assert model.dtype == torch.float32  # as a diffusers folder loads without dtype=
+    unet = model.unet.state_dict()
+    want = {k: v.half().float() for k, v in ul.load_model(path, device="cpu").unet.state_dict().items()}
+    assert all(torch.equal(unet[k], want[k]) for k in want)
+    assert ul.load_model(halved, device="cpu", dtype="float16").unet.dtype == torch.float16
