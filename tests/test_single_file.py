@@ -258,3 +258,24 @@ def test_what_released_files_also_hold_is_skipped(bundled_file, tmp_path):
     want = {k: v.half().float() for k, v in ul.load_model(path, device="cpu").unet.state_dict().items()}
     assert all(torch.equal(unet[k], want[k]) for k in want)
     assert ul.load_model(halved, device="cpu", dtype="float16").unet.dtype == torch.float16
+
+
+@pytest.mark.parametrize("arch,key", [
+    ("sd3", "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"),
+    ("flux", "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale"),
+])
+def test_sd3_and_flux_files_are_named_and_need_their_t5_tokenizer(arch, key, tmp_path, no_hub_cache):
+    from safetensors.torch import save_file
+
+    assert detect_architecture({key, "first_stage_model.encoder.conv_in.weight"}) == arch
+    root = tmp_path / "ComfyUI"
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    (root / "comfy" / "sd1_tokenizer").mkdir(parents=True)  # CLIP's is there, T5's is not
+    ul.testing.tiny_sd_pipeline().tokenizer.save_pretrained(str(root / "comfy" / "sd1_tokenizer"))
+    path = root / "models" / "checkpoints" / f"{arch}.safetensors"
+    save_file({key: torch.zeros(1)}, str(path))
+    with pytest.raises(UnsamplingError) as e:
+        ul.load_model(path, device="cpu")
+    text = str(e.value)
+    assert "\n" not in text and f"{arch} checkpoint {path.name} needs its tokenizer_" in text
+    assert "comfy/text_encoders/t5_tokenizer" in text and str(root) in text
