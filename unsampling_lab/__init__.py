@@ -9,7 +9,7 @@
 Layers (each imports only those above it in this list, never below):
     core      errors, model_sampling, schedulers, samplers/, guidance, engine, trajectory, models/
     analysis  analysis/ (metrics, evaluate, sweeps, store, executors, plots)
-    lab       lab/ (widgets, cli, teaching, comfyui_flow)
+    lab       lab/ (widgets, cli, teaching, comfyui_flow, comfy)
     bundled/  the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
 Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used.
 """
