@@ -12,6 +12,7 @@ result's `note` says so.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,9 @@ def _missing(value: Any) -> bool:
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, str) and re.fullmatch(r"<\w+>", value):  # how an Inversion records embeddings
+        raise UnsamplingError(f"the prompt was given as embeddings ({value}); a workflow needs its text: invert with "
+                              "prompt strings to export it")
     if isinstance(value, (list, tuple)):
         if len(set(value)) > 1:
             raise UnsamplingError("a ComfyUI workflow has one prompt per CLIPTextEncode; this setting has one per "
@@ -90,16 +94,19 @@ def _text(value: Any) -> str:
 
 
 def to_workflow(source: Any, path: str | Path, *, checkpoint: str = "model.safetensors", image: str = "source.png",
-                noise: Any = None, filename_prefix: str = "unsampling_lab") -> ExportedWorkflow:
+                latent: str | None = None, noise: Any = None, filename_prefix: str = "unsampling_lab") -> ExportedWorkflow:
     """Write `path` (UI format) and `<stem>_api.json` (API format) for `source`; returns both and a note.
 
     checkpoint: the ckpt_name ComfyUI should load (a file in its models/checkpoints); image: the LoadImage
-    file (in its input/ folder). noise: the LATENT (or `Inversion`) to export when ComfyUI cannot run the
-    inversion itself; an `Inversion` source brings its own.
+    file (in its input/ folder); latent: a `.latent` file to start from instead (LoadLatent; a read
+    workflow that started from one keeps it). noise: the LATENT (or `Inversion`) to export when ComfyUI
+    cannot run the inversion itself; an `Inversion` source brings its own.
     """
     from ...inversion import Inversion
 
     unsample, resample, why = parameters(source)
+    if latent is None and isinstance(source, ComfyWorkflow):
+        latent = source.latent
     path = Path(path)
     if path.suffix != ".json":
         path = path.with_suffix(".json")
@@ -120,10 +127,11 @@ def to_workflow(source: Any, path: str | Path, *, checkpoint: str = "model.safet
         api = _graph(None, resample, checkpoint=checkpoint, source=("LoadLatent", latent_path.name),
                      filename_prefix=filename_prefix)
     else:
-        note = "the Unsampler (ComfyUI_Noise) inverts the image and KSamplerAdvanced resamples it"
+        note = "the Unsampler (ComfyUI_Noise) inverts the source and KSamplerAdvanced resamples it"
         if unsample is None:
             note = "no Unsampler in the source: the workflow samples from the image's latent with KSamplerAdvanced"
-        api = _graph(unsample, resample, checkpoint=checkpoint, source=("LoadImage", image), filename_prefix=filename_prefix)
+        start = ("LoadImage", image) if latent is None else ("LoadLatent", latent)
+        api = _graph(unsample, resample, checkpoint=checkpoint, source=start, filename_prefix=filename_prefix)
     check_api(api)
     ui = api_to_ui(api)
     path.parent.mkdir(parents=True, exist_ok=True)
