@@ -11,7 +11,7 @@ Layers (a module imports its own layer and those above it in this list, never be
               inversion/, latent_files, pixels
     bundled   the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
     analysis  analysis/ (metrics, evaluate, sweeps, store, executors, plots)
-    lab       lab/ (widgets, cli, teaching, images, comfyui_flow)
+    lab       lab/ (widgets, cli, report, teaching, toy, images, comfyui_flow, comfy)
 Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 #: Submodules reachable as attributes (`ul.metrics`, `ul.widgets`, ...), imported on first use.
 _SUBMODULES: dict[str, str] = {
     "metrics": ".analysis.metrics", "plots": ".analysis.plots", "sweeps": ".analysis.sweeps",
-    "widgets": ".lab.widgets", "teaching": ".lab.teaching", "cli": ".lab.cli", "report": ".lab.report",
+    "widgets": ".lab.widgets", "teaching": ".lab.teaching", "cli": ".lab.cli", "report": ".lab.report", "comfy": ".lab.comfy",
     "analytic": ".models.analytic", "detector": ".bundled.detector", "shapes": ".bundled.shapes", "testing": ".testing",
 }
 

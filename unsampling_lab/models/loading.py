@@ -19,7 +19,7 @@ def default_device() -> torch.device:
 
 def load_model(
     source: Any = None, *, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-    allow_pickle: bool = False,
+    allow_pickle: bool = False, comfyui: str | Path | None = None,
 ) -> DiffusionModel:
     """Wrap `source` as a model the engine runs.
 
@@ -28,7 +28,9 @@ def load_model(
     hub id already in the local cache (nothing is downloaded). dtype: the network's dtype, a
     torch.dtype or its name ("float16", "bfloat16", "fp16", ...; fp16 on CUDA is fine, the sampler
     state stays float32). Weights load from safetensors files only: pickled `.bin`/`.ckpt` weights
-    can run code when loaded, so they need `allow_pickle=True`.
+    can run code when loaded, so they need `allow_pickle=True`. A single-file checkpoint (SD1.x, SD2.x,
+    SDXL, SD3, Flux; `models/single_file.py`) loads too; its tokenizers come from the Hugging Face cache
+    or the ComfyUI installation it sits in (or `comfyui=PATH`).
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
@@ -38,6 +40,10 @@ def load_model(
         if not Path(BUNDLED_MODEL, "model_index.json").exists():
             raise UnsamplingError(f"the bundled model is missing at {BUNDLED_MODEL}; reinstall unsampling_lab")
         source = BUNDLED_MODEL
+    if isinstance(source, (str, Path)) and Path(source).expanduser().suffix in SINGLE_FILE_SUFFIXES:
+        from .single_file import load_single_file
+
+        source = load_single_file(source, dtype=dtype, allow_pickle=allow_pickle, comfyui=comfyui)
     if isinstance(source, (str, Path)):
         source = _load_pipeline(source, dtype, allow_pickle=allow_pickle)
     if hasattr(source, "unet") and hasattr(source, "scheduler"):
@@ -137,6 +143,8 @@ def _quiet_libraries() -> Iterator[None]:
 #: Pipeline components that hold network weights (the rest are configs: scheduler, tokenizers).
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+#: What a single-file checkpoint is called (ComfyUI's models/checkpoints/).
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
 
 
 def _looks_like_path(source: str | Path) -> bool:
