@@ -53,3 +53,24 @@ def test_foreground_iou() -> None:
     # both empty -> 1
     assert torch.allclose(foreground_iou(a, b), torch.tensor([1.0, 0.0, 1 / 3, 1.0]))
     assert torch.equal(foreground_iou(a, b), foreground_iou(b, a))
+
+
+def test_scattered_specks_are_no_shape_and_generated_shapes_are_solid() -> None:
+    """Broken images (specks of the right colour) must not read as "red <shape>"; every generated shape and its
+    VAE round trip stays a solid object (the thresholds' margins, measured in the module docstring)."""
+    g = torch.Generator().manual_seed(0)
+    specks = torch.zeros(8, 32, 32, 3)
+    specks[..., 0] = (torch.rand(8, 32, 32, generator=g) < 0.06).float()
+    det = detect(specks)
+    assert det.colours == ["red"] * 8 and det.shapes == ["unknown"] * 8 and not det.solid.any()
+    batch = make_shapes(200, seed=9)
+    assert bool(detect(batch.images).solid.all())
+    import unsampling_lab as ul
+
+    model = ul.load_model()
+    round_trip = model.decode(model.encode(batch.images[:32]))
+    assert bool(detect(round_trip).solid.all())
+    one = torch.zeros(1, 32, 32, 3)
+    one[0, 10:20, 10:20, 2] = 1.0  # a clean blue square beside a far speck: still a square
+    one[0, 2, 2, 2] = 1.0
+    assert detect(one).shapes == ["square"]

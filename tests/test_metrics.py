@@ -121,3 +121,15 @@ def test_detector_metrics_on_shapes():
     assert all(r["colour_kept"] == 1.0 and r["colour_match"] == 1.0 for r in rows)
     blank = M.detector_metrics(torch.zeros_like(batch.images), batch.images, prompts=["", "", ""])
     assert all(r["fg_iou"] == 0.0 and math.isnan(r["colour_match"]) for r in blank)
+
+
+def test_psnr_floor_is_the_best_constant_image_and_beats_black():
+    from unsampling_lab.analysis.metrics import psnr, psnr_floor
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(3, 8, 8, 3, generator=g) ** 3
+    best = ref.mean(dim=(1, 2), keepdim=True).expand_as(ref)  # each channel's mean: the MSE-optimal constant
+    assert torch.allclose(psnr_floor(ref), psnr(best, ref), atol=1e-9)
+    assert (psnr_floor(ref) >= psnr(torch.zeros_like(ref), ref)).all()
+    shifted = best + 0.01
+    assert (psnr(shifted, ref) < psnr_floor(ref)).all()

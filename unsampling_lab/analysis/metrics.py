@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "autocorrelation", "autocorrelation_map", "detector_metrics", "ks_statistic", "latent_mse", "noise_stats",
-    "expected_noise_std", "loglog_slopes", "psnr", "psnr_from_mse", "relative_error", "ssim", "standardize_noise",
+    "expected_noise_std", "loglog_slopes", "psnr", "psnr_floor", "psnr_from_mse", "relative_error", "ssim", "standardize_noise",
     "rates", "standardized_noise", "step_stats",
 ]
 
@@ -63,6 +63,14 @@ def psnr_from_mse(mse: Tensor | float, *, data_range: float = 1.0) -> Tensor:
 def psnr(images: Tensor, reference: Tensor, *, data_range: float = 1.0) -> Tensor:
     """Per-item PSNR [B] in dB of images [B, ...] in 0..data_range against `reference`."""
     return psnr_from_mse(latent_mse(images, reference), data_range=data_range)
+
+
+def psnr_floor(reference: Tensor, *, data_range: float = 1.0) -> Tensor:
+    """Per-item PSNR [B] of the best constant image (each channel's mean) against `reference` [B, H, W, C]:
+    what an image with no structure at all scores, the floor to read every PSNR against.
+    Its MSE is the per-channel variance averaged over channels; a black image scores at most this."""
+    x = reference.detach().double().cpu().flatten(1, -2)  # [B, H*W, C]
+    return psnr_from_mse(x.var(dim=1, unbiased=False).mean(1), data_range=data_range)
 
 
 def _gaussian_window(size: int, sigma: float) -> Tensor:
