@@ -33,7 +33,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["PIE_METRICS", "PieMetric", "quantise", "region_scores", "self_similarity", "summarise", "structure_distance_from_keys"]
+__all__ = ["PIE_METRICS", "RATE_METRICS", "PieMetric", "wilson", "quantise", "region_scores", "self_similarity", "summarise", "structure_distance_from_keys"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,22 @@ def structure_distance_from_keys(keys_a: Tensor, keys_b: Tensor) -> float:
     return float(((self_similarity(keys_a) - self_similarity(keys_b)) ** 2).mean())
 
 
+#: 0/1 columns (a rate per group): summarised with Wilson score intervals instead of a t-interval.
+RATE_METRICS: tuple[str, ...] = ("edit_success",)
+
+
+def wilson(successes: float, n: int, *, z: float = 1.96) -> tuple[float, float]:
+    """Wilson (1927) score interval of a rate k / n: centre (p + z^2/2n) / (1 + z^2/n), half-width
+    z sqrt(p(1 - p)/n + z^2/4n^2) / (1 + z^2/n)."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _t95(n: int) -> float:
     from scipy import stats
 
@@ -108,8 +124,8 @@ def _t95(n: int) -> float:
 
 def summarise(rows: Iterable[Mapping[str, Any]], *, by: Sequence[str] = ("method",),
               metrics: Sequence[str] | None = None, skipped: Mapping[str, str] | None = None) -> "pd.DataFrame":
-    """One line per group: for each metric its mean in the paper's scale, the 95 % t-interval half-width, the
-    number of items scored and the number that were NaN (counted, never dropped silently); metrics in
+    """One line per group: for each metric its mean in the paper's scale, the 95 % t-interval half-width (and
+    for rates, `RATE_METRICS`, the Wilson interval `<name>_lo` / `<name>_hi`), the number of items scored and the number that were NaN (counted, never dropped silently); metrics in
     `skipped` (name -> reason) are columns of NaN with the reason in `skipped_metrics`."""
     import pandas as pd
 
@@ -127,6 +143,8 @@ def summarise(rows: Iterable[Mapping[str, Any]], *, by: Sequence[str] = ("method
             half = _t95(len(finite)) * finite.std(ddof=1) / math.sqrt(len(finite)) * scale if len(finite) > 1 else math.nan
             line[name] = mean
             line[f"{name}_ci95"] = half
+            if name in RATE_METRICS:
+                line[f"{name}_lo"], line[f"{name}_hi"] = wilson(float(finite.sum()), len(finite))
             line[f"{name}_nan"] = int(len(values) - len(finite))
         for name in (skipped or {}):
             line[name] = math.nan

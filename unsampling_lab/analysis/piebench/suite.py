@@ -38,6 +38,9 @@ def _cases(n_colour: int, n_shape: int, seed: int) -> list[tuple]:
     batch = make_shapes(n_colour + n_shape, seed=seed)
     palette = list(COLOURS)
     src_idx = torch.tensor([SHAPES.index(s) for s in batch.shapes])
+    # keys interleave the two edit types, so the first k cases of the suite hold both
+    order = sorted(range(n_colour + n_shape), key=lambda i: (i / n_colour if i < n_colour else (i - n_colour) / n_shape, i))
+    position = {i: p for p, i in enumerate(order)}
     out = []
     for i in range(n_colour + n_shape):
         colour, shape = batch.colours[i], batch.shapes[i]
@@ -56,7 +59,7 @@ def _cases(n_colour: int, n_shape: int, seed: int) -> list[tuple]:
         idx = torch.tensor([int(src_idx[i]), SHAPES.index(new_shape)])
         cover = shape_masks(idx, batch.centres[i].expand(2, 2), batch.radii[i].expand(2)) > 0
         mask = (cover[0] | cover[1]).numpy()
-        out.append((f"{kind}{i:04d}", batch.images[i], source, target, kind, mask, words, new_colour, new_shape))
+        out.append((f"{position[i]:04d}", batch.images[i], source, target, kind, mask, words, new_colour, new_shape))
     return out
 
 
