@@ -107,3 +107,17 @@ def test_killed_mid_run_resumes_with_every_finished_row_once(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 6
     assert len(result.rows) == 6 and len(calls) == 6 - kept  # one chunk per missing case, none computed twice
+
+
+def test_bench_command_writes_the_table_store_and_run_record(tmp_path, capsys):
+    from unsampling_lab.lab import cli
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--method", "unsampler", "--steps", "1", "--edit-cfg", "2", "--limit", "2", "--out", str(out),
+            "--no-progress"]
+    assert cli.main(argv) == 0
+    for name in ("results.sqlite", "table.md", "table.csv", "categories.csv", "pareto.png", "run.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert "Background PSNR" in capsys.readouterr().out
+    assert cli.main([*argv[:-3], "--weights", "vgg=x", "--out", str(out)]) == 2
+    assert "--weights takes NET=PATH" in capsys.readouterr().err
