@@ -46,6 +46,10 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
         from .bundled import BUNDLED_MODEL
 
         return BUNDLED_MODEL
+    if name == "benchmark":  # PIE-Bench-style runner (analysis layer, loads torchmetrics)
+        from .analysis.piebench.runner import benchmark
+
+        return benchmark
     if name == "load_images":  # lab/ is the user layer; the core never imports it
         from .lab.images import load_images
 
@@ -58,7 +62,7 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 
 
 __all__ = [
-    "BUNDLED_MODEL", "INVERSION_METHODS", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
+    "BUNDLED_MODEL", "INVERSION_METHODS", "benchmark", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "Inversion", "LatentFormat", "ModelSampling", "ModelSource", "Trajectory",
     "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "invert", "load_images", "load_latent", "load_model", "load_results",
     "local_cluster", "resample", "resample_sigmas", "save_latent", "sweep", "unsample", "unsample_sigmas",

@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run inversion groups on a local Dask cluster of N worker processes (127.0.0.1 only)")
     w.add_argument("--scheduler-address", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (see the README on TLS)")
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -205,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prog = f"{parser.prog} {args.command}"
     try:
+        if args.command == "bench":
+            from .bench import run_bench
+
+            return run_bench(args)
         bad = [k for k in args.end_at_step if k >= args.steps]
         if bad:
             raise UsageError(f"--end-at-step {bad} must be < --steps {args.steps} (end_at_step counts steps left undone)")

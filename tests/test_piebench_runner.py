@@ -1,0 +1,123 @@
+"""The benchmark runner on the bundled model: rows in the store, resumable, tables with NaN counts and skips."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import unsampling_lab as ul
+from unsampling_lab.analysis.piebench import runner
+from unsampling_lab.analysis.piebench.runner import benchmark, markdown_table
+from unsampling_lab.errors import UnsamplingError
+
+FAST = dict(steps=2, edit_cfg=2.0, limit=4, networks=(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return ul.load_model()
+
+
+@pytest.fixture(scope="module")
+def first_run(bundled, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.sqlite"
+    return path, benchmark(bundled, "pie-shapes", methods=["unsampler", "negative_prompt"], path=path, **FAST)
+
+
+def test_rows_tables_and_what_was_skipped(first_run):
+    _, result = first_run
+    assert len(result.rows) == 2 * 4 and set(result.rows["method"]) == {"unsampler", "negative_prompt"}
+    table = result.table.set_index("method")
+    assert (table["n"] == 4).all()
+    assert table["psnr_unedit_part_nan"].tolist() == [0, 0]
+    assert math.isnan(table.loc["unsampler", "structure_distance"])  # no DINO asked for: a column of NaN, said why
+    assert "structure_distance: not asked for" in table.loc["unsampler", "skipped_metrics"]
+    assert {"change attribute color", "change object"} == set(result.categories["category"])
+    assert (result.rows["nfe"] == result.rows["nfe_inversion"] + 2 * 2).all()  # 2 steps x (source + target) at cfg 2
+    assert "torch" in result.run["versions"] and result.run["weights"]["dino"] == "missing"
+    text = markdown_table(result.table)
+    assert "Background PSNR" in text and "skipped" in text and text.count("\n") == 3
+
+
+def test_a_rerun_computes_nothing_and_a_new_method_only_its_rows(bundled, first_run, monkeypatch):
+    path, result = first_run
+    calls = []
+    real = runner._run_chunk
+    monkeypatch.setattr(runner, "_run_chunk", lambda *a, **k: calls.append(a[1].method) or real(*a, **k))
+    again = benchmark(bundled, "pie-shapes", methods=["unsampler", "negative_prompt"], path=path, **FAST)
+    assert calls == []
+    assert again.rows.sort_values(["method", "case"])["psnr_unedit_part"].tolist() == \
+        result.rows.sort_values(["method", "case"])["psnr_unedit_part"].tolist()
+    benchmark(bundled, "pie-shapes", methods=["unsampler", "edict"], path=path, **FAST)
+    assert calls == ["edict"]  # 4 cases in one chunk
+
+
+def test_bad_settings_are_one_line_errors(bundled):
+    with pytest.raises(UnsamplingError, match="did you mean 'edict'|Valid inversion methods"):
+        benchmark(bundled, methods=["edikt"], **FAST)
+    with pytest.raises(UnsamplingError, match="direct=True needs an attention control"):
+        benchmark(bundled, methods=["unsampler"], direct=[True], **FAST)
+    with pytest.raises(UnsamplingError, match="batch_size"):
+        benchmark(bundled, batch_size=0, **FAST)
+
+
+@pytest.mark.slow
+def test_killed_mid_run_resumes_with_every_finished_row_once(tmp_path):
+    path = tmp_path / "bench.sqlite"
+    script = textwrap.dedent(f"""
+        import unsampling_lab as ul
+        from unsampling_lab.analysis.piebench.runner import benchmark
+        benchmark(ul.load_model(), "pie-shapes", methods=["unsampler"], steps=2, edit_cfg=2.0, limit=6,
+                  networks=(), progress=False, batch_size=1, path={str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    import sqlite3
+
+    deadline = time.time() + 300
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists():
+            try:
+                with sqlite3.connect(path) as db:
+                    done = db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= 2:
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(path) as db:
+        kept = db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]  # what the killed run had committed
+    assert 2 <= kept < 6, "the run finished or never wrote before it was killed"
+    calls = []
+    real = runner._run_chunk
+    runner._run_chunk = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        result = benchmark(ul.load_model(), "pie-shapes", methods=["unsampler"], steps=2, edit_cfg=2.0, limit=6,
+                           networks=(), progress=False, batch_size=1, path=path)
+    finally:
+        runner._run_chunk = real
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 6
+    assert len(result.rows) == 6 and len(calls) == 6 - kept  # one chunk per missing case, none computed twice
+
+
+def test_bench_command_writes_the_table_store_and_run_record(tmp_path, capsys):
+    from unsampling_lab.lab import cli
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--method", "unsampler", "--steps", "1", "--edit-cfg", "2", "--limit", "2", "--out", str(out),
+            "--no-progress"]
+    assert cli.main(argv) == 0
+    for name in ("results.sqlite", "table.md", "table.csv", "categories.csv", "pareto.png", "run.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert "Background PSNR" in capsys.readouterr().out
+    assert cli.main([*argv[:-3], "--weights", "vgg=x", "--out", str(out)]) == 2
+    assert "--weights takes NET=PATH" in capsys.readouterr().err

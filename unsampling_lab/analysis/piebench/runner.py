@@ -1,0 +1,273 @@
+"""One benchmark runner: invert each case with its source prompt, edit it with its target prompt, score it the
+way PIE-Bench does, and keep every row in the SQLite results store (resumable: a rerun computes only what is
+missing; a killed run loses at most the chunk in flight).
+
+    result = benchmark(model, "pie-shapes", methods=["unsampler", "npi", "null_text"], controls=["prompt_swap"])
+    result.table        # one line per (method, control, direct): paper columns, 95 % intervals, NaN counts, cost
+    result.categories   # the same per editing type
+
+The protocol is the standard one (PnP Inversion's Table 1): invert at `inversion_cfg` (1 unless told; null-text
+inversion optimises its null embeddings for the edit cfg, as its paper does), then resample the source branch
+(the reconstruction) and the target branch (the edit) at `edit_cfg`. `control="prompt_swap"` resamples the
+target prompt from the inverted noise; other controls are the editing layer's (`ul.edit`), when present.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ...errors import UnsamplingError
+from .data import PieCase, load_pie_bench
+from .metrics import PIE_METRICS, RATE_METRICS, summarise
+from .scoring import RECONSTRUCTION_METRICS, PieScorer, shapes_scores
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["BenchResult", "BenchSetting", "benchmark", "library_versions", "markdown_table"]
+
+PROMPT_SWAP = "prompt_swap"
+SHAPES_METRICS: tuple[str, ...] = ("edit_success", "shape_iou")
+
+
+@dataclass(frozen=True)
+class BenchSetting:
+    """Everything that changes a benchmark row's numbers apart from the case and the model."""
+
+    method: str
+    control: str
+    direct: bool
+    steps: int
+    inversion_cfg: float
+    edit_cfg: float
+    sampler_name: str
+    scheduler: str
+    method_options: tuple[tuple[str, Any], ...] = ()
+    control_options: tuple[tuple[str, Any], ...] = ()
+
+    def params(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("method", "control", "direct", "steps", "inversion_cfg", "edit_cfg",
+                                             "sampler_name", "scheduler")}
+        out["method_options"] = json.dumps(dict(self.method_options), sort_keys=True)
+        out["control_options"] = json.dumps(dict(self.control_options), sort_keys=True)
+        return out
+
+
+@dataclass
+class BenchResult:
+    """The per-case rows (read back from the store), the summary tables and what was skipped and why."""
+
+    rows: "pd.DataFrame"
+    table: "pd.DataFrame"
+    categories: "pd.DataFrame"
+    skipped: dict[str, str] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a benchmark number depends on (recorded with every row)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("unsampling_lab", "torch", "diffusers", "transformers", "torchmetrics"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _suite(suite: str | Path | Sequence[PieCase], limit: int | None) -> tuple[str, list[PieCase], dict[str, Any]]:
+    if isinstance(suite, (str, Path)) and str(suite) == "pie-shapes":
+        from .suite import pie_shapes
+
+        cases, targets = pie_shapes()
+        name = "pie-shapes"
+    elif isinstance(suite, (str, Path)):
+        cases, targets, name = load_pie_bench(suite), {}, str(Path(suite).expanduser().resolve())
+    else:
+        cases, targets, name = list(suite), {}, "cases"
+    if limit is not None:
+        if limit < 1:
+            raise UnsamplingError(f"limit must be a whole number >= 1, got {limit}")
+        cases = cases[:limit]
+    if not cases:
+        raise UnsamplingError(f"the suite {name!r} has no case (check the folder or the categories)")
+    return name, cases, targets
+
+
+def _settings(methods: Sequence[str], controls: Sequence[str], direct: Sequence[bool], common: dict[str, Any],
+              method_options: Mapping[str, Mapping[str, Any]], control_options: Mapping[str, Mapping[str, Any]]
+              ) -> list[BenchSetting]:
+    from ...inversion import INVERSION_METHODS
+
+    for m in methods:
+        if m not in INVERSION_METHODS:
+            from ...errors import check_choice
+
+            check_choice(m, INVERSION_METHODS, what="inversion method")
+    out = []
+    for method, control, d in itertools.product(methods, controls, direct):
+        if d and control == PROMPT_SWAP:
+            continue  # Direct Inversion pins the source branch; a prompt swap has no source branch to pin
+        out.append(BenchSetting(method, control, bool(d), **common,
+                                method_options=tuple(sorted(dict(method_options.get(method, {})).items())),
+                                control_options=tuple(sorted(dict(control_options.get(control, {})).items()))))
+    if not out:
+        raise UnsamplingError("no setting to run: direct=True needs an attention control, not 'prompt_swap'")
+    return out
+
+
+def _edit_branches(model: Any, inversion: Any, setting: BenchSetting, sources: list[str], targets: list[str],
+                   counter: Any) -> tuple[Any, Any]:
+    """(reconstruction latent, edited latent) of one chunk."""
+    from ... import engine
+
+    common = dict(steps=setting.steps, cfg=setting.edit_cfg, sampler_name=setting.sampler_name,
+                  scheduler=setting.scheduler, progress=False, counter=counter)
+    if setting.control == PROMPT_SWAP:
+        return (engine.resample(model, inversion, positive=sources, **common),
+                engine.resample(model, inversion, positive=targets, **common))
+    try:
+        from ...editing import edit  # the attention-control layer
+    except ImportError:
+        raise UnsamplingError(f"control {setting.control!r} needs the editing layer (unsampling_lab.editing), "
+                              f"which this installation lacks; use control='prompt_swap'") from None
+    out = edit(model, inversion, source=sources, target=targets, control=setting.control, direct=setting.direct,
+               **common, **dict(setting.control_options))
+    return out.source, out.target
+
+
+def benchmark(
+    model: Any,
+    suite: str | Path | Sequence[PieCase] = "pie-shapes",
+    *,
+    methods: Sequence[str] = ("unsampler",),
+    controls: Sequence[str] = (PROMPT_SWAP,),
+    direct: Sequence[bool] = (False,),
+    steps: int = 50,
+    inversion_cfg: float = 1.0,
+    edit_cfg: float = 7.5,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    control_options: Mapping[str, Mapping[str, Any]] | None = None,
+    path: str | Path | None = None,
+    weights: Mapping[str, str | Path] | None = None,
+    networks: Sequence[str] = ("lpips", "dino", "clip"),
+    batch_size: int = 16,
+    limit: int | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """Run `suite` ("pie-shapes", a PIE-Bench folder or parquet mirror, or a list of `PieCase`s) for every
+    (method, control, direct) and return the rows and tables; see the module docstring for the protocol."""
+    from tqdm.auto import tqdm
+
+    from ...guidance import EvalCounter
+    from ...inversion import InversionWarning, invert
+    from ..store import ResultStore, StoredRow, digest, model_fingerprint, tensor_digest
+
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise UnsamplingError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    name, cases, targets = _suite(suite, limit)
+    common = dict(steps=int(steps), inversion_cfg=float(inversion_cfg), edit_cfg=float(edit_cfg),
+                  sampler_name=sampler_name, scheduler=scheduler)
+    settings = _settings(methods, controls, direct, common, method_options or {}, control_options or {})
+    scorer = PieScorer.load(weights=weights, networks=networks)
+    fingerprint = model_fingerprint(model)
+    images = {c.key: c.image() for c in cases}
+    inputs = digest(name, [(c.key, tensor_digest(images[c.key]), c.mask_runs, c.source_prompt, c.target_prompt)
+                           for c in cases])
+    run = {"suite": name, "versions": library_versions(), "weights": scorer.identities()}
+    store = ResultStore(path if path is not None else ":memory:")
+    try:
+        found = store.rows_of_run(fingerprint, inputs)
+        keys = {(s, c.key): digest(fingerprint, inputs, s.params(), c.key) for s in settings for c in cases}
+        todo = [(s, [c for c in cases if keys[(s, c.key)] not in found]) for s in settings]
+        chunks = [(s, part[i:i + batch_size]) for s, part in todo for i in range(0, len(part), batch_size)]
+        for setting, chunk in tqdm(chunks, desc="benchmark", disable=not progress or not chunks):
+            rows = _run_chunk(model, setting, chunk, images, targets, scorer, invert, InversionWarning, EvalCounter)
+            store.write([StoredRow(key=keys[(setting, c.key)], group=digest(fingerprint, setting.params()),
+                                   params={**setting.params(), "case": c.key, "category": c.category,
+                                           "editing_type": c.editing_type},
+                                   metrics=metrics, accounting={**accounting, "run": json.dumps(run, sort_keys=True)})
+                         for c, (metrics, accounting) in zip(chunk, rows)], model=fingerprint, inputs=inputs)
+        mine = store.rows_of_run(fingerprint, inputs)
+        import pandas as pd
+
+        frame = pd.DataFrame([mine[keys[(s, c.key)]].flat() for s in settings for c in cases])
+    finally:
+        store.close()
+    by = ["method", "control", "direct"]
+    metric_names = [*PIE_METRICS, *(SHAPES_METRICS if targets else ()), *RECONSTRUCTION_METRICS]
+    table = summarise(frame.to_dict("records"), by=by, metrics=metric_names, skipped=scorer.skipped)
+    cost = frame.groupby(by, sort=True)[["nfe", "grad_steps", "seconds"]].mean().reset_index()
+    table = table.merge(cost, on=by)
+    categories = summarise(frame.to_dict("records"), by=[*by, "category"], metrics=metric_names, skipped=scorer.skipped)
+    return BenchResult(rows=frame, table=table, categories=categories, skipped=dict(scorer.skipped), run=run)
+
+
+def _run_chunk(model: Any, setting: BenchSetting, chunk: list[PieCase], images: Mapping[str, torch.Tensor],
+               targets: Mapping[str, Any], scorer: PieScorer, invert: Any, inversion_warning: Any, counter_type: Any
+               ) -> list[tuple[dict[str, dict[str, float]], dict[str, Any]]]:
+    batch = torch.stack([images[c.key] for c in chunk])
+    sources, target_prompts = [c.source_prompt for c in chunk], [c.target_prompt for c in chunk]
+    start = time.perf_counter()
+    latent = model.encode(batch)
+    # null-text inversion optimises its null embeddings for the cfg the edit runs at (Mokady et al.)
+    inv_cfg = setting.edit_cfg if setting.method == "null_text" else setting.inversion_cfg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", inversion_warning)  # non-converged steps are reported in the row
+        inversion = invert(model, latent, method=setting.method, steps=setting.steps, cfg=inv_cfg,
+                           sampler_name=setting.sampler_name, scheduler=setting.scheduler, positive=sources,
+                           progress=False, **dict(setting.method_options))
+    counter = counter_type()
+    recon_latent, edit_latent = _edit_branches(model, inversion, setting, sources, target_prompts, counter)
+    recon, edited = model.decode(recon_latent), model.decode(edit_latent)
+    seconds = (time.perf_counter() - start) / len(chunk)
+    out = []
+    for i, case in enumerate(chunk):
+        mask = case.mask(tuple(batch.shape[1:3]), border=targets == {})
+        metrics = {"pie": scorer.edit(batch[i], edited[i], mask, case.source_prompt, case.target_prompt),
+                   "reconstruction": scorer.reconstruction(batch[i], recon[i])}
+        if case.key in targets:
+            t = targets[case.key]
+            metrics["shapes"] = shapes_scores(edited[i], batch[i], t.target_colour, t.target_shape)
+        # nfe: the inversion, then the resampling of both branches (source = reconstruction, target = edit)
+        accounting = {"nfe": inversion.nfe + counter.nfe, "nfe_inversion": inversion.nfe, "grad_steps": inversion.grad_steps,
+                      "nonconverged": len(inversion.nonconverged_steps), "seconds": seconds}
+        out.append((metrics, accounting))
+    return out
+
+
+def markdown_table(table: "pd.DataFrame", *, metrics: Sequence[str] | None = None) -> str:
+    """The summary laid out like PIE-Bench's Table 1: paper column names and scales, mean ± 95 % interval,
+    a NaN count where items had no value, and the cost columns."""
+    names = [m for m in (metrics or [*PIE_METRICS, *SHAPES_METRICS, *RECONSTRUCTION_METRICS]) if m in table.columns]
+    head = ["method", "control", "direct", *[PIE_METRICS[m].column if m in PIE_METRICS else m for m in names], "NFE", "s/image"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        cells = [str(r["method"]), str(r["control"]), "yes" if r["direct"] else "no"]
+        for m in names:
+            v, ci, nan = r[m], r.get(f"{m}_ci95", math.nan), int(r.get(f"{m}_nan", 0) or 0)
+            if not np.isfinite(v):
+                cells.append("skipped" if m in str(r.get("skipped_metrics", "")) else "n/a")
+                continue
+            if m in RATE_METRICS:
+                cell = f"{v:.2f} [{r[f'{m}_lo']:.2f}, {r[f'{m}_hi']:.2f}]"
+            else:
+                cell = f"{v:.2f}" + (f" ± {ci:.2f}" if np.isfinite(ci) else "")
+            cells.append(cell + (f" ({nan} NaN)" if nan else ""))
+        cells += [f"{r['nfe']:.0f}", f"{r['seconds']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
