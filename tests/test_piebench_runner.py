@@ -9,7 +9,9 @@ import sys
 import textwrap
 import time
 
+import pandas as pd
 import pytest
+import torch
 
 import unsampling_lab as ul
 from unsampling_lab.analysis.piebench import runner
@@ -121,3 +123,20 @@ def test_bench_command_writes_the_table_store_and_run_record(tmp_path, capsys):
     assert "Background PSNR" in capsys.readouterr().out
     assert cli.main([*argv[:-3], "--weights", "vgg=x", "--out", str(out)]) == 2
     assert "--weights takes NET=PATH" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_chunks_on_a_process_pool_equal_the_in_process_rows(first_run, tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    _, here = first_run
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        there = benchmark(ul.ModelSource(threads=torch.get_num_threads()), "pie-shapes",
+                          methods=["unsampler", "negative_prompt"], path=tmp_path / "pool.sqlite", executor=pool, **FAST)
+    cols = ["method", "case", "psnr_unedit_part", "ssim_unedit_part", "psnr_whole", "edit_success", "nfe"]
+    a = here.rows[cols].sort_values(["method", "case"]).reset_index(drop=True)
+    b = there.rows[cols].sort_values(["method", "case"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+    with pytest.raises(UnsamplingError, match="ModelSource"):
+        benchmark(ul.load_model(), executor=pool, **FAST)

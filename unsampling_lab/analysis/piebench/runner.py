@@ -131,13 +131,13 @@ def _settings(methods: Sequence[str], controls: Sequence[str], direct: Sequence[
 def _edit_branches(model: Any, inversion: Any, setting: BenchSetting, sources: list[str], targets: list[str],
                    counter: Any) -> tuple[Any, Any]:
     """(reconstruction latent, edited latent) of one chunk."""
-    from ... import engine
+    from ...inversion import resample
 
     common = dict(steps=setting.steps, cfg=setting.edit_cfg, sampler_name=setting.sampler_name,
                   scheduler=setting.scheduler, progress=False, counter=counter)
     if setting.control == PROMPT_SWAP:
-        return (engine.resample(model, inversion, positive=sources, **common),
-                engine.resample(model, inversion, positive=targets, **common))
+        return (resample(model, inversion, positive=sources, **common),
+                resample(model, inversion, positive=targets, **common))
     try:
         from ...editing import edit  # the attention-control layer
     except ImportError:
@@ -167,14 +167,17 @@ def benchmark(
     networks: Sequence[str] = ("lpips", "dino", "clip"),
     batch_size: int = 16,
     limit: int | None = None,
+    executor: Any = None,
+    retries: int = 2,
     progress: bool = True,
 ) -> BenchResult:
     """Run `suite` ("pie-shapes", a PIE-Bench folder or parquet mirror, or a list of `PieCase`s) for every
-    (method, control, direct) and return the rows and tables; see the module docstring for the protocol."""
+    (method, control, direct) and return the rows and tables; see the module docstring for the protocol.
+
+    executor: run the chunks on a Dask `Client` or a `concurrent.futures` executor, as `ul.sweep` does
+    (`model` is then a `ul.ModelSource`, loaded once per worker; rows are written here as chunks finish)."""
     from tqdm.auto import tqdm
 
-    from ...guidance import EvalCounter
-    from ...inversion import InversionWarning, invert
     from ..store import ResultStore, StoredRow, digest, model_fingerprint, tensor_digest
 
     if int(batch_size) != batch_size or batch_size < 1:
@@ -183,8 +186,20 @@ def benchmark(
     common = dict(steps=int(steps), inversion_cfg=float(inversion_cfg), edit_cfg=float(edit_cfg),
                   sampler_name=sampler_name, scheduler=scheduler)
     settings = _settings(methods, controls, direct, common, method_options or {}, control_options or {})
+    from ..executors import ModelSource, run_all
+
+    if executor is not None and not isinstance(model, ModelSource):
+        raise UnsamplingError(f"with an executor, give the model as ul.ModelSource(...) so each worker loads it once, "
+                              f"not a loaded {type(model).__name__}")
+    if executor is None and isinstance(model, ModelSource):
+        model = model.load()
     scorer = PieScorer.load(weights=weights, networks=networks)
-    fingerprint = model_fingerprint(model)
+    if executor is None:
+        fingerprint = model_fingerprint(model)
+    else:
+        ((_, fingerprint),) = run_all(executor, _fingerprint_task, [model], retries=retries)
+        if not isinstance(fingerprint, str):
+            raise UnsamplingError(f"could not load {model} on a worker: {fingerprint.error!r}")
     images = {c.key: c.image() for c in cases}
     inputs = digest(name, [(c.key, tensor_digest(images[c.key]), c.mask_runs, c.source_prompt, c.target_prompt)
                            for c in cases])
@@ -195,8 +210,16 @@ def benchmark(
         keys = {(s, c.key): digest(fingerprint, inputs, s.params(), c.key) for s in settings for c in cases}
         todo = [(s, [c for c in cases if keys[(s, c.key)] not in found]) for s in settings]
         chunks = [(s, part[i:i + batch_size]) for s, part in todo for i in range(0, len(part), batch_size)]
-        for setting, chunk in tqdm(chunks, desc="benchmark", disable=not progress or not chunks):
-            rows = _run_chunk(model, setting, chunk, images, targets, scorer, invert, InversionWarning, EvalCounter)
+        if executor is None:
+            done = ((task, _run_chunk(model, task[0], task[1], images, targets, scorer)) for task in chunks)
+        else:
+            tasks = [(s, c, {x.key: targets[x.key] for x in c if x.key in targets}) for s, c in chunks]
+            done = ((task[:2], rows) for task, rows in
+                    run_all(executor, _chunk_task, tasks, model, dict(weights or {}), tuple(networks), retries=retries))
+        for (setting, chunk), rows in tqdm(done, total=len(chunks), desc="benchmark", disable=not progress or not chunks):
+            if not isinstance(rows, list):
+                raise UnsamplingError(f"a benchmark chunk failed on a worker ({setting.method}, {setting.control}): "
+                                      f"{rows.error!r}; finished chunks are kept, rerun to resume") from rows.error
             store.write([StoredRow(key=keys[(setting, c.key)], group=digest(fingerprint, setting.params()),
                                    params={**setting.params(), "case": c.key, "category": c.category,
                                            "editing_type": c.editing_type},
@@ -217,9 +240,34 @@ def benchmark(
     return BenchResult(rows=frame, table=table, categories=categories, skipped=dict(scorer.skipped), run=run)
 
 
+_SCORERS: dict[tuple[Any, ...], PieScorer] = {}
+
+
+def _fingerprint_task(source: Any) -> str:
+    from ..executors import cached_model
+    from ..store import model_fingerprint
+
+    return model_fingerprint(cached_model(source))
+
+
+def _chunk_task(task: tuple[BenchSetting, list[PieCase], dict[str, Any]], source: Any, weights: dict[str, Any],
+                networks: tuple[str, ...]) -> list[tuple[dict[str, dict[str, float]], dict[str, Any]]]:
+    """One chunk on a worker: the model and the metric networks are loaded once per worker process."""
+    from ..executors import cached_model
+
+    setting, chunk, targets = task
+    key = (tuple(sorted(weights.items())), networks)
+    if key not in _SCORERS:
+        _SCORERS[key] = PieScorer.load(weights=weights, networks=networks, quiet=True)
+    images = {c.key: c.image() for c in chunk}
+    return _run_chunk(cached_model(source), setting, chunk, images, targets, _SCORERS[key])
+
+
 def _run_chunk(model: Any, setting: BenchSetting, chunk: list[PieCase], images: Mapping[str, torch.Tensor],
-               targets: Mapping[str, Any], scorer: PieScorer, invert: Any, inversion_warning: Any, counter_type: Any
-               ) -> list[tuple[dict[str, dict[str, float]], dict[str, Any]]]:
+               targets: Mapping[str, Any], scorer: PieScorer) -> list[tuple[dict[str, dict[str, float]], dict[str, Any]]]:
+    from ...guidance import EvalCounter
+    from ...inversion import InversionWarning, invert
+
     batch = torch.stack([images[c.key] for c in chunk])
     sources, target_prompts = [c.source_prompt for c in chunk], [c.target_prompt for c in chunk]
     start = time.perf_counter()
@@ -227,17 +275,18 @@ def _run_chunk(model: Any, setting: BenchSetting, chunk: list[PieCase], images: 
     # null-text inversion optimises its null embeddings for the cfg the edit runs at (Mokady et al.)
     inv_cfg = setting.edit_cfg if setting.method == "null_text" else setting.inversion_cfg
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", inversion_warning)  # non-converged steps are reported in the row
+        warnings.simplefilter("ignore", InversionWarning)  # non-converged steps are reported in the row
         inversion = invert(model, latent, method=setting.method, steps=setting.steps, cfg=inv_cfg,
                            sampler_name=setting.sampler_name, scheduler=setting.scheduler, positive=sources,
                            progress=False, **dict(setting.method_options))
-    counter = counter_type()
+    counter = EvalCounter()
     recon_latent, edit_latent = _edit_branches(model, inversion, setting, sources, target_prompts, counter)
     recon, edited = model.decode(recon_latent), model.decode(edit_latent)
     seconds = (time.perf_counter() - start) / len(chunk)
     out = []
     for i, case in enumerate(chunk):
-        mask = case.mask(tuple(batch.shape[1:3]), border=targets == {})
+        # PIE-Bench's masks get the released code's border; PIE-shapes' masks are exact
+        mask = case.mask(tuple(batch.shape[1:3]), border=case.key not in targets)
         metrics = {"pie": scorer.edit(batch[i], edited[i], mask, case.source_prompt, case.target_prompt),
                    "reconstruction": scorer.reconstruction(batch[i], recon[i])}
         if case.key in targets:
