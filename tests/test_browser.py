@@ -112,6 +112,7 @@ def _strip_src(page) -> str:
     return page.eval_on_selector(".widget-image img, img.widget-image", "e => e.src")
 
 
+@pytest.mark.slow  # JupyterLab and Chromium
 def test_explorer_slider_changes_the_figure(lab):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
     chromium = _chromium()

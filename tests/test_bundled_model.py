@@ -78,6 +78,7 @@ def test_generations_follow_the_prompt(pipe) -> None:
     assert colour >= 6 and shape >= 5, (det.colours, det.shapes)
 
 
+@pytest.mark.slow  # a subprocess
 def test_import_stays_light() -> None:
     code = ("import sys, unsampling_lab.bundled, unsampling_lab.bundled.shapes, unsampling_lab.bundled.detector;"
             "print(any(m in sys.modules for m in ('diffusers', 'transformers')))")

@@ -7,9 +7,10 @@ import sys
 import pandas as pd
 import pytest
 
-from fixtures_analysis import *  # noqa: F401,F403
 import unsampling_lab as ul
 from unsampling_lab.lab import cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 FAST = ["--steps", "3", "--end-at-step", "0", "2", "--cfg", "2", "--normalize", "disable", "enable",
         "--shapes", "2", "--no-progress", "--format", "csv"]
@@ -68,6 +69,7 @@ def test_help_offers_only_samplers_the_sweep_can_run(capsys):
     assert "dpmpp_2m" in help_text and "ddim_inverse" not in help_text and "euler_ancestral" not in help_text
 
 
+@pytest.mark.slow  # a subprocess
 def test_module_entry_point_and_light_import():
     """One interpreter: `import unsampling_lab` loads neither matplotlib nor pandas, then `-m` rejects a bad flag."""
     code = ("import sys, runpy, unsampling_lab\n"

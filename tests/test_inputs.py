@@ -265,6 +265,7 @@ def test_load_images_size_scales_and_centre_crops(image_files: Path) -> None:
     assert half.shape == (16, 24, 3)
 
 
+@pytest.mark.slow  # a subprocess
 def test_load_images_is_lazy_and_not_in_the_core() -> None:
     code = "import sys, unsampling_lab as ul; assert 'unsampling_lab.lab' not in sys.modules; ul.load_images"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -293,6 +294,7 @@ def test_old_latent_format_is_scaled_as_comfyui_loadlatent(tmp_path):
 
 
 # -- the CLI: one line, exit code 2, no traceback ------------------------------------------------------
+@pytest.mark.slow  # five subprocesses
 def test_cli_user_errors_never_print_a_traceback(env, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("")

@@ -1,6 +1,7 @@
 """Inversion methods (`ul.invert`) against closed forms: exact Gaussian models, guided Gaussian pairs, mixtures."""
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -45,7 +46,11 @@ def contraction(sigmas: torch.Tensor, i: int, *, w: float = 1.0, s_uncond: float
 def test_registry_is_data_and_unsampler_is_unsample(sd_model):
     assert set(ul.INVERSION_METHODS) == set(METHOD_SPECS) and "unsampler" in ul.INVERSION_METHODS
     for spec in METHOD_SPECS.values():
-        assert spec.predictions and spec.cost and spec.paper and isinstance(dict(spec.options), dict)
+        assert spec.predictions and spec.cost and spec.paper
+        # the options are exactly the method's keyword-only parameters (what invert passes it), each with a default
+        params = inspect.signature(spec.invert).parameters.values()
+        assert sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY) == sorted(spec.options), spec.name
+        assert all(v is not None for v in spec.options.values()), spec.name
     mask = torch.zeros(1, 32, 32)
     mask[:, :16] = 1.0
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), "noise_mask": mask}

@@ -187,6 +187,7 @@ def test_no_import_cycles():
     assert not cycles, f"import cycles: {cycles}"
 
 
+@pytest.mark.slow  # a subprocess
 def test_light_import():
     """`import unsampling_lab` loads neither diffusers nor the plotting, table or widget libraries."""
     import subprocess

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import unsampling_lab as ul
-from fixtures_analysis import *  # noqa: F401,F403
-from fixtures_analysis import make_tiny_pipeline
 from unsampling_lab.analysis.store import ResultStore, model_fingerprint, tensor_digest
-from unsampling_lab.testing import CountingModel
+from unsampling_lab.testing import CountingModel, tiny_sd_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 STEPS = 4
 PARAMS = ["end_at_step", "normalize", "cfg", "positive", "item"]
@@ -51,7 +51,7 @@ def test_resume_recomputes_exactly_what_changed(tiny_model, tiny_latent, tmp_pat
         assert b.latent_mse.tolist() == pytest.approx(a.latent_mse.tolist()[::-1], rel=1e-5)
 
     # another model (other seeded weights): all rows new, equal to a run without any store
-    model_b = ul.load_model(make_tiny_pipeline(seed=1), device="cpu")
+    model_b = ul.load_model(tiny_sd_pipeline(seed=1), device="cpu")
     assert model_fingerprint(model_b) != model_fingerprint(tiny_model)
     stored = ul.sweep(model_b, latent, grid, steps=STEPS, path=path, metrics=["latent"], progress=False)
     fresh = ul.sweep(model_b, latent, grid, steps=STEPS, metrics=["latent"], progress=False)
@@ -93,7 +93,7 @@ def test_csv_path_is_an_export_of_a_store_beside_it(tiny_model, tiny_latent, tmp
 
 
 def test_fingerprints_see_weights_and_bytes(tiny_pipe):
-    model = ul.load_model(make_tiny_pipeline(), device="cpu")
+    model = ul.load_model(tiny_sd_pipeline(), device="cpu")
     before = model_fingerprint(model)
     assert model_fingerprint(ul.load_model(tiny_pipe, device="cpu")) == before  # the same seeded weights
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_fingerprints_see_weights_and_bytes(tiny_pipe):
 _WORKER = textwrap.dedent("""
     import os, signal, sys, time
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[4]))  # the parent's count: its rows then agree bit for bit
     import unsampling_lab as ul
     from unsampling_lab.analysis import store
     from unsampling_lab.testing import tiny_sd_pipeline
@@ -141,11 +141,13 @@ def _spawn(tmp_path, path, latent, mode):
     if not latent_file.exists():
         torch.save(latent, latent_file)
     root = str(Path(ul.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *sys.path]), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", _WORKER, str(path), str(latent_file), mode], env=env,
+    threads = str(torch.get_num_threads())
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *sys.path]), OMP_NUM_THREADS=threads)
+    return subprocess.Popen([sys.executable, "-c", _WORKER, str(path), str(latent_file), mode, threads], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # a subprocess
 def test_writer_killed_mid_write_resumes_with_every_finished_row_once(tiny_model, tiny_latent, tmp_path):
     latent, _ = tiny_latent
     path = tmp_path / "killed.sqlite"
@@ -165,9 +167,11 @@ def test_writer_killed_mid_write_resumes_with_every_finished_row_once(tiny_model
     assert counted.calls == (4 + 2) + (4 + 4 + 3 + 2)  # "" with k = 2, then all of "red circle"
     assert _store_counts(path) == ((12, 12), {"latent": 12, "noise": 12})
     fresh = ul.sweep(tiny_model, latent, grid, steps=4, metrics=["latent", "noise"], progress=False)
-    assert df["latent_mse"].tolist() == pytest.approx(fresh["latent_mse"].tolist(), rel=1e-6)
+    # the worker ran the same code on as many threads, so its rows are the in-process rows bit for bit
+    assert df["latent_mse"].tolist() == fresh["latent_mse"].tolist()
 
 
+@pytest.mark.slow  # two subprocesses
 def test_two_concurrent_sweeps_on_one_store_write_every_row_once(tiny_latent, tmp_path):
     latent, _ = tiny_latent
     path = tmp_path / "shared.csv"

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import unsampling_lab as ul
-from fixtures_analysis import *  # noqa: F401,F403
 from unsampling_lab.analysis import metrics as M
 from unsampling_lab.testing import CountingModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 STEPS = 4

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import unsampling_lab as ul
-from fixtures_analysis import *  # noqa: F401,F403
 from unsampling_lab.analysis import running  # where sweeps run their groups
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 STEPS = 3
 GRID = {"cfg": [1.0, 2.0], "positive": ["", "red circle"], "end_at_step": [0, 1]}
@@ -50,6 +51,7 @@ def cluster():
     client.cluster.close()
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_dask_cluster_sweep_equals_serial_and_survives_a_killed_worker(cluster, source, serial, tiny_latent, tmp_path):
     latent, images = tiny_latent
     workers = cluster.scheduler_info()["workers"]
@@ -84,6 +86,7 @@ def _profiler_enabled() -> bool:
     return bool(dask.config.get("distributed.worker.profile.enabled"))
 
 
+@pytest.mark.slow  # spawned worker processes
 def test_process_pool_sweep_equals_serial(source, serial, tiny_latent):
     latent, images = tiny_latent
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -153,6 +156,7 @@ def test_packed_groups_match_unpacked_rows(tiny_model, tiny_latent, serial):
     assert len(edited) == 8 and not edited["latent_mse"].isin(serial["latent_mse"]).any()
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_cli_workers_and_resample_cfg(tiny_pipeline_dir, tmp_path, capsys):
     pytest.importorskip("distributed")
     from unsampling_lab.lab import cli
