@@ -3,8 +3,8 @@
     core      errors, inputs, model_sampling, schedulers, samplers/, guidance, trajectory, engine, models/,
               inversion/, latent_files, pixels
     bundled   the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
-    analysis  analysis/ (metrics, evaluate, sweeps, store, executors, plots)
-    lab       lab/ (widgets, cli, teaching, images, comfyui_flow)
+    analysis  analysis/ (metrics, evaluate, grid, running, runners, sweeps, store, executors, plots, piebench/)
+    lab       lab/ (widgets, cli, args, bench, report, teaching, toy, images, comfyui_flow, comfy)
 
 A module may import its own layer and the layers above it in this list. The core may read the bundled
 model's location (the `unsampling_lab.bundled` package itself, a path) to load it by default, and never

@@ -10,8 +10,8 @@ Layers (a module imports its own layer and those above it in this list, never be
     core      errors, inputs, model_sampling, schedulers, samplers/, guidance, trajectory, engine, models/,
               inversion/, latent_files, pixels
     bundled   the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
-    analysis  analysis/ (metrics, evaluate, sweeps, store, executors, plots)
-    lab       lab/ (widgets, cli, report, teaching, toy, images, comfyui_flow, comfy)
+    analysis  analysis/ (metrics, evaluate, grid, running, runners, sweeps, store, executors, plots, piebench/)
+    lab       lab/ (widgets, cli, args, bench, report, teaching, toy, images, comfyui_flow, comfy)
 Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used.
 """
 from __future__ import annotations

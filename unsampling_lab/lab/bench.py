@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .cli import OneLineParser, cfg_value, choice, method_option, positive_int, whole_number
+from .args import UsageError, cfg_value, choice, method_option, positive_int
 
 __all__ = ["add_bench_parser", "run_bench"]
 
@@ -53,8 +53,6 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _weights(items: list[str] | None) -> dict[str, str]:
-    from .cli import UsageError
-
     out = {}
     for item in items or []:
         name, eq, path = item.partition("=")

@@ -1,0 +1,88 @@
+"""The command line's argument types and parser: each error is one line that says what was wrong.
+
+Shared by the sub-commands (`lab.cli` sweep, `lab.bench` bench).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+__all__ = ["OneLineParser", "UsageError", "cfg_value", "choice", "method_option", "non_negative_int", "positive_int",
+           "whole_number"]
+
+
+class UsageError(Exception):
+    """A user error found after parsing: printed as one line, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is one line on stderr (no usage block): `unsampling-lab sweep: error: ...`."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+# -- argument types: each says what was wrong -----------------------------------------------------------
+def whole_number(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number >= `minimum` (and <= `maximum`), with an error that says what it got."""
+    limits = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number {limits}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected a whole number {limits}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number {limits}"  # argparse names the type in its messages
+    return parse
+
+
+positive_int, non_negative_int = whole_number(1), whole_number(0)
+
+
+def cfg_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (1 = no guidance), got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (1 = no guidance), got {text!r}")
+    return value
+
+
+def choice(what: str, choices: Sequence[str], *, refused: dict[str, str] | None = None):
+    """An argparse type for one of `choices`: a typo gets "did you mean", a known-but-refused name its reason."""
+    from ..errors import suggest
+
+    def parse(text: str) -> str:
+        if text in choices:
+            return text
+        if refused and text in refused:
+            raise argparse.ArgumentTypeError(f"{what} {text!r} cannot be used here: {refused[text]}")
+        raise argparse.ArgumentTypeError(f"invalid choice: {suggest(text, choices, what=what)}")
+
+    parse.__name__ = what
+    return parse
+
+
+def method_option(text: str) -> tuple[str, str, Any]:
+    """METHOD.KEY=VALUE (e.g. fixed_point.anderson=5): one option of one inversion method; VALUE is a
+    Python literal (number, True/False, string)."""
+    import ast
+
+    head, eq, value = text.partition("=")
+    method, dot, key = head.partition(".")
+    if not (eq and dot and method and key):
+        raise argparse.ArgumentTypeError(f"expected METHOD.KEY=VALUE (e.g. fixed_point.anderson=5), got {text!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return method, key, parsed
