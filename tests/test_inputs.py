@@ -87,6 +87,22 @@ def _nan_weight_model(env: SimpleNamespace) -> Any:
     return model
 
 
+_INVERSIONS: dict[tuple[str, int], Any] = {}
+
+
+def _inverted(env: SimpleNamespace, method: str, steps: int = 4) -> Any:
+    """One inversion per (method, steps), shared by the cases that resample it wrongly."""
+    if (method, steps) not in _INVERSIONS:
+        opts = dict(cfg=2.0, positive="red", inner_steps=1) if method == "null_text" else {}
+        _INVERSIONS[method, steps] = ul.invert(env.model, env.latent, method=method, steps=steps, progress=False, **opts)
+    return _INVERSIONS[method, steps]
+
+
+def _option(method: str, **option: Any) -> Callable[[SimpleNamespace], Any]:
+    cfg = dict(cfg=2.0, positive="red") if method == "null_text" else {}
+    return lambda e: ul.invert(e.model, e.latent, method=method, **FAST, **cfg, **option)
+
+
 #: (case, call(env), fragments the one-line error must contain)
 BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] = [
     # masks
@@ -147,6 +163,46 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("device banana", lambda e: ul.load_model(e.pipe, device="banana"), ("device 'banana' is not a torch device",)),
     ("dtype typo", lambda e: ul.load_model(e.pipe, device="cpu", dtype="flaot16"), ("unknown dtype 'flaot16'; did you mean 'float16'",)),
     ("integer dtype", lambda e: ul.load_model(e.pipe, device="cpu", dtype=torch.int8), ("floating torch.dtype", "torch.int8")),
+    # issue 19: consent to unpickle is a boolean
+    ("allow_pickle 'no'", lambda e: ul.load_model(e.broken["pickled"], device="cpu", allow_pickle="no"),
+     ("allow_pickle must be True or False, got 'no'",)),
+    ("allow_pickle 1", lambda e: ul.load_model(e.pipe, device="cpu", allow_pickle=1), ("allow_pickle must be True or False, got 1",)),
+    # issue 19: a method's resampling side runs only on the schedule its per-step data was built for
+    ("edict resampled with other steps", lambda e: ul.resample(e.model, _inverted(e, "edict"), steps=6, progress=False),
+     ("'edict' keeps a second latent coupled to it at every step of its 4-step schedule", "this resample has 6 steps",
+      "steps=4")),
+    ("edict resampled with another scheduler",
+     lambda e: ul.resample(e.model, _inverted(e, "edict"), steps=4, scheduler="karras", progress=False),
+     ("4-step schedule", "scheduler='normal'")),
+    ("edict resampled stopping early",
+     lambda e: ul.resample(e.model, _inverted(e, "edict"), steps=4, end_at_step=2, progress=False),
+     ("this resample has 2 steps", "down to sigma 0")),
+    ("null_text resampled with other steps",
+     lambda e: ul.resample(e.model, _inverted(e, "null_text"), steps=5, cfg=2.0, progress=False),
+     ("'null_text' keeps one embedding per step of its 4-step schedule", "steps=4")),
+    ("edict resampled with another sampler",
+     lambda e: ul.resample(e.model, _inverted(e, "edict"), steps=4, sampler_name="dpmpp_2m", progress=False),
+     ("resamples with its own step", "'dpmpp_2m'", "sampler_name='euler'")),
+    # issue 19: every method option has a type and a range, checked before anything runs
+    ("null_text pivot_iterations 0", _option("null_text", pivot_iterations=0),
+     ("option pivot_iterations must be a whole number >= 1, got 0",)),
+    ("null_text pivot_iterations -2", _option("null_text", pivot_iterations=-2), ("pivot_iterations must be a whole number >= 1",)),
+    ("null_text inner_steps -3", _option("null_text", inner_steps=-3), ("inner_steps must be a whole number >= 0, got -3",)),
+    ("null_text lr -1", _option("null_text", lr=-1), ("option lr must be > 0, got -1.0",)),
+    ("null_text lr nan", _option("null_text", lr=math.nan), ("option lr must be > 0, got nan",)),
+    ("fixed_point iterations 0", _option("fixed_point", iterations=0), ("option iterations must be a whole number >= 1, got 0",)),
+    ("fixed_point iterations -1", _option("fixed_point", iterations=-1), ("iterations must be a whole number >= 1, got -1",)),
+    ("fixed_point tol -1", _option("fixed_point", tol=-1), ("option tol must be >= 0, got -1.0",)),
+    ("fixed_point tol nan", _option("fixed_point", tol=math.nan), ("option tol must be >= 0, got nan",)),
+    ("fixed_point averaging -1", _option("fixed_point", averaging=-1), ("averaging must be a whole number >= 0",)),
+    ("fixed_point anderson -1", _option("fixed_point", anderson=-1), ("anderson must be a whole number >= 0",)),
+    ("fixed_point damping 0", _option("fixed_point", damping=0), ("option damping must be in (0, 2), got 0.0",)),
+    ("fixed_point damping -1", _option("fixed_point", damping=-1.0), ("damping must be in (0, 2)",)),
+    ("fixed_point damping nan", _option("fixed_point", damping=math.nan), ("damping must be in (0, 2), got nan",)),
+    ("edict mix 1", _option("edict", mix=1.0), ("option mix must be in [0.5, 1), got 1.0",)),
+    ("rf_inversion seed -1", _option("rf_inversion", seed=-1), ("option seed must be a whole number in [0, 18446744073709551615]",)),
+    ("rf_inversion seed 2**70", _option("rf_inversion", seed=2**70), ("seed must be a whole number in [0, ", "got 1180591620717411303424")),
+    ("rf_inversion gamma 2", _option("rf_inversion", gamma=2), ("option gamma must be in [0, 1], got 2.0",)),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append(("device cuda without CUDA", lambda e: ul.load_model(e.pipe, device="cuda"), ("device 'cuda'", "device='cpu'")))
@@ -161,6 +217,26 @@ def test_bad_input_is_a_one_line_error(env, case, call, fragments, one_thread):
     for fragment in fragments:
         assert fragment in message, message
     assert "huggingface-cli" not in message or case not in ("missing local path",)
+
+
+def test_every_method_option_declares_its_type_and_range():
+    """Options are data (issue 19): every option of every registered method is an Option with a kind and,
+    for numbers, a range; a plain default cannot enter the registry; out-of-range values are refused."""
+    from unsampling_lab.inversion import METHOD_SPECS, MethodSpec, Option
+
+    count = 0
+    for spec in METHOD_SPECS.values():
+        for name, opt in spec.options.items():
+            assert isinstance(opt, Option) and opt.kind in (bool, int, float), (spec.name, name)
+            if opt.kind is not bool:
+                assert opt.low is not None and opt.high is not None, (spec.name, name)
+                assert opt.admits(opt.default) and not opt.admits(math.nan), (spec.name, name)
+            count += 1
+    assert count >= 10
+    with pytest.raises(TypeError, match="must be declared as Option"):
+        MethodSpec("x", lambda p: None, families=("eps",), samplers=None, options={"k": 3}, cost="", paper="")
+    with pytest.raises(TypeError, match="must declare its range"):
+        Option(3, int)
 
 
 # -- accepted and right -------------------------------------------------------------------------

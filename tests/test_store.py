@@ -105,6 +105,30 @@ def test_fingerprints_see_weights_and_bytes(tiny_pipe):
     assert tensor_digest(x) != tensor_digest(y) and tensor_digest(x) == tensor_digest(x.clone())
 
 
+def test_fingerprint_sees_one_zeroed_output_channel_and_is_cached(monkeypatch):
+    """A pruned model: output channel 1 of one conv zeroed. The old fingerprint sampled 32 evenly spaced
+    values of this 73728-value weight (one every ~2378), none of them in that channel's 1152."""
+    from unsampling_lab.analysis import store
+
+    model = ul.load_model(make_tiny_pipeline(), device="cpu")
+    before = model_fingerprint(model)
+    conv = model.unet.up_blocks[0].resnets[0].conv1
+    assert conv.weight.shape == (64, 128, 3, 3) and conv.weight[1].abs().sum() > 0
+    with torch.no_grad():
+        conv.weight[1] = 0.0
+    pruned = model_fingerprint(model)
+    assert pruned != before
+    fresh = ul.load_model(make_tiny_pipeline(), device="cpu")
+    assert model_fingerprint(fresh) == before  # the same weights loaded again: the same fingerprint
+    hashed = []
+    feed = store._feed_tensor
+    monkeypatch.setattr(store, "_feed_tensor", lambda h, t: (hashed.append(t.numel()), feed(h, t)))
+    assert model_fingerprint(model) == pruned and sum(hashed) < 10_000  # the networks' digests are cached
+    with torch.no_grad():
+        model.unet.conv_in.bias[0] += 1.0  # an in-place write bumps the version: hashed again
+    assert model_fingerprint(model) not in (pruned, before) and sum(hashed) > sum(p.numel() for p in conv.parameters())
+
+
 # -- processes ---------------------------------------------------------------------------------------------
 _WORKER = textwrap.dedent("""
     import os, signal, sys, time

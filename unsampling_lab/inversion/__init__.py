@@ -15,11 +15,11 @@ from typing import Any
 from ..guidance import Prompt
 from ..errors import UnsamplingError
 from ..models.base import DiffusionModel
-from .base import Inversion, InversionWarning, MethodSpec, Problem, ResampleCall, check_option_values
+from .base import Inversion, InversionWarning, MethodSpec, Option, Problem, ResampleCall, check_option_values
 from .registry import INVERSION_METHODS, METHOD_SPECS, get_method
 
 __all__ = ["INVERSION_METHODS", "METHOD_SPECS", "Inversion", "InversionWarning", "MethodSpec", "get_method",
-           "invert", "resample_inversion"]
+           "Option", "invert", "resample_inversion"]
 
 
 def invert(
@@ -41,7 +41,7 @@ def invert(
 
     The result's `.noise` is the LATENT `unsample` would return; `ul.resample(model, inversion, ...)`
     applies the method's own resampling side. Method options are keyword arguments
-    (`METHOD_SPECS[method].options` lists them with their defaults); anything else is an error.
+    (`METHOD_SPECS[method].options` declares each with its default, type and range); anything else is an error.
     """
     from ..engine import _check_common, _check_int, _describe, _read_latent, state_dtype
     from ..samplers import get_sampler

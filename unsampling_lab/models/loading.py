@@ -30,6 +30,9 @@ def load_model(
     state stays float32). Weights load from safetensors files only: pickled `.bin`/`.ckpt` weights
     can run code when loaded, so they need `allow_pickle=True`.
     """
+    if not isinstance(allow_pickle, bool):  # "no", 0, "false" must never read as consent to run a pickle
+        raise UnsamplingError(f"allow_pickle must be True or False, got {allow_pickle!r}; pass allow_pickle=True only "
+                              "if you trust the pickled weights (they can run code when loaded)")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     if source is None:
