@@ -34,7 +34,7 @@ from torch import Tensor
 from ..errors import UnsamplingError, check_choice, suggest
 from .executors import Failure, ModelSource, cached_model, run_all
 from .evaluate import METRIC_SETS, MetricSet, References, evaluate, inversion_endpoints, metric_sets, references  # noqa: F401 (METRIC_SETS: re-exported)
-from .store import ResultStore, StoredRow, digest, export_table, model_fingerprint, tensor_digest
+from .store import ResultStore, StoredRow, digest, model_fingerprint, tensor_digest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -207,6 +207,8 @@ def sweep(
     else:
         keys = _Keys("", "")
     store = ResultStore(store_path) if store_path is not None else None
+    if store is not None and export_path is not None:
+        store.check_export(export_path)  # before any work: an unrelated file at the export path is refused now
     found = store.rows_of_run(keys.model, keys.inputs) if store is not None else {}
     rows, todo = _resume(groups, found, keys, batch, chosen)  # rows: key -> finished row
     skipped, computed, nfe_total = len(rows), 0, 0
@@ -228,8 +230,8 @@ def sweep(
                 bar.update(1)
     finally:
         df = _frame(rows, keys, groups, batch, nfe_total=nfe_total, computed=computed, skipped=skipped)
-        if export_path is not None:
-            export_table(df, export_path)
+        if export_path is not None and store is not None:  # the store's whole table, never over a file it did not write
+            store.export(export_path)
         if store is not None:
             store.close()
     runner.raise_failures()
