@@ -389,3 +389,45 @@ def test_cli_user_errors_never_print_a_traceback(env, tmp_path):
         assert run.returncode == 2, (flags, run.stderr)
         assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, (flags, run.stderr)
         assert fragment in run.stderr, (flags, run.stderr)
+
+
+# -- the CLI's items and files (issue 19) ---------------------------------------------------------------
+_CLI_SMALL = ["--device", "cpu", "--steps", "2", "--end-at-step", "0", "--cfg", "1", "--normalize", "disable",
+              "--no-progress", "--format", "csv", "--no-figures"]
+
+
+def test_cli_numbers_every_latent_of_a_multi_latent_file(env, tmp_path, one_thread):
+    """A .latent file holding 2 latents and one holding 1: items 0, 1, 2 (was 2 items, or 0, 1, 1 with --batch-size 1)."""
+    from unsampling_lab.lab import cli
+    import pandas as pd
+
+    two = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    ul.save_latent(two, tmp_path / "two.latent")
+    ul.save_latent(env.latent["samples"], tmp_path / "one.latent")
+    for size in ("1", "2"):
+        out = tmp_path / f"run{size}"
+        assert cli.main(["sweep", "--model", str(env.pipe), "--images", str(tmp_path / "two.latent"),
+                         str(tmp_path / "one.latent"), "--batch-size", size, "--out", str(out), *_CLI_SMALL]) == 0
+        table = pd.read_csv(out / "results.csv", keep_default_na=False)
+        assert sorted(table["item"]) == [0, 1, 2], size
+        items = pd.read_csv(out / "items.csv")
+        assert [(Path(f).name, k) for f, k in zip(items["file"], items["index_in_file"])] == \
+            [("two.latent", 0), ("two.latent", 1), ("one.latent", 0)]
+        if size == "1":
+            first = table.set_index("item")["latent_mse"]
+    assert table.set_index("item")["latent_mse"].tolist() == pytest.approx(first.tolist(), rel=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:fixed_point. . of . steps did not reach tol")
+def test_cli_save_noise_names_files_by_method_and_options(env, tmp_path, one_thread):
+    from unsampling_lab.lab import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["sweep", "--model", str(env.pipe), "--images", str(env.files / "small.png"), "--save-noise",
+                     "--method", "unsampler", "edict", "fixed_point", "--method-option", "fixed_point.iterations=2",
+                     "--out", str(out), *_CLI_SMALL]) == 0
+    files = sorted(p.name for p in (out / "noise").glob("*.latent"))
+    assert len(files) == 3, files
+    assert [f.split("_euler")[0] for f in files] == ["noise_edict", "noise_fixed_point_iterations2", "noise_unsampler"]
+    noises = [ul.load_latent(out / "noise" / f)["samples"] for f in files]
+    assert not torch.equal(noises[0], noises[2]) and not torch.equal(noises[1], noises[2])

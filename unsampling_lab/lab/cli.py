@@ -387,7 +387,8 @@ def _save_noise(outputs: Any, folder: Path, *, batch: int | None) -> Path:
     from ..latent_files import save_latent
 
     p = outputs.params
-    name = (f"noise_{p['sampler_name']}_{p['scheduler']}_steps{p['steps']}_end{p['end_at_step']}_cfg{p['cfg']:g}_"
+    method = "_".join([p.get("method", "unsampler"), *(f"{k}{v}" for k, v in p.get("method_options", ()))])
+    name = (f"noise_{method}_{p['sampler_name']}_{p['scheduler']}_steps{p['steps']}_end{p['end_at_step']}_cfg{p['cfg']:g}_"
             f"{p['normalize']}" + ("" if batch is None else f"_batch{batch:05d}") + ".latent")
     meta = {k: str(v) for k, v in p.items() if k != "edit"}
     return save_latent(outputs.noise, folder / name, metadata={"unsampling_lab": str(meta)})
@@ -411,6 +412,13 @@ def input_files(images: Sequence[str]) -> tuple[list[Path], bool]:
     return (latents, True) if latents else (pictures, False)
 
 
+def latent_items(files: Sequence[Path]) -> list[tuple[Path, int]]:
+    """(file, index in the file) of every latent in .latent files (ComfyUI's hold a batch each)."""
+    from ..latent_files import load_latent
+
+    return [(f, k) for f in files for k in range(load_latent(f)["samples"].shape[0])]
+
+
 class _Source:
     """The source images of a run: the user's files (--images) or generated ones (--shapes), in batches."""
 
@@ -420,7 +428,8 @@ class _Source:
         self.latent_files = False
         if args.images is not None:
             self.files, self.latent_files = input_files(args.images)
-            self.n = len(self.files)
+            self.items = latent_items(self.files) if self.latent_files else [(f, None) for f in self.files]
+            self.n = len(self.items)  # a .latent file may hold several latents: one item each
             self.description = f"{self.n} {'.latent files' if self.latent_files else 'images'} from {', '.join(args.images)}"
             return
         self.n = args.shapes if args.shapes is not None else DEFAULT_SHAPES
@@ -450,7 +459,7 @@ class _Source:
         if self.files and self.latent_files:
             from ..latent_files import load_latent
 
-            parts = [load_latent(f)["samples"] for f in self.files[start:stop]]
+            parts = [load_latent(f)["samples"][k:k + 1] for f, k in self.items[start:stop]]
             shapes = {tuple(p.shape[1:]) for p in parts}
             if len(shapes) > 1:
                 raise UsageError(f".latent files have different shapes {sorted(shapes)}; one run needs one size")
@@ -483,8 +492,8 @@ class _Source:
 
             with open(out / "items.csv", "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
-                writer.writerow(["item", "file"])
-                writer.writerows((i, str(path)) for i, path in enumerate(self.files))
+                writer.writerow(["item", "file"] + (["index_in_file"] if self.latent_files else []))
+                writer.writerows([i, str(path)] + ([k] if self.latent_files else []) for i, (path, k) in enumerate(self.items))
 
 
 def _figures(model: Any, df: Any, kept: dict[str, Any], images: Any, out: Path, *, steps: int,
