@@ -103,6 +103,47 @@ def _option(method: str, **option: Any) -> Callable[[SimpleNamespace], Any]:
     return lambda e: ul.invert(e.model, e.latent, method=method, **FAST, **cfg, **option)
 
 
+def _sweep(e: SimpleNamespace, path: Any) -> Any:
+    return ul.sweep(e.model, e.latent, {"cfg": [1.0]}, steps=2, path=path, metrics=["latent"], progress=False)
+
+
+def _damaged_store(e: SimpleNamespace) -> Path:
+    """A store a sweep wrote, then one params cell overwritten with text that is not JSON."""
+    import sqlite3
+
+    path = e.files / "damaged.sqlite"
+    if not path.exists():
+        _sweep(e, path)
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE rows SET params = '{\"cfg\": 1.0,' WHERE rowid = 1")
+    return path
+
+
+def _foreign_db(e: SimpleNamespace) -> Path:
+    import sqlite3
+
+    path = e.files / "app.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS people (name TEXT)")
+    return path
+
+
+def _other_csv(e: SimpleNamespace) -> Path:
+    path = e.files / "other.csv"
+    path.write_text("name,age\nann,3\n")
+    return path
+
+
+def _folder(e: SimpleNamespace, name: str) -> Path:
+    (e.files / name).mkdir(exist_ok=True)
+    return e.files / name
+
+
+def _a_file(e: SimpleNamespace) -> Path:
+    (e.files / "afile").write_text("")
+    return e.files / "afile"
+
+
 #: (case, call(env), fragments the one-line error must contain)
 BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] = [
     # masks
@@ -203,6 +244,26 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("rf_inversion seed -1", _option("rf_inversion", seed=-1), ("option seed must be a whole number in [0, 18446744073709551615]",)),
     ("rf_inversion seed 2**70", _option("rf_inversion", seed=2**70), ("seed must be a whole number in [0, ", "got 1180591620717411303424")),
     ("rf_inversion gamma 2", _option("rf_inversion", gamma=2), ("option gamma must be in [0, 1], got 2.0",)),
+    ("invert None model", lambda e: ul.invert(None, e.latent, **FAST), ("model must be a loaded model", "NoneType")),
+    ("invert raw pipeline", lambda e: ul.invert(tiny_sd_pipeline(), e.latent, **FAST), ("wrap it first", "ul.load_model(pipe)")),
+    ("invert cfg list", lambda e: ul.invert(e.model, e.latent, cfg=[1, 3], **FAST), ("invert takes one cfg", "[1, 3]")),
+    ("sweep method_options out of range",
+     lambda e: ul.sweep(e.model, e.latent, {"method": ["fixed_point"]}, steps=2, method_options={"fixed_point": {"damping": 0}},
+                        progress=False), ("option damping must be in (0, 2), got 0.0",)),
+    # issue 19: the results store opens only what it owns, and says which
+    ("sweep onto another application's SQLite", lambda e: _sweep(e, _foreign_db(e)),
+     ("app.sqlite is an SQLite database of another application (tables: people)", "does not write into it")),
+    ("load_results of another application's SQLite", lambda e: ul.load_results(_foreign_db(e)),
+     ("SQLite database of another application",)),
+    ("sweep onto a folder", lambda e: _sweep(e, _folder(e, "runs.sqlite")), ("runs.sqlite is a folder, not a results store",
+                                                                            "runs.sqlite/results.sqlite")),
+    ("sweep over an unrelated CSV", lambda e: _sweep(e, _other_csv(e)),
+     ("other.csv exists and is not an export of the results store", "does not replace a file it did not write")),
+    ("sweep path under a file", lambda e: _sweep(e, _a_file(e) / "out.csv"), ("cannot create the folder of the results store",)),
+    ("load_results of a folder", lambda e: ul.load_results(e.files), ("is a folder; load_results takes a results file",)),
+    ("sweep on a damaged store cell", lambda e: _sweep(e, _damaged_store(e)),
+     ("damaged.sqlite holds a damaged cell", "is not a JSON object", "move the store away")),
+    ("load_results of a damaged store cell", lambda e: ul.load_results(_damaged_store(e)), ("holds a damaged cell",)),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append(("device cuda without CUDA", lambda e: ul.load_model(e.pipe, device="cuda"), ("device 'cuda'", "device='cpu'")))

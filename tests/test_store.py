@@ -189,6 +189,20 @@ def test_store_refuses_what_it_does_not_own_and_reads_without_writing(tmp_path, 
     assert (tmp_path / "home" / "x.sqlite").is_file() and not (tmp_path / "~").exists()
 
 
+def test_default_method_options_reuse_rows_and_columns_keep_their_order(tiny_model, tiny_latent, tmp_path):
+    latent, _ = tiny_latent
+    path = tmp_path / "o.csv"
+    kw = dict(steps=2, metrics=["latent"], progress=False, path=path)
+    first = ul.sweep(tiny_model, latent, {"method": ["edict"]}, **kw)
+    counted = CountingModel(tiny_model)
+    same = ul.sweep(counted, latent, {"method": ["edict"]}, method_options={"edict": {"mix": 0.93}}, **kw)  # the default
+    assert counted.calls == 0 and same.attrs["rows_skipped"] == 2
+    assert list(same.columns) == list(first.columns)  # resumed rows keep the columns' order (was alphabetical)
+    assert list(pd.read_csv(path, nrows=0).columns)[:len(PARAMS) - 1] == list(first.columns)[:len(PARAMS) - 1]
+    other = ul.sweep(tiny_model, latent, {"method": ["edict"]}, method_options={"edict": {"mix": 0.9}}, **kw)
+    assert other.attrs["rows_computed"] == 2
+
+
 # -- processes ---------------------------------------------------------------------------------------------
 _WORKER = textwrap.dedent("""
     import os, signal, sys, time

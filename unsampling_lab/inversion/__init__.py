@@ -43,11 +43,15 @@ def invert(
     applies the method's own resampling side. Method options are keyword arguments
     (`METHOD_SPECS[method].options` declares each with its default, type and range); anything else is an error.
     """
-    from ..engine import _check_common, _check_int, _describe, _read_latent, state_dtype
+    from ..engine import _check_common, _check_int, _check_model, _describe, _read_latent, state_dtype
     from ..samplers import get_sampler
 
+    _check_model(model)
     spec = get_method(method)
     opts = check_option_values(method, options, spec.options)
+    if isinstance(cfg, (list, tuple)):
+        raise UnsamplingError(f"invert takes one cfg for the whole batch, got {cfg!r}; for one cfg per item invert each "
+                              "item alone (ul.unsample takes a list)")
     _check_common(steps=steps, cfg=cfg)
     _check_int("end_at_step", end_at_step, minimum=0)
     check_applicable(spec, model, sampler_name, cfg=cfg)

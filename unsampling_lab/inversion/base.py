@@ -301,6 +301,16 @@ def check_option_values(method: str, options: Mapping[str, Any], declared: Mappi
     return out
 
 
+def explicit_options(method: str, options: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """`options` checked (as `invert` checks them) and cut to the values that differ from the defaults, as
+    sorted pairs: the identity of a method's setting, so anderson=0 (the default) is the same row as no option."""
+    from .registry import get_method
+
+    declared = get_method(method).options
+    checked = check_option_values(method, options, declared)
+    return tuple(sorted((k, v) for k, v in checked.items() if k in options and v != declared[k].default))
+
+
 def rel_residual(r: Tensor, x: Tensor) -> float:
     """max over batch items of ‖r_b‖ / ‖x_b‖ (the worst item decides convergence)."""
     num = r.flatten(1).norm(dim=1)
