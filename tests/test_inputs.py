@@ -58,7 +58,8 @@ def env(pipe_dir: Path, tmp_path_factory) -> SimpleNamespace:
 
     save_file({"samples": torch.zeros(1, 4, 2, 2)}, str(files / "wrong_key.latent"))
     broken = {}
-    for name, damage in (("empty_weights", "empty"), ("no_unet", "no_unet"), ("pickled", "pickled")):
+    for name, damage in (("empty_weights", "empty"), ("no_unet", "no_unet"), ("pickled", "pickled"),
+                         ("cross_attention_dim", "config")):
         folder = files / name
         shutil.copytree(pipe_dir, folder)
         weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
@@ -66,6 +67,11 @@ def env(pipe_dir: Path, tmp_path_factory) -> SimpleNamespace:
             weights.write_bytes(b"")
         elif damage == "no_unet":
             shutil.rmtree(folder / "unet")
+        elif damage == "config":  # a config edited away from its weights
+            import json
+
+            config = json.loads((folder / "unet" / "config.json").read_text())
+            (folder / "unet" / "config.json").write_text(json.dumps({**config, "cross_attention_dim": 16}))
         else:  # the same weights, pickled the way old diffusers folders hold them
             from safetensors.torch import load_file
 
@@ -204,6 +210,9 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("device banana", lambda e: ul.load_model(e.pipe, device="banana"), ("device 'banana' is not a torch device",)),
     ("dtype typo", lambda e: ul.load_model(e.pipe, device="cpu", dtype="flaot16"), ("unknown dtype 'flaot16'; did you mean 'float16'",)),
     ("integer dtype", lambda e: ul.load_model(e.pipe, device="cpu", dtype=torch.int8), ("floating torch.dtype", "torch.int8")),
+    ("config edited away from its weights", lambda e: ul.load_model(e.broken["cross_attention_dim"], device="cpu"),
+     ("UNet2DConditionModel weights do not fit its config.json", "[32, 32] in the weights file but [32, 16]",
+      "restore config.json")),
     # issue 19: consent to unpickle is a boolean
     ("allow_pickle 'no'", lambda e: ul.load_model(e.broken["pickled"], device="cpu", allow_pickle="no"),
      ("allow_pickle must be True or False, got 'no'",)),
