@@ -145,6 +145,17 @@ def _folder(e: SimpleNamespace, name: str) -> Path:
     return e.files / name
 
 
+def _with_pixel_limit(limit: int, call: Callable[[], Any]) -> Any:
+    """Pillow's decompression-bomb guard, lowered so a small file trips it as a huge one would."""
+    from PIL import Image
+
+    old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+    try:
+        return call()
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
 def _a_file(e: SimpleNamespace) -> Path:
     (e.files / "afile").write_text("")
     return e.files / "afile"
@@ -213,6 +224,11 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("config edited away from its weights", lambda e: ul.load_model(e.broken["cross_attention_dim"], device="cpu"),
      ("UNet2DConditionModel weights do not fit its config.json", "[32, 32] in the weights file but [32, 16]",
       "restore config.json")),
+    ("load_images(42)", lambda e: ul.load_images(42), ("load_images takes a file, a folder or a list", "got int (42)")),
+    ("decompression bomb", lambda e: _with_pixel_limit(100, lambda: ul.load_images(e.files / "a.png")),
+     ("a.png is too large to open safely", "MAX_IMAGE_PIXELS")),
+    ("metrics as one string", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1.0]}, steps=2, metrics="latnt", progress=False),
+     ("unknown metric set 'latnt'; did you mean 'latent'",)),
     # issue 19: consent to unpickle is a boolean
     ("allow_pickle 'no'", lambda e: ul.load_model(e.broken["pickled"], device="cpu", allow_pickle="no"),
      ("allow_pickle must be True or False, got 'no'",)),
@@ -501,3 +517,8 @@ def test_cli_save_noise_names_files_by_method_and_options(env, tmp_path, one_thr
     assert [f.split("_euler")[0] for f in files] == ["noise_edict", "noise_fixed_point_iterations2", "noise_unsampler"]
     noises = [ul.load_latent(out / "noise" / f)["samples"] for f in files]
     assert not torch.equal(noises[0], noises[2]) and not torch.equal(noises[1], noises[2])
+
+
+def test_metrics_as_one_string_is_that_set(env, one_thread):
+    df = ul.sweep(env.model, env.latent, {"cfg": [1.0]}, steps=2, metrics="latent", progress=False)
+    assert "latent_mse" in df.columns and "noise_ks" not in df.columns

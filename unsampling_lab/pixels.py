@@ -64,6 +64,9 @@ def read_image(path: str | Path) -> Any:
         with Image.open(path) as img:
             img.load()
             return ImageOps.exif_transpose(img) or img.copy()
+    except Image.DecompressionBombError as e:  # a tiny file that would unpack to gigabytes of pixels
+        raise UnsamplingError(f"{path} is too large to open safely ({e}); if you trust it, raise "
+                              "PIL.Image.MAX_IMAGE_PIXELS, or scale it down first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UnsamplingError(f"cannot read {path} as an image ({e.__class__.__name__}: {e}); "
                               "PNG, JPEG and WebP are supported") from None

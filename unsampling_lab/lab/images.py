@@ -34,6 +34,9 @@ def list_images(paths_or_folder: PathsOrFolder) -> list[Path]:
 
     Folders are not searched recursively; hidden files (".name") are skipped.
     """
+    if not isinstance(paths_or_folder, (str, Path, Sequence)):
+        raise UnsamplingError(f"load_images takes a file, a folder or a list of them (str or Path), got "
+                              f"{type(paths_or_folder).__name__} ({paths_or_folder!r:.60})")
     items = [paths_or_folder] if isinstance(paths_or_folder, (str, Path)) else list(paths_or_folder)
     if not items:
         raise UnsamplingError("no image paths given; pass a file, a folder, or a list of them")
