@@ -522,3 +522,21 @@ def test_cli_save_noise_names_files_by_method_and_options(env, tmp_path, one_thr
 def test_metrics_as_one_string_is_that_set(env, one_thread):
     df = ul.sweep(env.model, env.latent, {"cfg": [1.0]}, steps=2, metrics="latent", progress=False)
     assert "latent_mse" in df.columns and "noise_ks" not in df.columns
+
+
+def test_16bit_rgb_png_warns_that_it_is_read_at_8_bits(tmp_path):
+    import struct
+    import zlib
+
+    values = (np.random.RandomState(0).rand(4, 6, 3) * 65535).astype(np.uint16)
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)  # filter 0 per scanline
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path = tmp_path / "deep.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6, 4, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    with pytest.warns(UnsamplingWarning, match="16-bit RGB PNG; Pillow reads it at 8 bits"):
+        x = ul.load_images(path, multiple_of=2)
+    assert (x[0] - torch.from_numpy(values[:4, :6].astype(np.float32) / 65535)).abs().max() < 1 / 255

@@ -67,7 +67,8 @@ def load_images(
     """Files or folders of images -> float32 [B, H, W, 3] in 0..1 (ComfyUI IMAGE), ready for `model.encode`.
 
     size: None (centre-crop to a multiple of `multiple_of`, no resampling), S (square S x S), or (H, W);
-    see the module docstring for the exact rule. Alpha is dropped; 16-bit PNGs keep their precision.
+    see the module docstring for the exact rule. Alpha is dropped; 16-bit greyscale PNGs keep their precision,
+    16-bit RGB PNGs are read at 8 bits per channel (Pillow's limit; a warning says so).
     """
     multiple_of = _whole("multiple_of", multiple_of, minimum=1)
     target = _target_size(size, multiple_of)
