@@ -229,6 +229,8 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
      ("a.png is too large to open safely", "MAX_IMAGE_PIXELS")),
     ("metrics as one string", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1.0]}, steps=2, metrics="latnt", progress=False),
      ("unknown metric set 'latnt'; did you mean 'latent'",)),
+    ("decode a 3-channel latent", lambda e: e.model.decode(torch.zeros(1, 3, 8, 8)), ("latent has 3 channels but this model's latents have 4",)),
+    ("decode a 3-D latent", lambda e: e.model.decode({"samples": torch.zeros(4, 8, 8)}), ("[B, C, H, W] tensor, got (4, 8, 8)",)),
     # issue 19: consent to unpickle is a boolean
     ("allow_pickle 'no'", lambda e: ul.load_model(e.broken["pickled"], device="cpu", allow_pickle="no"),
      ("allow_pickle must be True or False, got 'no'",)),
