@@ -231,6 +231,8 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
      ("unknown metric set 'latnt'; did you mean 'latent'",)),
     ("decode a 3-channel latent", lambda e: e.model.decode(torch.zeros(1, 3, 8, 8)), ("latent has 3 channels but this model's latents have 4",)),
     ("decode a 3-D latent", lambda e: e.model.decode({"samples": torch.zeros(4, 8, 8)}), ("[B, C, H, W] tensor, got (4, 8, 8)",)),
+    ("save_latent where the OS refuses", lambda e: ul.save_latent(e.latent, "/proc/x.latent"),
+     ("cannot write /proc/x.latent", "check that its folder is writable")),
     # issue 19: consent to unpickle is a boolean
     ("allow_pickle 'no'", lambda e: ul.load_model(e.broken["pickled"], device="cpu", allow_pickle="no"),
      ("allow_pickle must be True or False, got 'no'",)),
@@ -482,6 +484,19 @@ def test_cli_user_errors_never_print_a_traceback(env, tmp_path):
 # -- the CLI's items and files (issue 19) ---------------------------------------------------------------
 _CLI_SMALL = ["--device", "cpu", "--steps", "2", "--end-at-step", "0", "--cfg", "1", "--normalize", "disable",
               "--no-progress", "--format", "csv", "--no-figures"]
+
+
+def test_cli_seed_range_and_scheduler_address_are_one_line_errors(env, capsys):
+    from unsampling_lab.lab import cli
+
+    for flags, fragment in ((["--seed", str(2**64)], "expected a whole number in 0..18446744073709551615"),
+                            (["--scheduler-address", "not-an-address"], "--scheduler-address not-an-address: missing port")):
+        try:
+            code = cli.main(["sweep", "--model", str(env.pipe), *flags, "--out", "unused", *_CLI_SMALL])
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err and "Traceback" not in err, err
 
 
 def test_cli_numbers_every_latent_of_a_multi_latent_file(env, tmp_path, one_thread):
