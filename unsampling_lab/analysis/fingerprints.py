@@ -62,7 +62,8 @@ def model_fingerprint(model: Any) -> str:
     Stable Diffusion 1.5's UNet in float16 (860M values, 1.7 GB) is measured in the README. It is paid
     once per loaded network: each module's digest is kept beside it (`_MODULE_DIGESTS`) with a stamp of
     its tensors (storage address and torch's version counter, which every in-place write bumps), so
-    a second sweep on the same model hashes nothing and an in-place edit is hashed again. The parts
+    a second sweep on the same model hashes nothing and an in-place edit is hashed again (a write through
+    `tensor.data` bypasses torch's version counter: load such an edited model again). The parts
     are read by name (MODEL_PARTS), so a wrapper that forwards attributes has its model's fingerprint;
     a model with none of the networks (an exact toy) is hashed by its class and public attributes.
     The device type is part of it (CPU and CUDA kernels differ in the last bits).

@@ -183,14 +183,17 @@ class ResultStore:
         """
         path = Path(path).expanduser()
         with self._transaction():  # the write lock: concurrent exports check and record one at a time
-            name = self.check_export(path)
+            name = self._owned_export(path)
             export_table(self.frame(), path)
             self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, _file_sha256(path)))
         return path
 
-    def check_export(self, path: str | Path) -> str:
-        """Refuse an export path holding a file this store did not write there (or a folder); returns its meta name."""
-        path = Path(path).expanduser()
+    def check_export(self, path: str | Path) -> None:
+        """Refuse now (before a sweep's work) an export path holding a file this store did not write there."""
+        with self._transaction():  # under the write lock, so another process's export is seen whole or not at all
+            self._owned_export(Path(path).expanduser())
+
+    def _owned_export(self, path: Path) -> str:
         name = f"export:{path.resolve()}"
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         if path.is_dir():
