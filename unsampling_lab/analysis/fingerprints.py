@@ -14,6 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+#: Bump when a stored number would change meaning (a metric redefined); old rows are then not reused.
+STORE_FORMAT = 1
+
 
 def _json(value: Any, *, ordered: bool = False) -> str:
     """JSON with sorted keys (keys and digests), or in the value's own order (stored columns keep their order)."""
@@ -68,8 +71,6 @@ def model_fingerprint(model: Any) -> str:
     a model with none of the networks (an exact toy) is hashed by its class and public attributes.
     The device type is part of it (CPU and CUDA kernels differ in the last bits).
     """
-    from .store import STORE_FORMAT
-
     h = hashlib.sha256()
     h.update(f"format {STORE_FORMAT}".encode())
     parts = {name: getattr(model, name, None) for name in MODEL_PARTS}

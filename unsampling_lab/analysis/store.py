@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnsamplingError
-from .fingerprints import MODEL_PARTS, _json, digest, model_fingerprint, module_digest, tensor_digest  # noqa: F401 (re-exported)
+from .fingerprints import (  # noqa: F401 (re-exported)
+    MODEL_PARTS, STORE_FORMAT, _json, digest, model_fingerprint, module_digest, tensor_digest,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Bump when a stored number would change meaning (a metric redefined); old rows are then not reused.
-STORE_FORMAT = 1
 BUSY_TIMEOUT_MS = 120_000
 #: SQLite's application_id of a results store ("ULab"): a database without it is someone else's
 APPLICATION_ID = 0x554C6162

@@ -10,12 +10,13 @@ method's module docstring (and /shared/METHODS.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from ..guidance import Prompt
 from ..errors import UnsamplingError
 from ..models.base import DiffusionModel
-from .base import Inversion, InversionWarning, MethodSpec, Option, Problem, ResampleCall, check_option_values
+from .base import Inversion, InversionWarning, MethodSpec, Option, Problem, ResampleCall, check_option_values, redo_hint
 from .registry import INVERSION_METHODS, METHOD_SPECS, get_method
 
 __all__ = ["INVERSION_METHODS", "METHOD_SPECS", "Inversion", "InversionWarning", "MethodSpec", "get_method",
@@ -99,4 +100,15 @@ def resample_inversion(model: DiffusionModel, inversion: Inversion, **kwargs: An
     call = ResampleCall(model, inversion, **kwargs)
     if spec.resample is None:
         return call.plain()
+    if spec.samplers is not None and call.sampler_name not in spec.samplers:  # its own step, not the sampler named
+        raise UnsamplingError(f"method {spec.name!r} resamples with its own step, for sampler_name in "
+                              f"{list(spec.samplers)}, got {call.sampler_name!r}: {redo_hint(inversion)}")
     return spec.resample(call)
+
+
+def explicit_options(method: str, options: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """`options` checked (as `invert` checks them) and cut to the values that differ from the defaults, as
+    sorted pairs: the identity of a method's setting, so anderson=0 (the default) is the same row as no option."""
+    declared = get_method(method).options
+    checked = check_option_values(method, options, declared)
+    return tuple(sorted((k, v) for k, v in checked.items() if k in options and v != declared[k].default))

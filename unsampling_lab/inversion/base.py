@@ -301,16 +301,6 @@ def check_option_values(method: str, options: Mapping[str, Any], declared: Mappi
     return out
 
 
-def explicit_options(method: str, options: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """`options` checked (as `invert` checks them) and cut to the values that differ from the defaults, as
-    sorted pairs: the identity of a method's setting, so anderson=0 (the default) is the same row as no option."""
-    from .registry import get_method
-
-    declared = get_method(method).options
-    checked = check_option_values(method, options, declared)
-    return tuple(sorted((k, v) for k, v in checked.items() if k in options and v != declared[k].default))
-
-
 def rel_residual(r: Tensor, x: Tensor) -> float:
     """max over batch items of ‖r_b‖ / ‖x_b‖ (the worst item decides convergence)."""
     num = r.flatten(1).norm(dim=1)
@@ -331,20 +321,19 @@ def bound_schedule(sigmas: Tensor, what: str) -> dict[str, Any]:
     return {"sigmas": sigmas.detach().double().cpu(), "per_step": what}
 
 
-def check_resample_schedule(inv: Inversion, sigmas: Tensor, *, sampler_name: str) -> None:
-    """The one check that a method's own resampling side continues its inversion: the sampler is one the
-    method serves, the resample starts at the sigma the inversion ended at and, for a method that keeps
-    per-step data (`bound_schedule`), visits exactly the inversion's whole schedule (steps, scheduler,
-    start/end steps, leftover noise), not just its first sigma."""
-    from .registry import get_method
-
+def redo_hint(inv: Inversion) -> str:
+    """What to call instead: a resample that continues `inv` (its steps, scheduler, sampler, start step)."""
     p = inv.params
-    redo = (f"call resample with steps={p['steps']}, scheduler={p['scheduler']!r}, sampler_name={p['sampler_name']!r}, "
+    return (f"call resample with steps={p['steps']}, scheduler={p['scheduler']!r}, sampler_name={p['sampler_name']!r}, "
             f"start_at_step={min(p['end_at_step'], p['steps'] - 1)} (or resample inversion.noise for a plain resample)")
-    spec = get_method(inv.method)
-    if spec.samplers is not None and sampler_name not in spec.samplers:
-        raise UnsamplingError(f"method {inv.method!r} resamples with its own step, for sampler_name in "
-                              f"{list(spec.samplers)}, got {sampler_name!r}: {redo}")
+
+
+def check_resample_schedule(inv: Inversion, sigmas: Tensor) -> None:
+    """The one check that a method's own resampling side continues its inversion's states: the resample
+    starts at the sigma the inversion ended at and, for a method that keeps per-step data
+    (`bound_schedule`), visits exactly the inversion's whole schedule (steps, scheduler, start/end steps,
+    leftover noise), not just its first sigma. (`resample_inversion` checks the sampler.)"""
+    redo = redo_hint(inv)
     data = inv.resampling
     stored = data.get("sigmas")
     if stored is not None:
@@ -382,7 +371,7 @@ def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step:
     sigmas = resample_sigmas(model, steps=call.steps, start_at_step=call.start_at_step, end_at_step=call.end_at_step,
                              sampler_name=call.sampler_name, scheduler=call.scheduler,
                              return_with_leftover_noise=_on_off("return_with_leftover_noise", call.return_with_leftover_noise))
-    check_resample_schedule(inv, sigmas, sampler_name=call.sampler_name)
+    check_resample_schedule(inv, sigmas)
     samples, mask = _read_latent(inv.noise, model)
     latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     ms = model.model_sampling
