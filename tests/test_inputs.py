@@ -58,7 +58,8 @@ def env(pipe_dir: Path, tmp_path_factory) -> SimpleNamespace:
 
     save_file({"samples": torch.zeros(1, 4, 2, 2)}, str(files / "wrong_key.latent"))
     broken = {}
-    for name, damage in (("empty_weights", "empty"), ("no_unet", "no_unet"), ("pickled", "pickled")):
+    for name, damage in (("empty_weights", "empty"), ("no_unet", "no_unet"), ("pickled", "pickled"),
+                         ("cross_attention_dim", "config")):
         folder = files / name
         shutil.copytree(pipe_dir, folder)
         weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
@@ -66,6 +67,11 @@ def env(pipe_dir: Path, tmp_path_factory) -> SimpleNamespace:
             weights.write_bytes(b"")
         elif damage == "no_unet":
             shutil.rmtree(folder / "unet")
+        elif damage == "config":  # a config edited away from its weights
+            import json
+
+            config = json.loads((folder / "unet" / "config.json").read_text())
+            (folder / "unet" / "config.json").write_text(json.dumps({**config, "cross_attention_dim": 16}))
         else:  # the same weights, pickled the way old diffusers folders hold them
             from safetensors.torch import load_file
 
@@ -85,6 +91,74 @@ def _nan_weight_model(env: SimpleNamespace) -> Any:
     with torch.no_grad():
         model.unet.conv_in.weight[0, 0, 0, 0] = float("nan")
     return model
+
+
+_INVERSIONS: dict[tuple[str, int], Any] = {}
+
+
+def _inverted(env: SimpleNamespace, method: str, steps: int = 4) -> Any:
+    """One inversion per (method, steps), shared by the cases that resample it wrongly."""
+    if (method, steps) not in _INVERSIONS:
+        opts = dict(cfg=2.0, positive="red", inner_steps=1) if method == "null_text" else {}
+        _INVERSIONS[method, steps] = ul.invert(env.model, env.latent, method=method, steps=steps, progress=False, **opts)
+    return _INVERSIONS[method, steps]
+
+
+def _option(method: str, **option: Any) -> Callable[[SimpleNamespace], Any]:
+    cfg = dict(cfg=2.0, positive="red") if method == "null_text" else {}
+    return lambda e: ul.invert(e.model, e.latent, method=method, **FAST, **cfg, **option)
+
+
+def _sweep(e: SimpleNamespace, path: Any) -> Any:
+    return ul.sweep(e.model, e.latent, {"cfg": [1.0]}, steps=2, path=path, metrics=["latent"], progress=False)
+
+
+def _damaged_store(e: SimpleNamespace) -> Path:
+    """A store a sweep wrote, then one params cell overwritten with text that is not JSON."""
+    import sqlite3
+
+    path = e.files / "damaged.sqlite"
+    if not path.exists():
+        _sweep(e, path)
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE rows SET params = '{\"cfg\": 1.0,' WHERE rowid = 1")
+    return path
+
+
+def _foreign_db(e: SimpleNamespace) -> Path:
+    import sqlite3
+
+    path = e.files / "app.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS people (name TEXT)")
+    return path
+
+
+def _other_csv(e: SimpleNamespace) -> Path:
+    path = e.files / "other.csv"
+    path.write_text("name,age\nann,3\n")
+    return path
+
+
+def _folder(e: SimpleNamespace, name: str) -> Path:
+    (e.files / name).mkdir(exist_ok=True)
+    return e.files / name
+
+
+def _with_pixel_limit(limit: int, call: Callable[[], Any]) -> Any:
+    """Pillow's decompression-bomb guard, lowered so a small file trips it as a huge one would."""
+    from PIL import Image
+
+    old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+    try:
+        return call()
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _a_file(e: SimpleNamespace) -> Path:
+    (e.files / "afile").write_text("")
+    return e.files / "afile"
 
 
 #: (case, call(env), fragments the one-line error must contain)
@@ -147,6 +221,78 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("device banana", lambda e: ul.load_model(e.pipe, device="banana"), ("device 'banana' is not a torch device",)),
     ("dtype typo", lambda e: ul.load_model(e.pipe, device="cpu", dtype="flaot16"), ("unknown dtype 'flaot16'; did you mean 'float16'",)),
     ("integer dtype", lambda e: ul.load_model(e.pipe, device="cpu", dtype=torch.int8), ("floating torch.dtype", "torch.int8")),
+    ("config edited away from its weights", lambda e: ul.load_model(e.broken["cross_attention_dim"], device="cpu"),
+     ("UNet2DConditionModel weights do not fit its config.json", "[32, 32] in the weights file but [32, 16]",
+      "restore config.json")),
+    ("load_images(42)", lambda e: ul.load_images(42), ("load_images takes a file, a folder or a list", "got int (42)")),
+    ("decompression bomb", lambda e: _with_pixel_limit(100, lambda: ul.load_images(e.files / "a.png")),
+     ("a.png is too large to open safely", "MAX_IMAGE_PIXELS")),
+    ("metrics as one string", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1.0]}, steps=2, metrics="latnt", progress=False),
+     ("unknown metric set 'latnt'; did you mean 'latent'",)),
+    ("decode a 3-channel latent", lambda e: e.model.decode(torch.zeros(1, 3, 8, 8)), ("latent has 3 channels but this model's latents have 4",)),
+    ("decode a 3-D latent", lambda e: e.model.decode({"samples": torch.zeros(4, 8, 8)}), ("[B, C, H, W] tensor, got (4, 8, 8)",)),
+    ("save_latent where the OS refuses", lambda e: ul.save_latent(e.latent, "/proc/x.latent"),
+     ("cannot write /proc/x.latent", "check that its folder is writable")),
+    # issue 19: consent to unpickle is a boolean
+    ("allow_pickle 'no'", lambda e: ul.load_model(e.broken["pickled"], device="cpu", allow_pickle="no"),
+     ("allow_pickle must be True or False, got 'no'",)),
+    ("allow_pickle 1", lambda e: ul.load_model(e.pipe, device="cpu", allow_pickle=1), ("allow_pickle must be True or False, got 1",)),
+    # issue 19: a method's resampling side runs only on the schedule its per-step data was built for
+    ("edict resampled with other steps", lambda e: ul.resample(e.model, _inverted(e, "edict"), steps=6, progress=False),
+     ("'edict' keeps a second latent coupled to it at every step of its 4-step schedule", "this resample has 6 steps",
+      "steps=4")),
+    ("edict resampled with another scheduler",
+     lambda e: ul.resample(e.model, _inverted(e, "edict"), steps=4, scheduler="karras", progress=False),
+     ("4-step schedule", "scheduler='normal'")),
+    ("edict resampled stopping early",
+     lambda e: ul.resample(e.model, _inverted(e, "edict"), steps=4, end_at_step=2, progress=False),
+     ("this resample has 2 steps", "down to sigma 0")),
+    ("null_text resampled with other steps",
+     lambda e: ul.resample(e.model, _inverted(e, "null_text"), steps=5, cfg=2.0, progress=False),
+     ("'null_text' keeps one embedding per step of its 4-step schedule", "steps=4")),
+    ("edict resampled with another sampler",
+     lambda e: ul.resample(e.model, _inverted(e, "edict"), steps=4, sampler_name="dpmpp_2m", progress=False),
+     ("resamples with its own step", "'dpmpp_2m'", "sampler_name='euler'")),
+    # issue 19: every method option has a type and a range, checked before anything runs
+    ("null_text pivot_iterations 0", _option("null_text", pivot_iterations=0),
+     ("option pivot_iterations must be a whole number >= 1, got 0",)),
+    ("null_text pivot_iterations -2", _option("null_text", pivot_iterations=-2), ("pivot_iterations must be a whole number >= 1",)),
+    ("null_text inner_steps -3", _option("null_text", inner_steps=-3), ("inner_steps must be a whole number >= 0, got -3",)),
+    ("null_text lr -1", _option("null_text", lr=-1), ("option lr must be > 0, got -1.0",)),
+    ("null_text lr nan", _option("null_text", lr=math.nan), ("option lr must be > 0, got nan",)),
+    ("fixed_point iterations 0", _option("fixed_point", iterations=0), ("option iterations must be a whole number >= 1, got 0",)),
+    ("fixed_point iterations -1", _option("fixed_point", iterations=-1), ("iterations must be a whole number >= 1, got -1",)),
+    ("fixed_point tol -1", _option("fixed_point", tol=-1), ("option tol must be >= 0, got -1.0",)),
+    ("fixed_point tol nan", _option("fixed_point", tol=math.nan), ("option tol must be >= 0, got nan",)),
+    ("fixed_point averaging -1", _option("fixed_point", averaging=-1), ("averaging must be a whole number >= 0",)),
+    ("fixed_point anderson -1", _option("fixed_point", anderson=-1), ("anderson must be a whole number >= 0",)),
+    ("fixed_point damping 0", _option("fixed_point", damping=0), ("option damping must be in (0, 2), got 0.0",)),
+    ("fixed_point damping -1", _option("fixed_point", damping=-1.0), ("damping must be in (0, 2)",)),
+    ("fixed_point damping nan", _option("fixed_point", damping=math.nan), ("damping must be in (0, 2), got nan",)),
+    ("edict mix 1", _option("edict", mix=1.0), ("option mix must be in [0.5, 1), got 1.0",)),
+    ("rf_inversion seed -1", _option("rf_inversion", seed=-1), ("option seed must be a whole number in [0, 18446744073709551615]",)),
+    ("rf_inversion seed 2**70", _option("rf_inversion", seed=2**70), ("seed must be a whole number in [0, ", "got 1180591620717411303424")),
+    ("rf_inversion gamma 2", _option("rf_inversion", gamma=2), ("option gamma must be in [0, 1], got 2.0",)),
+    ("invert None model", lambda e: ul.invert(None, e.latent, **FAST), ("model must be a loaded model", "NoneType")),
+    ("invert raw pipeline", lambda e: ul.invert(tiny_sd_pipeline(), e.latent, **FAST), ("wrap it first", "ul.load_model(pipe)")),
+    ("invert cfg list", lambda e: ul.invert(e.model, e.latent, cfg=[1, 3], **FAST), ("invert takes one cfg", "[1, 3]")),
+    ("sweep method_options out of range",
+     lambda e: ul.sweep(e.model, e.latent, {"method": ["fixed_point"]}, steps=2, method_options={"fixed_point": {"damping": 0}},
+                        progress=False), ("option damping must be in (0, 2), got 0.0",)),
+    # issue 19: the results store opens only what it owns, and says which
+    ("sweep onto another application's SQLite", lambda e: _sweep(e, _foreign_db(e)),
+     ("app.sqlite is an SQLite database of another application (tables: people)", "does not write into it")),
+    ("load_results of another application's SQLite", lambda e: ul.load_results(_foreign_db(e)),
+     ("SQLite database of another application",)),
+    ("sweep onto a folder", lambda e: _sweep(e, _folder(e, "runs.sqlite")), ("runs.sqlite is a folder, not a results store",
+                                                                            "runs.sqlite/results.sqlite")),
+    ("sweep over an unrelated CSV", lambda e: _sweep(e, _other_csv(e)),
+     ("other.csv exists and is not an export of the results store", "does not replace a file it did not write")),
+    ("sweep path under a file", lambda e: _sweep(e, _a_file(e) / "out.csv"), ("cannot create the folder of the results store",)),
+    ("load_results of a folder", lambda e: ul.load_results(e.files), ("is a folder; load_results takes a results file",)),
+    ("sweep on a damaged store cell", lambda e: _sweep(e, _damaged_store(e)),
+     ("damaged.sqlite holds a damaged cell", "is not a JSON object", "move the store away")),
+    ("load_results of a damaged store cell", lambda e: ul.load_results(_damaged_store(e)), ("holds a damaged cell",)),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append(("device cuda without CUDA", lambda e: ul.load_model(e.pipe, device="cuda"), ("device 'cuda'", "device='cpu'")))
@@ -161,6 +307,26 @@ def test_bad_input_is_a_one_line_error(env, case, call, fragments, one_thread):
     for fragment in fragments:
         assert fragment in message, message
     assert "huggingface-cli" not in message or case not in ("missing local path",)
+
+
+def test_every_method_option_declares_its_type_and_range():
+    """Options are data (issue 19): every option of every registered method is an Option with a kind and,
+    for numbers, a range; a plain default cannot enter the registry; out-of-range values are refused."""
+    from unsampling_lab.inversion import METHOD_SPECS, MethodSpec, Option
+
+    count = 0
+    for spec in METHOD_SPECS.values():
+        for name, opt in spec.options.items():
+            assert isinstance(opt, Option) and opt.kind in (bool, int, float), (spec.name, name)
+            if opt.kind is not bool:
+                assert opt.low is not None and opt.high is not None, (spec.name, name)
+                assert opt.admits(opt.default) and not opt.admits(math.nan), (spec.name, name)
+            count += 1
+    assert count >= 10
+    with pytest.raises(TypeError, match="must be declared as Option"):
+        MethodSpec("x", lambda p: None, predictions=("eps",), samplers=None, options={"k": 3}, cost="", paper="")
+    with pytest.raises(TypeError, match="must declare its range"):
+        Option(3, int)
 
 
 # -- accepted and right -------------------------------------------------------------------------
@@ -343,3 +509,81 @@ def test_check_int_cfg_and_switches_convert_once():
     assert normalize_mode(True) == "enable" and normalize_mode("per_sample") == "per_sample"
     with pytest.raises(ul.UnsamplingError, match="did you mean 'enable'"):
         normalize_mode("enabel")
+
+
+# -- the CLI's items and files (issue 19) ---------------------------------------------------------------
+_CLI_SMALL = ["--device", "cpu", "--steps", "2", "--end-at-step", "0", "--cfg", "1", "--normalize", "disable",
+              "--no-progress", "--format", "csv", "--no-figures"]
+
+
+def test_cli_seed_range_and_scheduler_address_are_one_line_errors(env, capsys):
+    from unsampling_lab.lab import cli
+
+    for flags, fragment in ((["--seed", str(2**64)], "expected a whole number in 0..18446744073709551615"),
+                            (["--scheduler-address", "not-an-address"], "--scheduler-address not-an-address: missing port")):
+        try:
+            code = cli.main(["sweep", "--model", str(env.pipe), *flags, "--out", "unused", *_CLI_SMALL])
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err and "Traceback" not in err, err
+
+
+def test_cli_numbers_every_latent_of_a_multi_latent_file(env, tmp_path, one_thread):
+    """A .latent file holding 2 latents and one holding 1: items 0, 1, 2 (was 2 items, or 0, 1, 1 with --batch-size 1)."""
+    from unsampling_lab.lab import cli
+    import pandas as pd
+
+    two = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    ul.save_latent(two, tmp_path / "two.latent")
+    ul.save_latent(env.latent["samples"], tmp_path / "one.latent")
+    for size in ("1", "2"):
+        out = tmp_path / f"run{size}"
+        assert cli.main(["sweep", "--model", str(env.pipe), "--images", str(tmp_path / "two.latent"),
+                         str(tmp_path / "one.latent"), "--batch-size", size, "--out", str(out), *_CLI_SMALL]) == 0
+        table = pd.read_csv(out / "results.csv", keep_default_na=False)
+        assert sorted(table["item"]) == [0, 1, 2], size
+        items = pd.read_csv(out / "items.csv")
+        assert [(Path(f).name, k) for f, k in zip(items["file"], items["index_in_file"])] == \
+            [("two.latent", 0), ("two.latent", 1), ("one.latent", 0)]
+        if size == "1":
+            first = table.set_index("item")["latent_mse"]
+    assert table.set_index("item")["latent_mse"].tolist() == pytest.approx(first.tolist(), rel=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:fixed_point. . of . steps did not reach tol")
+def test_cli_save_noise_names_files_by_method_and_options(env, tmp_path, one_thread):
+    from unsampling_lab.lab import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["sweep", "--model", str(env.pipe), "--images", str(env.files / "small.png"), "--save-noise",
+                     "--method", "unsampler", "edict", "fixed_point", "--method-option", "fixed_point.iterations=2",
+                     "--out", str(out), *_CLI_SMALL]) == 0
+    files = sorted(p.name for p in (out / "noise").glob("*.latent"))
+    assert len(files) == 3, files
+    assert [f.split("_euler")[0] for f in files] == ["noise_edict", "noise_fixed_point_iterations2", "noise_unsampler"]
+    noises = [ul.load_latent(out / "noise" / f)["samples"] for f in files]
+    assert not torch.equal(noises[0], noises[2]) and not torch.equal(noises[1], noises[2])
+
+
+def test_metrics_as_one_string_is_that_set(env, one_thread):
+    df = ul.sweep(env.model, env.latent, {"cfg": [1.0]}, steps=2, metrics="latent", progress=False)
+    assert "latent_mse" in df.columns and "noise_ks" not in df.columns
+
+
+def test_16bit_rgb_png_warns_that_it_is_read_at_8_bits(tmp_path):
+    import struct
+    import zlib
+
+    values = (np.random.RandomState(0).rand(4, 6, 3) * 65535).astype(np.uint16)
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)  # filter 0 per scanline
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path = tmp_path / "deep.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6, 4, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    with pytest.warns(UnsamplingWarning, match="16-bit RGB PNG; Pillow reads it at 8 bits"):
+        x = ul.load_images(path, multiple_of=2)
+    assert (x[0] - torch.from_numpy(values[:4, :6].astype(np.float32) / 65535)).abs().max() < 1 / 255

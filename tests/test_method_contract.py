@@ -70,7 +70,7 @@ def test_method_keeps_the_contract_or_refuses_the_family(method, family, request
 
     latent = {"samples": samples, "noise_mask": mask}
     inv = ul.invert(counted, latent, method=method, **kw)
-    assert inv.method == method and inv.options == dict(METHOD_SPECS[method].options)
+    assert inv.method == method and inv.options == dict(METHOD_SPECS[method].defaults)
     assert inv.nfe + inv.grad_steps == counted.calls and inv.nfe > 0, (inv.nfe, inv.grad_steps, counted.calls)
     assert inv.grad_steps == 0 or METHOD_SPECS[method].gradients
     assert isinstance(inv.noise, dict) and inv.noise.keys() == latent.keys() and inv.noise["noise_mask"] is mask

@@ -105,6 +105,104 @@ def test_fingerprints_see_weights_and_bytes(tiny_pipe):
     assert tensor_digest(x) != tensor_digest(y) and tensor_digest(x) == tensor_digest(x.clone())
 
 
+def test_fingerprint_sees_one_zeroed_output_channel_and_is_cached(monkeypatch):
+    """A pruned model: output channel 1 of one conv zeroed. The old fingerprint sampled 32 evenly spaced
+    values of this 73728-value weight (one every ~2378), none of them in that channel's 1152."""
+    from unsampling_lab.analysis import fingerprints
+
+    model = ul.load_model(make_tiny_pipeline(), device="cpu")
+    before = model_fingerprint(model)
+    conv = model.unet.up_blocks[0].resnets[0].conv1
+    assert conv.weight.shape == (64, 128, 3, 3) and conv.weight[1].abs().sum() > 0
+    with torch.no_grad():
+        conv.weight[1] = 0.0
+    pruned = model_fingerprint(model)
+    assert pruned != before
+    fresh = ul.load_model(make_tiny_pipeline(), device="cpu")
+    assert model_fingerprint(fresh) == before  # the same weights loaded again: the same fingerprint
+    hashed = []
+    feed = fingerprints._feed_tensor
+    monkeypatch.setattr(fingerprints, "_feed_tensor", lambda h, t: (hashed.append(t.numel()), feed(h, t)))
+    assert model_fingerprint(model) == pruned and sum(hashed) < 10_000  # the networks' digests are cached
+    with torch.no_grad():
+        model.unet.conv_in.bias[0] += 1.0  # an in-place write bumps the version: hashed again
+    assert model_fingerprint(model) not in (pruned, before) and sum(hashed) > sum(p.numel() for p in conv.parameters())
+
+
+def test_csv_export_reads_back_equal_to_the_store_byte_for_byte_with_empty_prompts(tiny_model, tiny_latent, tmp_path):
+    """Issue 19: "" (the default negative, an empty positive) read back as NaN, so grouping by prompt lost rows."""
+    latent, _ = tiny_latent
+    path = tmp_path / "r.csv"
+    ul.sweep(tiny_model, latent, {"positive": ["", "red circle"]}, steps=2, path=path, metrics=["latent"], progress=False)
+    store = ul.load_results(tmp_path / "r.sqlite")
+    table = ul.load_results(path)
+    assert table.equals(store) and len(table) == 4
+    assert (table.positive == "").sum() == 2 and (table.negative == "").all()
+    assert path.read_bytes() == store.to_csv(index=False).encode()  # the file is the store's table
+    alone = tmp_path / "elsewhere" / "r.csv"  # without its store: read as a plain table, prompts as text
+    alone.parent.mkdir()
+    alone.write_bytes(path.read_bytes())
+    plain = ul.load_results(alone)
+    assert plain.groupby("positive").size().to_dict() == {"": 2, "red circle": 2}
+    assert plain.to_csv(index=False).encode() == path.read_bytes()  # written back: the same bytes
+    assert plain["latent_mse"].tolist() == store["latent_mse"].tolist()  # floats exact
+    # a second run on the same store: the export holds both runs' rows, as the store does
+    ul.sweep(tiny_model, latent, {"cfg": [2.0]}, positive="blue", steps=2, path=path, metrics=["latent"], progress=False)
+    assert len(ul.load_results(path)) == 6 and ul.load_results(path).equals(ul.load_results(tmp_path / "r.sqlite"))
+
+
+def test_store_refuses_what_it_does_not_own_and_reads_without_writing(tmp_path, monkeypatch):
+    from unsampling_lab.analysis.store import ResultStore
+
+    foreign = tmp_path / "app.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE people (name TEXT)")
+    before = foreign.read_bytes()
+    for open_it in (lambda: ResultStore(foreign), lambda: ul.load_results(foreign)):
+        with pytest.raises(ul.UnsamplingError, match=r"SQLite database of another application \(tables: people\)"):
+            open_it()
+    assert foreign.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite"]
+    (tmp_path / "folder.sqlite").mkdir()
+    with pytest.raises(ul.UnsamplingError, match="is a folder, not a results store"):
+        ResultStore(tmp_path / "folder.sqlite")
+    with pytest.raises(ul.UnsamplingError, match="is a folder; load_results takes a results file"):
+        ul.load_results(tmp_path / "folder.sqlite")
+    with ResultStore(tmp_path / "mine.sqlite") as store:  # a store it wrote: opens again, for reading too
+        other = tmp_path / "other.csv"
+        other.write_text("a,b\n1,2\n")
+        with pytest.raises(ul.UnsamplingError, match="other.csv exists and is not an export of the results store"):
+            store.export(other)
+        assert other.read_text() == "a,b\n1,2\n"
+        mine = store.export(tmp_path / "mine.csv")
+        mine.write_text("edited by hand\n")
+        with pytest.raises(ul.UnsamplingError, match=r"\(it was changed since\)"):
+            store.export(mine)
+    snapshot = (tmp_path / "mine.sqlite").read_bytes()
+    with ResultStore(tmp_path / "mine.sqlite", readonly=True) as store:
+        assert store.frame().empty
+        with pytest.raises(ul.UnsamplingError, match="opened for reading only"):
+            store.write([], model="", inputs="")
+    assert (tmp_path / "mine.sqlite").read_bytes() == snapshot
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    ResultStore("~/x.sqlite").close()
+    assert (tmp_path / "home" / "x.sqlite").is_file() and not (tmp_path / "~").exists()
+
+
+def test_default_method_options_reuse_rows_and_columns_keep_their_order(tiny_model, tiny_latent, tmp_path):
+    latent, _ = tiny_latent
+    path = tmp_path / "o.csv"
+    kw = dict(steps=2, metrics=["latent"], progress=False, path=path)
+    first = ul.sweep(tiny_model, latent, {"method": ["edict"]}, **kw)
+    counted = CountingModel(tiny_model)
+    same = ul.sweep(counted, latent, {"method": ["edict"]}, method_options={"edict": {"mix": 0.93}}, **kw)  # the default
+    assert counted.calls == 0 and same.attrs["rows_skipped"] == 2
+    assert list(same.columns) == list(first.columns)  # resumed rows keep the columns' order (was alphabetical)
+    assert list(pd.read_csv(path, nrows=0).columns)[:len(PARAMS) - 1] == list(first.columns)[:len(PARAMS) - 1]
+    other = ul.sweep(tiny_model, latent, {"method": ["edict"]}, method_options={"edict": {"mix": 0.9}}, **kw)
+    assert other.attrs["rows_computed"] == 2
+
+
 # -- processes ---------------------------------------------------------------------------------------------
 _WORKER = textwrap.dedent("""
     import os, signal, sys, time

@@ -43,6 +43,7 @@ def save_latent(latent: Mapping[str, Any] | Tensor, path: str | Path, *,
     if isinstance(mask, Tensor):
         tensors["noise_mask"] = mask.detach().cpu().float().contiguous()
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
@@ -50,6 +51,8 @@ def save_latent(latent: Mapping[str, Any] | Tensor, path: str | Path, *,
         save_file(tensors, str(path), metadata=meta or None)
     except OSError as e:
         raise UnsamplingError(f"cannot write {path}: {e.strerror or e}") from None
+    except SafetensorError as e:  # safetensors reports the OS error (a read-only folder, a full disk) in its own type
+        raise UnsamplingError(f"cannot write {path} ({e}); check that its folder is writable") from None
     return path
 
 

@@ -60,13 +60,31 @@ def read_image(path: str | Path) -> Any:
         raise UnsamplingError(f"image file not found: {path}")
     if path.stat().st_size == 0:
         raise UnsamplingError(f"image file {path} is empty (0 bytes); re-export or re-download it")
+    _warn_16bit_rgb(path)
     try:
         with Image.open(path) as img:
             img.load()
             return ImageOps.exif_transpose(img) or img.copy()
+    except Image.DecompressionBombError as e:  # a tiny file that would unpack to gigabytes of pixels
+        raise UnsamplingError(f"{path} is too large to open safely ({e}); if you trust it, raise "
+                              "PIL.Image.MAX_IMAGE_PIXELS, or scale it down first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UnsamplingError(f"cannot read {path} as an image ({e.__class__.__name__}: {e}); "
                               "PNG, JPEG and WebP are supported") from None
+
+
+def _warn_16bit_rgb(path: Path) -> None:
+    """Pillow reads a 16-bit RGB(A) PNG at 8 bits per channel: say so rather than lose the precision silently."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6):
+        import warnings
+
+        from .errors import UnsamplingWarning
+
+        warnings.warn(f"{path} is a 16-bit RGB PNG; Pillow reads it at 8 bits per channel (steps of 1/255), so the "
+                      "extra precision is lost: convert it to 16-bit greyscale or float if you need it", UnsamplingWarning,
+                      stacklevel=3)
 
 
 def _is_pil(obj: Any) -> bool:

@@ -50,6 +50,8 @@ def metric_sets(metrics: Sequence[str] | None) -> tuple[str, ...]:
     """The chosen metric sets in METRIC_SETS order (None: all); unknown names get a did-you-mean."""
     if metrics is None:
         return METRIC_SETS
+    if isinstance(metrics, str):  # metrics="latent" is one set, not the letters l, a, t, ...
+        metrics = [metrics]
     chosen = {check_choice(m, METRIC_SETS, what="metric set") for m in metrics}
     return tuple(m for m in METRIC_SETS if m in chosen)
 

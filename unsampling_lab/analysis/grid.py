@@ -266,7 +266,9 @@ def _method_options(method_options: Mapping[str, Mapping[str, Any]] | None,
         if name not in methods:
             raise UnsamplingError(f"method_options names {name!r}, which this sweep does not run (methods: "
                                   f"{', '.join(methods)}); add it to the grid's 'method' or drop its options")
-    return {name: tuple(sorted((str(k), v) for k, v in opts.items())) for name, opts in method_options.items()}
+    from ..inversion import explicit_options
+
+    return {name: explicit_options(name, opts) for name, opts in method_options.items()}  # checked; defaults dropped
 
 
 def _options_column(row: dict[str, Any], options: tuple[tuple[str, Any], ...]) -> None:

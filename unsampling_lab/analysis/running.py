@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .. import engine
 from ..errors import UnsamplingError
 from ..inversion import resample
 from .evaluate import References, evaluate, inversion_endpoints
@@ -109,7 +108,6 @@ def evaluate_setting(model: "DiffusionModel", members: Sequence[tuple[Inverted, 
     like: the input LATENT (its batch size and noise_mask). metrics: the metric sets, each computed
     on its own (the store keeps them per set).
     """
-    from .. import engine
     from ..guidance import EvalCounter
 
     inverted, first = members[0]

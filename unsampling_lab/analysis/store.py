@@ -19,24 +19,23 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
 from ..errors import UnsamplingError
+from .fingerprints import (  # noqa: F401 (re-exported)
+    MODEL_PARTS, STORE_FORMAT, _json, digest, model_fingerprint, module_digest, tensor_digest,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Bump when a stored number would change meaning (a metric redefined); old rows are then not reused.
-STORE_FORMAT = 1
-#: Values sampled per weight tensor for the model fingerprint (see `model_fingerprint`).
-WEIGHT_SAMPLES = 32
 BUSY_TIMEOUT_MS = 120_000
+#: SQLite's application_id of a results store ("ULab"): a database without it is someone else's
+APPLICATION_ID = 0x554C6162
+_OWN_TABLES = frozenset({"rows", "metrics", "meta"})
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rows (
@@ -50,6 +49,10 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS rows_grp ON rows (grp)",
     "CREATE INDEX IF NOT EXISTS rows_run ON rows (model, inputs)",
+    """CREATE TABLE IF NOT EXISTS meta (
+        name TEXT PRIMARY KEY,     -- e.g. 'export:/abs/path/results.csv'
+        value TEXT NOT NULL        -- e.g. the SHA-256 of the file this store last wrote there
+    )""",
     """CREATE TABLE IF NOT EXISTS metrics (
         key TEXT NOT NULL REFERENCES rows (key),
         metric_set TEXT NOT NULL,
@@ -79,29 +82,58 @@ class StoredRow:
 
 
 class ResultStore:
-    """A sweep's rows in one SQLite file (see the module docstring for the guarantees)."""
+    """A sweep's rows in one SQLite file (see the module docstring for the guarantees).
 
-    def __init__(self, path: str | Path | None) -> None:
-        """The store at `path` (created when missing); None: a store in memory, gone when closed."""
-        self.path = Path(path) if path is not None else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(str(self.path) if self.path is not None else ":memory:",
-                                       timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")  # an int constant, not data
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a commit survives a killed process
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, STORE_FORMAT):
-                raise UnsamplingError(f"{self.path} is a results store of format {version}, this version writes "
-                                      f"format {STORE_FORMAT}; use another path or the unsampling_lab that wrote it")
+    The store opens only files it owns: a new or empty file (which it then marks with its
+    application_id), or a store it wrote. A folder, another application's SQLite database or a file
+    that is not SQLite is refused with a message saying which, and nothing is written into it.
+    readonly=True (what `load_results` uses) opens for reading only and never writes, so a store on a
+    read-only disk or shared read-only can be read. path=None: a store in memory, gone when closed (what a
+    sweep without a path keeps its rows in, so the table is always read back from a store).
+    """
+
+    def __init__(self, path: str | Path | None, *, readonly: bool = False) -> None:
+        self.path = Path(path).expanduser() if path is not None else None
+        self.readonly = readonly
+        if self.path is None:
+            self._db = sqlite3.connect(":memory:", isolation_level=None)
             with self._transaction():
                 for statement in _SCHEMA:
                     self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {int(STORE_FORMAT)}")
+            return
+        _check_store_path(self.path, readonly=readonly)
+        if not readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UnsamplingError(f"cannot create the folder of the results store {self.path}: "
+                                      f"{e.strerror or e}; choose a writable path") from None
+        try:
+            self._db = self._connect()
+            _check_owned(self._db, self.path)
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a commit survives a killed process
+                with self._transaction():
+                    for statement in _SCHEMA:
+                        self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {int(STORE_FORMAT)}")
+                    self._db.execute(f"PRAGMA application_id = {int(APPLICATION_ID)}")
         except sqlite3.DatabaseError as e:
-            raise UnsamplingError(f"{self.path} is not a results store ({e}); choose another path, ending in .sqlite") from None
+            raise _store_error(self.path, e, readonly=readonly) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:  # mode=ro: never creates or writes; immutable=1 where even the WAL index cannot be opened
+            uri = self.path.resolve().as_uri()
+            try:
+                db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                db = sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None)
+        else:
+            db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")  # an int constant, not data
+        return db
 
     def close(self) -> None:
         self._db.close()
@@ -128,27 +160,57 @@ class ResultStore:
         for key, grp, params, accounting, metric_set, vals in self._db.execute(query, args):
             row = out.get(key)
             if row is None:
-                row = out[key] = StoredRow(key, grp, json.loads(params), accounting=json.loads(accounting))
+                row = out[key] = StoredRow(key, grp, _loads(params, self.path), accounting=_loads(accounting, self.path))
             if metric_set is not None:
-                row.metrics[metric_set] = json.loads(vals)
+                row.metrics[metric_set] = _loads(vals, self.path)
         return out
 
     def frame(self) -> "pd.DataFrame":
-        """Every row in the store (all models and inputs), with the model and input fingerprints."""
+        """Every row in the store (all models and inputs), in the order written: its parameter columns, its
+        metric columns, its cost, then the model and input fingerprints."""
         import pandas as pd
 
-        records = []
-        query = ("SELECT r.key, r.grp, r.model, r.inputs, r.params, r.accounting, m.metric_set, m.vals "
-                 "FROM rows r LEFT JOIN metrics m ON m.key = r.key ORDER BY r.rowid")
-        by_key: dict[str, dict[str, Any]] = {}
-        for key, _grp, model, inputs, params, accounting, _set, vals in self._db.execute(query):
+        query = ("SELECT r.key, r.model, r.inputs, r.params, r.accounting, m.metric_set, m.vals "
+                 "FROM rows r LEFT JOIN metrics m ON m.key = r.key ORDER BY r.rowid, m.metric_set")
+        by_key: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+        for key, model, inputs, params, accounting, _set, vals in self._db.execute(query):
             rec = by_key.get(key)
             if rec is None:
-                rec = by_key[key] = {**json.loads(params), **json.loads(accounting), "model": model, "inputs": inputs}
-                records.append(rec)
+                rec = by_key[key] = (_loads(params, self.path), {}, {**_loads(accounting, self.path), "model": model,
+                                                                      "inputs": inputs})
             if vals is not None:
-                rec.update(json.loads(vals))
-        return pd.DataFrame(records)
+                rec[1].update(_loads(vals, self.path))
+        return pd.DataFrame([{**p, **m, **a} for p, m, a in by_key.values()])
+
+    def export(self, path: str | Path) -> Path:
+        """Write `frame()` to `path` (.csv or .parquet), atomically, only over a file this store wrote there.
+
+        The file's SHA-256 is kept in the store; an existing file with other contents (another tool's
+        table, or this export edited by hand) is refused, never replaced.
+        """
+        path = Path(path).expanduser()
+        with self._transaction():  # the write lock: concurrent exports check and record one at a time
+            name = self._owned_export(path)
+            export_table(self.frame(), path)
+            self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, _file_sha256(path)))
+        return path
+
+    def check_export(self, path: str | Path) -> None:
+        """Refuse now (before a sweep's work) an export path holding a file this store did not write there."""
+        with self._transaction():  # under the write lock, so another process's export is seen whole or not at all
+            self._owned_export(Path(path).expanduser())
+
+    def _owned_export(self, path: Path) -> str:
+        name = f"export:{path.resolve()}"
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        if path.is_dir():
+            raise UnsamplingError(f"{path} is a folder; the export needs a file path ending in .csv or .parquet")
+        if path.exists() and (row is None or _file_sha256(path) != row[0]):
+            raise UnsamplingError(
+                f"{path} exists and is not an export of the results store {self.path}"
+                f"{' (it was changed since)' if row is not None else ''}; unsampling_lab does not replace a file it "
+                "did not write: choose another path, or move that file away")
+        return name
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, rows: Sequence[StoredRow], *, model: str, inputs: str) -> None:
@@ -156,6 +218,8 @@ class ResultStore:
 
         A row or metric set already present (another process finished it first) is kept as it is.
         """
+        if self.readonly:
+            raise UnsamplingError(f"the results store {self.path} was opened for reading only")
         now = time.time()
         with self._transaction():
             self._db.executemany(
@@ -171,6 +235,84 @@ class ResultStore:
         return _Transaction(self._db)
 
 
+def _check_store_path(path: Path, *, readonly: bool) -> None:
+    """Refuse, before SQLite touches it, a path that cannot be a results store (saying why)."""
+    import os
+
+    if path.is_dir():
+        raise UnsamplingError(f"{path} is a folder, not a results store; pass a file path ending in .sqlite "
+                              f"(e.g. {path / 'results.sqlite'})")
+    if not path.exists():
+        if readonly:
+            raise UnsamplingError(f"no results at {path}; run ul.sweep(..., path={str(path)!r}) first")
+        folder = next((p for p in path.parents if p.exists()), Path("."))
+        if not os.access(folder, os.W_OK):
+            raise UnsamplingError(f"cannot create the results store {path}: the folder {folder} is read-only; "
+                                  "choose a writable path")
+        return
+    if not path.is_file():
+        raise UnsamplingError(f"{path} is not a regular file, so not a results store; choose a path ending in .sqlite")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head and head != b"SQLite format 3\x00":
+        raise UnsamplingError(f"{path} is not an SQLite file, so not a results store (unsampling_lab does not write "
+                              "into it); choose another path ending in .sqlite")
+    if not readonly and not os.access(path, os.W_OK):
+        raise UnsamplingError(f"the results store {path} is read-only; a sweep adds its rows there: choose a writable "
+                              "path (ul.load_results reads a read-only store)")
+
+
+def _check_owned(db: sqlite3.Connection, path: Path) -> None:
+    """Accept a store this package wrote (its application_id, or a format-1 store's tables) or an empty
+    database; refuse another application's database without writing to it."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+              if not name.startswith("sqlite_")}
+    app = db.execute("PRAGMA application_id").fetchone()[0]
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    ours = app == APPLICATION_ID or (app == 0 and {"rows", "metrics"} <= tables <= _OWN_TABLES)
+    if not ours and (tables or app or version):
+        listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UnsamplingError(f"{path} is an SQLite database of another application ({'tables: ' + listed if tables else f'application_id {app}'}), "
+                              "not a results store; unsampling_lab does not write into it: choose another path ending in .sqlite")
+    if version not in (0, STORE_FORMAT):
+        raise UnsamplingError(f"{path} is a results store of format {version}, this version writes "
+                              f"format {STORE_FORMAT}; use another path or the unsampling_lab that wrote it")
+
+
+def _store_error(path: Path, e: sqlite3.DatabaseError, *, readonly: bool) -> UnsamplingError:
+    text = str(e)
+    if "readonly" in text or "read-only" in text:
+        return UnsamplingError(f"the results store {path} is read-only ({text}); a sweep adds its rows there: choose "
+                               "a writable path (ul.load_results reads a read-only store)")
+    if "not a database" in text:
+        return UnsamplingError(f"{path} is not an SQLite file, so not a results store ({text}); choose another path "
+                               "ending in .sqlite")
+    if "unable to open" in text:
+        return UnsamplingError(f"cannot open the results store {path} ({text}); check that the path and its folder "
+                               f"exist{'' if readonly else ' and are writable'}")
+    return UnsamplingError(f"{path} could not be read as a results store ({e.__class__.__name__}: {text}); it may be "
+                           "damaged: choose another path ending in .sqlite")
+
+
+def _loads(text: str, path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise UnsamplingError(f"the results store {path} holds a damaged cell ({text[:40]!r} is not a JSON object); "
+                              "move the store away and run the sweep again")
+    return value
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class _Transaction:
     """BEGIN IMMEDIATE (take the write lock now, waiting up to the busy timeout) ... COMMIT or ROLLBACK."""
 
@@ -182,19 +324,6 @@ class _Transaction:
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-
-def _json(value: Any, *, ordered: bool = False) -> str:
-    """JSON text: keys sorted (a digest's input), or `ordered` as given (a row's columns keep their order)."""
-    return json.dumps(value, sort_keys=not ordered, default=_plain)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Tensor) and value.numel() == 1:
-        return value.item()
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in a results row")
 
 
 # -- exports -----------------------------------------------------------------------------------------
@@ -214,134 +343,54 @@ def export_table(df: "pd.DataFrame", path: Path) -> None:
 
 
 def load_results(path: str | Path) -> "pd.DataFrame":
-    """The results at `path`: every row of a .sqlite store, or the table a sweep exported (.csv, .parquet)."""
+    """The results at `path`: every row of a .sqlite store (opened read-only), or an exported table.
+
+    A .csv export keeps no types: an empty cell is an empty prompt or a missing number. So a .csv
+    whose store is beside it (same name, .sqlite) and holds exactly what the file holds is read from
+    the store (equal to it, "" prompts and all); a .csv alone is read with the prompt and name columns
+    as text ("" stays "") and empty cells elsewhere as NaN, which writes back to the same bytes.
+    """
     import pandas as pd
 
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UnsamplingError(f"{path} is a folder; load_results takes a results file (.sqlite, .csv or .parquet)")
     if not path.exists():
         raise UnsamplingError(f"no results at {path}; run ul.sweep(..., path={str(path)!r}) first")
     suffix = path.suffix.lower()
     if suffix == ".sqlite":
-        with ResultStore(path) as store:
+        with ResultStore(path, readonly=True) as store:
             return store.frame()
     if suffix == ".parquet":
         return pd.read_parquet(path)
     if suffix == ".csv":
-        return pd.read_csv(path, keep_default_na=False, na_values=[""],
-                           dtype={"positive": str, "negative": str, "edit": str, "normalize": str})
+        beside = path.with_suffix(".sqlite")
+        if beside.is_file():
+            try:
+                with ResultStore(beside, readonly=True) as store:
+                    table = store.frame()
+            except UnsamplingError:
+                table = None
+            if table is not None and table.to_csv(index=False).encode() == path.read_bytes():
+                return table
+        return read_csv_table(path)
     raise UnsamplingError(f"results path must end in .sqlite, .csv or .parquet, got {path.name!r}")
 
 
-# -- fingerprints ------------------------------------------------------------------------------------
-def digest(*parts: Any) -> str:
-    """SHA-256 (hex) of JSON-encoded parts: the key of a group or a row."""
-    return hashlib.sha256(_json(list(parts)).encode()).hexdigest()
+#: Columns of a results table that hold text, where an empty cell is the empty string (a prompt), not NaN.
+TEXT_COLUMNS = ("positive", "negative", "edit", "normalize", "sampler_name", "scheduler", "method", "method_options",
+                "model", "inputs", "file")
 
 
-def tensor_digest(*tensors: Tensor | None) -> str:
-    """SHA-256 over the tensors' dtype, shape and every byte (the input latents, masks and images)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        if t is None:
-            h.update(b"none")
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+def read_csv_table(path: Path) -> "pd.DataFrame":
+    """A results .csv: TEXT_COLUMNS as str ("" stays ""), the others parsed, empty cells NaN."""
+    import pandas as pd
 
-
-#: The parts of a model that make its numbers (diffusers components and the adapter's data).
-MODEL_PARTS: tuple[str, ...] = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3",
-                                "tokenizer", "tokenizer_2", "tokenizer_3", "model_sampling", "latent_format",
-                                "dtype", "device")
-
-
-def model_fingerprint(model: Any) -> str:
-    """A hash of what makes a model's numbers: its networks' configs and weights, tokenizers, sigma table.
-
-    Hashing every weight byte costs seconds for Stable Diffusion (3.4 GB); file paths and mtimes
-    miss models built or edited in memory and differ for one model copied to two places. So each
-    weight tensor contributes its name, shape, dtype and WEIGHT_SAMPLES values at evenly spaced
-    positions (milliseconds for SD, on its own device), and small tensors (sigma tables, <= 4096
-    values) all their bytes. Any fine-tune, merged LoRA or other checkpoint changes sampled values;
-    an edit of single weights between the samples is not seen. The parts are read by name
-    (MODEL_PARTS), so a wrapper that forwards attributes has its model's fingerprint; a model with
-    none of the networks (an exact toy) is hashed by its class and public attributes. The device
-    type is part of it (CPU and CUDA kernels differ in the last bits).
-    """
-    h = hashlib.sha256()
-    h.update(f"format {STORE_FORMAT}".encode())
-    parts = {name: getattr(model, name, None) for name in MODEL_PARTS}
-    if not any(isinstance(v, torch.nn.Module) for v in parts.values()):
-        h.update(f"{type(model).__module__}.{type(model).__qualname__}".encode())
-        parts.update((k, v) for k, v in getattr(model, "__dict__", {}).items() if not k.startswith("_"))
-    for name, value in parts.items():
-        _feed(h, name, value, depth=0)
-    return h.hexdigest()
-
-
-def _feed(h: Any, name: str, value: Any, *, depth: int) -> None:
-    h.update(f"|{name}:".encode())
-    if value is None or isinstance(value, (bool, int, float, str)):
-        h.update(repr(value).encode())
-    elif isinstance(value, torch.device):
-        h.update(value.type.encode())
-    elif isinstance(value, torch.dtype):
-        h.update(str(value).encode())
-    elif isinstance(value, Tensor):
-        _feed_tensor(h, value)
-    elif isinstance(value, torch.nn.Module):
-        config = getattr(value, "config", None)
-        if config is not None:
-            h.update(_json_config(config).encode())
-        h.update(type(value).__qualname__.encode())
-        for key, t in value.state_dict().items():
-            h.update(key.encode())
-            _feed_tensor(h, t)
-    elif hasattr(value, "get_vocab"):  # a tokenizer
-        h.update(_json_config(sorted(value.get_vocab().items())).encode())
-        h.update(repr(getattr(value, "model_max_length", None)).encode())
-    elif depth > 3:
-        h.update(type(value).__qualname__.encode())
-    elif is_dataclass(value):
-        h.update(type(value).__qualname__.encode())
-        for f in fields(value):
-            _feed(h, f.name, getattr(value, f.name), depth=depth + 1)
-    elif isinstance(value, Mapping):
-        for key in sorted(value, key=str):
-            _feed(h, str(key), value[key], depth=depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _feed(h, str(i), v, depth=depth + 1)
-    elif hasattr(value, "__dict__"):
-        h.update(type(value).__qualname__.encode())
-        for key, v in sorted(vars(value).items()):
-            if not key.startswith("_"):
-                _feed(h, key, v, depth=depth + 1)
-    else:
-        h.update(type(value).__qualname__.encode())
-
-
-def _feed_tensor(h: Any, t: Tensor) -> None:
-    t = t.detach()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    flat = t.reshape(-1)
-    if flat.numel() > 4096:
-        index = torch.linspace(0, flat.numel() - 1, WEIGHT_SAMPLES, device=flat.device).round().long()
-        flat = flat[index]
-    h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-
-
-_CONFIG_METADATA = frozenset({"architectures", "dtype", "torch_dtype", "transformers_version"})  # dtype: in the tensors
-
-
-def _json_config(config: Any) -> str:
-    """A config as sorted JSON, without its private entries (diffusers' `_name_or_path`, `_diffusers_version`,
-    `_use_default_values`) and save-time metadata: where it came from, not what it computes."""
-    if hasattr(config, "to_dict") and not isinstance(config, Mapping):  # a transformers config
-        config = config.to_dict()
-    if isinstance(config, Mapping):
-        config = {k: v for k, v in config.items() if not str(k).startswith("_") and k not in _CONFIG_METADATA}
-    return json.dumps(config, sort_keys=True, default=str)
-
+    try:
+        header = list(pd.read_csv(path, nrows=0).columns)
+        text = [c for c in header if c in TEXT_COLUMNS]
+        return pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in header if c not in text},
+                           dtype={c: str for c in text})
+    except (ValueError, OSError) as e:  # pandas' parser errors are ValueErrors
+        raise UnsamplingError(f"cannot read {path} as a results table ({e.__class__.__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None

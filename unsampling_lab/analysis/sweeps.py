@@ -37,7 +37,7 @@ from .grid import (DEFAULTS, INVERSION_KEY, PARAMETERS, InversionGroup, Setting,
                    inversion_group, pack, pack_cost, plan, prefix_consistent)
 from .running import SettingResult, SweepOutputs, evaluate_setting, mask_of, run_groups, samples_of
 from .runners import runner
-from .store import ResultStore, StoredRow, digest, export_table, tensor_digest
+from .store import ResultStore, StoredRow, digest, tensor_digest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,6 +95,8 @@ def sweep(
     # fingerprints only where rows outlive the call (on an executor they load the model on a worker)
     keys = _Keys(run.fingerprint(), tensor_digest(samples, mask_of(latents), images)) if store_path else _Keys("", "")
     store = ResultStore(store_path)  # None: in memory
+    if export_path is not None:
+        store.check_export(export_path)  # before any work: an unrelated file at the export path is refused now
     found = store.rows_of_run(keys.model, keys.inputs)
     todo = _resume(groups, found, keys, batch, chosen)
     computed, nfe_total = 0, 0
@@ -114,8 +116,8 @@ def sweep(
     finally:
         df = _frame(store.rows_of_run(keys.model, keys.inputs), keys, groups, batch, chosen, nfe_total=nfe_total,
                     computed=computed)
-        if export_path is not None:
-            export_table(df, export_path)
+        if export_path is not None:  # the store's whole table, never over a file it did not write
+            store.export(export_path)
         store.close()
     run.raise_failures()
     return df

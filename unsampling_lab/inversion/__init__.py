@@ -12,21 +12,21 @@ for an `Inversion` (the engine below knows nothing of inversion methods).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from .. import engine
 from ..engine import state_dtype
 from ..errors import UnsamplingError, check_int
 from ..guidance import EvalCounter, Prompt
-from ..inputs import Latent, check_cfg, describe_prompt, read_latent, unguided
+from ..inputs import Latent, check_cfg, check_model, describe_prompt, read_latent, unguided
 from ..models.base import DiffusionModel
 from ..samplers import Step, get_sampler
-from .base import Inversion, InversionWarning, MethodSpec, Problem, ResampleCall, check_option_values
+from .base import Inversion, InversionWarning, MethodSpec, Option, Problem, ResampleCall, check_option_values, redo_hint
 from .registry import INVERSION_METHODS, METHOD_SPECS, get_method
 
 __all__ = ["INVERSION_METHODS", "METHOD_SPECS", "Inversion", "InversionWarning", "MethodSpec", "get_method",
-           "invert", "resample", "resample_inversion"]
+           "Option", "explicit_options", "invert", "resample", "resample_inversion"]
 
 
 def invert(
@@ -48,15 +48,17 @@ def invert(
 
     The result's `.noise` is the LATENT `unsample` would return; `ul.resample(model, inversion, ...)`
     applies the method's own resampling side. Method options are keyword arguments
-    (`METHOD_SPECS[method].options` lists them with their defaults); anything else is an error.
+    (`METHOD_SPECS[method].options` declares each with its default, type and range); anything else is an error.
     """
+    check_model(model)
     spec = get_method(method)
     opts = check_option_values(method, options, spec.options)
+    if isinstance(cfg, (list, tuple)):
+        raise UnsamplingError(f"invert takes one cfg for the whole batch, got {cfg!r}; for one cfg per item invert each "
+                              "item alone (ul.unsample takes a list)")
     steps = check_int("steps", steps, minimum=1)
     cfg = check_cfg(cfg)
     end_at_step = check_int("end_at_step", end_at_step, minimum=0)
-    if isinstance(cfg, list):
-        raise UnsamplingError(f"ul.invert takes one cfg, got a list of {len(cfg)}; invert each setting on its own")
     check_applicable(spec, model, sampler_name, cfg=cfg)
     get_sampler(sampler_name, invertible=True)
     samples, mask = read_latent(latent, model)
@@ -102,6 +104,9 @@ def resample_inversion(model: DiffusionModel, inversion: Inversion, **kwargs: An
     call = ResampleCall(model, inversion, **kwargs)
     if spec.resample is None:
         return call.plain()
+    if spec.samplers is not None and call.sampler_name not in spec.samplers:  # its own step, not the sampler named
+        raise UnsamplingError(f"method {spec.name!r} resamples with its own step, for sampler_name in "
+                              f"{list(spec.samplers)}, got {call.sampler_name!r}: {redo_hint(inversion)}")
     return spec.resample(call)
 
 
@@ -137,3 +142,11 @@ def resample(
     if isinstance(latent, Inversion):
         return resample_inversion(model, latent, **kw)
     return engine.resample(model, latent, **kw)
+
+
+def explicit_options(method: str, options: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """`options` checked (as `invert` checks them) and cut to the values that differ from the defaults, as
+    sorted pairs: the identity of a method's setting, so anderson=0 (the default) is the same row as no option."""
+    declared = get_method(method).options
+    checked = check_option_values(method, options, declared)
+    return tuple(sorted((k, v) for k, v in checked.items() if k in options and v != declared[k].default))

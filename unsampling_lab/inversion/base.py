@@ -11,6 +11,7 @@ evaluate where a step starts.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,13 +181,63 @@ ResampleFn = Callable[..., Latent]  # (call: ResampleCall) -> LATENT
 
 
 @dataclass(frozen=True)
+class Option:
+    """One keyword option of a method, as data: its default, its type and its valid range.
+
+    kind: bool, int or float. low, high: the range (required for int and float; math.inf for no bound),
+    each end included unless low_open / high_open. A float option never takes NaN. Every option of every
+    method is checked by `check_option_values` against this record, so no option runs unchecked.
+    """
+
+    default: Any
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in (bool, int, float):
+            raise TypeError(f"Option kind must be bool, int or float, got {self.kind!r}")
+        if self.kind is not bool and (self.low is None or self.high is None):
+            raise TypeError(f"an {self.kind.__name__} Option must declare its range: Option({self.default!r}, "
+                            f"{self.kind.__name__}, low=..., high=...) (math.inf for no bound)")
+        if self.kind is not bool and not self.admits(self.default):
+            raise TypeError(f"Option default {self.default!r} is outside its own range {self.range_text()}")
+
+    def range_text(self) -> str:
+        """The valid values in words: 'True or False', '>= 1', 'in [0.5, 1)', '> 0'."""
+        if self.kind is bool:
+            return "True or False"
+        lo, hi = (f"{v:g}" if self.kind is float or abs(v) == math.inf else str(int(v)) for v in (self.low, self.high))
+        whole = "a whole number " if self.kind is int else ""
+        if self.high == math.inf:
+            return f"{whole}{'>' if self.low_open else '>='} {lo}" if self.low != -math.inf else f"{whole or 'a '}finite"
+        if self.low == -math.inf:
+            return f"{whole}{'<' if self.high_open else '<='} {hi}"
+        return f"{whole}in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
+
+    def admits(self, value: Any) -> bool:
+        """Whether `value` (already of this kind) is in the range."""
+        if self.kind is bool:
+            return True
+        v = float(value) if self.kind is float else value
+        if self.kind is float and not math.isfinite(v) and not (v in (self.low, self.high)):
+            return False
+        above = v > self.low if self.low_open else v >= self.low
+        below = v < self.high if self.high_open else v <= self.high
+        return bool(above and below)
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """An inversion method's registry entry: promises kept as data.
 
     predictions: the model predictions it serves ("eps", "v", "flow"; `ModelSampling.prediction`); a model
     with another is refused, saying `why_predictions`. (`SamplerSpec.families` is the other axis: "vp"/"flow".)
     samplers: the `sampler_name`s it accepts (None: every deterministic sampler). `why_samplers` says why.
-    options: its keyword options with their defaults (anything else is an error).
+    options: its keyword options, name -> `Option(default, kind, low=..., high=...)` (anything else is an
+      error; a plain default is refused here, so every option declares its type and range).
     cost: the network evaluations it spends, in words; gradients: whether it backpropagates.
     resample: its resampling side (None: a plain `ul.resample` of `.noise`).
     """
@@ -195,7 +246,7 @@ class MethodSpec:
     invert: InvertFn
     predictions: tuple[str, ...]
     samplers: tuple[str, ...] | None
-    options: Mapping[str, Any]
+    options: Mapping[str, Option]
     cost: str
     paper: str
     resample: ResampleFn | None = None
@@ -208,27 +259,45 @@ class MethodSpec:
         """Deprecated name of `predictions` (kept for notebook 07)."""
         return self.predictions
 
+    def __post_init__(self) -> None:
+        for key, opt in self.options.items():
+            if not isinstance(opt, Option):
+                raise TypeError(f"method {self.name!r}: option {key!r} must be declared as Option(default, kind, "
+                                f"low=..., high=...), got {opt!r}")
 
-def check_option_values(method: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill defaults; refuse unknown names (naming the accepted ones) and values of the wrong type."""
-    unknown = [k for k in options if k not in defaults]
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The options' defaults, name -> value."""
+        return {k: o.default for k, o in self.options.items()}
+
+
+def check_option_values(method: str, options: Mapping[str, Any], declared: Mapping[str, Option]) -> dict[str, Any]:
+    """Fill defaults; refuse unknown names (naming the accepted ones), values of the wrong type and values
+    outside the declared range. The one place method options are checked."""
+    unknown = [k for k in options if k not in declared]
     if unknown:
         import difflib
 
-        hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, list(defaults), n=1, cutoff=0.5)[0]!r}?)"
-                 if difflib.get_close_matches(k, list(defaults), n=1, cutoff=0.5) else repr(k) for k in unknown]
-        accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
+        hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, list(declared), n=1, cutoff=0.5)[0]!r}?)"
+                 if difflib.get_close_matches(k, list(declared), n=1, cutoff=0.5) else repr(k) for k in unknown]
+        accepted = ", ".join(f"{k}={o.default!r}" for k, o in declared.items()) or "none"
         raise UnsamplingError(f"method {method!r} takes no option {', '.join(hints)}; its options are: {accepted}")
-    out = dict(defaults)
+    out = {k: o.default for k, o in declared.items()}
     for k, v in options.items():
-        d = defaults[k]
-        ok = (isinstance(v, bool) if isinstance(d, bool)
-              else isinstance(v, int) and not isinstance(v, bool) if isinstance(d, int)
-              else isinstance(v, (int, float)) and not isinstance(v, bool) if isinstance(d, float)
-              else True)
+        opt = declared[k]
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:  # numpy / torch scalars
+            v = v.item()
+        ok = (isinstance(v, bool) if opt.kind is bool
+              else isinstance(v, int) and not isinstance(v, bool) if opt.kind is int
+              else isinstance(v, (int, float)) and not isinstance(v, bool))
         if not ok:
-            raise UnsamplingError(f"method {method!r}: option {k} must be a {type(d).__name__} like {d!r}, got {v!r}")
-        out[k] = float(v) if isinstance(d, float) else v
+            raise UnsamplingError(f"method {method!r}: option {k} must be a {opt.kind.__name__} like {opt.default!r}, "
+                                  f"got {v!r}")
+        v = float(v) if opt.kind is float else v
+        if not opt.admits(v):
+            raise UnsamplingError(f"method {method!r}: option {k} must be {opt.range_text()}, got {v!r}; "
+                                  f"the default is {opt.default!r}")
+        out[k] = v
     return out
 
 
@@ -242,6 +311,45 @@ def rel_residual(r: Tensor, x: Tensor) -> float:
 def as_sampler_spec(name: str, fn: Any, evals_per_step: int = 1) -> Any:
     """A method's own loop as a SamplerSpec, so the engine's runner (progress, NaN check) runs it."""
     return SamplerSpec(name, fn, deterministic=True, order=1, evals_per_step=evals_per_step)
+
+
+def bound_schedule(sigmas: Tensor, what: str) -> dict[str, Any]:
+    """Resampling data for a method that keeps something per step (`what`, e.g. "one embedding per step"):
+    its resample must visit exactly these (descending) sigmas, which `check_resample_schedule` enforces."""
+    return {"sigmas": sigmas.detach().double().cpu(), "per_step": what}
+
+
+def redo_hint(inv: Inversion) -> str:
+    """What to call instead: a resample that continues `inv` (its steps, scheduler, sampler, start step)."""
+    p = inv.params
+    return (f"call resample with steps={p['steps']}, scheduler={p['scheduler']!r}, sampler_name={p['sampler_name']!r}, "
+            f"start_at_step={min(p['end_at_step'], p['steps'] - 1)} (or resample inversion.noise for a plain resample)")
+
+
+def check_resample_schedule(inv: Inversion, sigmas: Tensor) -> None:
+    """The one check that a method's own resampling side continues its inversion's states: the resample
+    starts at the sigma the inversion ended at and, for a method that keeps per-step data
+    (`bound_schedule`), visits exactly the inversion's whole schedule (steps, scheduler, start/end steps,
+    leftover noise), not just its first sigma. (`resample_inversion` checks the sampler.)"""
+    redo = redo_hint(inv)
+    data = inv.resampling
+    stored = data.get("sigmas")
+    if stored is not None:
+        got = sigmas.detach().double().cpu()
+        if len(got) != len(stored) or not torch.allclose(got, stored.double(), rtol=1e-6, atol=0):
+            seen = (f"{len(got) - 1} steps from sigma {float(got[0]):.4g} to {float(got[-1]):.4g}" if len(got)
+                    else "no steps")
+            raise UnsamplingError(
+                f"method {inv.method!r} keeps {data.get('per_step', 'data per step')} of its {len(stored) - 1}-step "
+                f"schedule (sigma {float(stored[0]):.4g} to {float(stored[-1]):.4g}); this resample has {seen}: {redo}, "
+                "down to sigma 0")
+        return
+    top = data.get("sigma_top")
+    if len(sigmas) < 2 or top is None or abs(float(sigmas[0]) - float(top)) > 1e-6 * max(1.0, abs(float(top))):
+        raise UnsamplingError(
+            f"method {inv.method!r} resamples from the sigma its inversion ended at ({top}); this resample starts at "
+            f"{float(sigmas[0]) if len(sigmas) else 'nothing'}: {redo}"
+        )
 
 
 def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step: int = 1,
@@ -259,15 +367,7 @@ def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step:
     sigmas = resample_sigmas(model, steps=call.steps, start_at_step=call.start_at_step, end_at_step=call.end_at_step,
                              sampler_name=call.sampler_name, scheduler=call.scheduler,
                              return_with_leftover_noise=on_off("return_with_leftover_noise", call.return_with_leftover_noise))
-    top = inv.resampling.get("sigma_top")
-    p = inv.params
-    if len(sigmas) < 2 or top is None or abs(float(sigmas[0]) - float(top)) > 1e-6 * max(1.0, abs(float(top))):
-        raise UnsamplingError(
-            f"method {inv.method!r} resamples from the sigma its inversion ended at ({top}); this resample starts at "
-            f"{float(sigmas[0]) if len(sigmas) else 'nothing'}: call resample with steps={p['steps']}, "
-            f"scheduler={p['scheduler']!r}, start_at_step={stop_step(p['steps'], p['end_at_step'])} "
-            "(or resample inversion.noise for a plain resample)"
-        )
+    check_resample_schedule(inv, sigmas)
     samples, mask = read_latent(inv.noise, model)
     latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     ms = model.model_sampling

@@ -24,11 +24,10 @@ from typing import Any
 from torch import Tensor
 
 from ..engine import run_sampler
-from ..errors import UnsamplingError
 from ..samplers.base import denoise_at, report, to_d
-from .base import MethodResult, Problem, ResampleCall, as_sampler_spec, custom_resample
+from .base import MethodResult, Option, Problem, ResampleCall, as_sampler_spec, bound_schedule, custom_resample
 
-EDICT_OPTIONS = dict(mix=0.93)
+EDICT_OPTIONS = dict(mix=Option(0.93, float, low=0.5, high=1.0, high_open=True))  # the paper's p
 
 
 def _d(model: Any, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
@@ -37,8 +36,6 @@ def _d(model: Any, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def invert_edict(problem: Problem, *, mix: float) -> MethodResult:
-    if not 0.5 <= mix < 1.0:
-        raise UnsamplingError(f"edict: mix must be in [0.5, 1) (the paper uses 0.93), got {mix}")
     p = mix
     sigmas = problem.resampler_sigmas()
     second: list[Tensor] = []
@@ -59,7 +56,8 @@ def invert_edict(problem: Problem, *, mix: float) -> MethodResult:
     x = run_sampler(as_sampler_spec("edict", loop, 2), problem.denoiser(), problem.start(sigmas[0]), sigmas, callback=None,
                     progress=problem.progress, noise_seed=None, desc="invert")
     return MethodResult(problem.finish(x, sigmas[-1]),
-                        resampling={"second": second[0], "state": x, "sigma_top": float(sigmas[-1]), "mix": p})
+                        resampling={"second": second[0], "state": x, "sigma_top": float(sigmas[-1]), "mix": p,
+                                    **bound_schedule(sigmas.flip(0), "a second latent coupled to it at every step")})
 
 
 def resample_edict(call: ResampleCall) -> Any:

@@ -39,9 +39,13 @@ from torch import Tensor
 from ..engine import run_sampler
 from ..samplers import get_sampler
 from ..samplers.base import Step
-from .base import InversionWarning, MethodResult, Problem, as_sampler_spec
+from .base import InversionWarning, MethodResult, Option, Problem, as_sampler_spec
 
-FIXED_POINT_OPTIONS = dict(iterations=10, tol=1e-5, averaging=0, anderson=0, damping=1.0)
+FIXED_POINT_OPTIONS = dict(
+    iterations=Option(10, int, low=1, high=math.inf), tol=Option(1e-5, float, low=0.0, high=math.inf),
+    averaging=Option(0, int, low=0, high=math.inf), anderson=Option(0, int, low=0, high=math.inf),
+    damping=Option(1.0, float, low=0.0, high=2.0, low_open=True, high_open=True),  # 1 plain; < 1 damped; > 1 over-relaxed
+)
 
 
 def solve_step(

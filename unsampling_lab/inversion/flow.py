@@ -31,11 +31,14 @@ from torch import Tensor
 from ..engine import run_sampler
 from ..errors import UnsamplingError
 from ..samplers.base import denoise_at, report, to_d
-from .base import MethodResult, Problem, ResampleCall, as_sampler_spec, custom_resample
+from .base import MethodResult, Option, Problem, ResampleCall, as_sampler_spec, custom_resample
 
-RF_SOLVER_OPTIONS: dict[str, Any] = {}
-FIREFLOW_OPTIONS: dict[str, Any] = {}
-RF_INVERSION_OPTIONS = dict(gamma=0.5, eta=0.9, start=0.0, stop=0.25, seed=0)
+RF_SOLVER_OPTIONS: dict[str, Option] = {}
+FIREFLOW_OPTIONS: dict[str, Option] = {}
+_FRACTION = dict(low=0.0, high=1.0)
+RF_INVERSION_OPTIONS = dict(gamma=Option(0.5, float, **_FRACTION), eta=Option(0.9, float, **_FRACTION),
+                            start=Option(0.0, float, **_FRACTION), stop=Option(0.25, float, **_FRACTION),
+                            seed=Option(0, int, low=0, high=2**64 - 1))  # torch.Generator.manual_seed's range
 
 
 def _v(model: Any, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
@@ -101,9 +104,8 @@ def resample_fireflow(call: ResampleCall) -> Any:
 
 def invert_rf_inversion(problem: Problem, *, gamma: float, eta: float, start: float, stop: float,
                         seed: int) -> MethodResult:
-    if not (0.0 <= gamma <= 1.0 and 0.0 <= eta <= 1.0 and 0.0 <= start <= stop <= 1.0):
-        raise UnsamplingError(f"rf_inversion: need 0 <= gamma, eta <= 1 and 0 <= start <= stop <= 1; got gamma={gamma}, "
-                              f"eta={eta}, start={start}, stop={stop}")
+    if start > stop:  # each option's own range is checked where every option is (base.check_option_values)
+        raise UnsamplingError(f"rf_inversion: the window needs start <= stop; got start={start}, stop={stop}")
     shape = problem.latent_in.shape
     xi = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     xi = xi.to(problem.model.device, problem.latent_in.dtype)

@@ -27,6 +27,7 @@ relative residual ‖x̄ᵢ − x*ᵢ‖ / ‖x*ᵢ‖ after each Adam step (fir
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,10 +38,13 @@ from ..guidance import to_conditioning
 from ..guidance import EvalCounter, GuidedDenoiser
 from ..models.base import Conditioning
 from ..samplers.base import report, to_d
-from .base import MethodResult, Problem, ResampleCall, custom_resample, rel_residual
+from .base import MethodResult, Option, Problem, ResampleCall, bound_schedule, custom_resample, rel_residual
 from .fixed_point import fixed_point_path
 
-NULL_TEXT_OPTIONS = dict(inner_steps=10, lr=1e-2, early_stop=1e-5, pivot_iterations=5)
+NULL_TEXT_OPTIONS = dict(
+    inner_steps=Option(10, int, low=0, high=math.inf), lr=Option(1e-2, float, low=0.0, high=math.inf, low_open=True),
+    early_stop=Option(1e-5, float, low=0.0, high=math.inf), pivot_iterations=Option(5, int, low=1, high=math.inf),
+)
 
 
 def guided_euler_step(x: Tensor, sigma: Tensor, sigma_next: Tensor, *, cond_denoised: Tensor, uncond_denoised: Tensor,
@@ -120,25 +124,16 @@ def invert_null_text(problem: Problem, *, inner_steps: int, lr: float, early_sto
     return MethodResult(
         problem.finish(pivots[n], sigmas[-1]), residuals=residuals, grad_steps=grad_counter.nfe,
         resampling={"null_embeds": per_step, "pooled": neg.pooled, "sigma_top": float(sigmas[-1]), "state": pivots[n],
-                    "sigmas": sigmas.flip(0).cpu(), "reconstruction": x.detach()},
+                    "reconstruction": x.detach(), **bound_schedule(sigmas.flip(0), "one embedding per step")},
     )
 
 
 def resample_null_text(call: ResampleCall) -> Any:
     """Euler with ∅ᵢ as the negative on step i (the call's positive and cfg, so an edit is one call)."""
-    from ..errors import UnsamplingError
-
     data = call.inversion.resampling
     embeds, pooled = data["null_embeds"], data["pooled"]
 
     def loop(model: Any, x: Tensor, sigmas: Tensor, *, callback=None, noise=None) -> Tensor:
-        stored = data["sigmas"]
-        if len(sigmas) != len(stored) or not torch.allclose(sigmas.cpu().to(stored.dtype), stored, rtol=1e-6, atol=0):
-            raise UnsamplingError(
-                f"null_text has one embedding per step of its {len(stored) - 1}-step schedule; resample with the "
-                f"inversion's steps={call.inversion.params['steps']}, scheduler={call.inversion.params['scheduler']!r} "
-                "and start_at_step = its end_at_step, down to sigma 0"
-            )
         for i in range(len(sigmas) - 1):
             den = dataclasses.replace(model, negative=Conditioning(embeds[i], pooled))
             denoised = den(x, x.new_full([x.shape[0]], float(sigmas[i])))

@@ -34,6 +34,9 @@ def list_images(paths_or_folder: PathsOrFolder) -> list[Path]:
 
     Folders are not searched recursively; hidden files (".name") are skipped.
     """
+    if not isinstance(paths_or_folder, (str, Path, Sequence)):
+        raise UnsamplingError(f"load_images takes a file, a folder or a list of them (str or Path), got "
+                              f"{type(paths_or_folder).__name__} ({paths_or_folder!r:.60})")
     items = [paths_or_folder] if isinstance(paths_or_folder, (str, Path)) else list(paths_or_folder)
     if not items:
         raise UnsamplingError("no image paths given; pass a file, a folder, or a list of them")
@@ -64,7 +67,8 @@ def load_images(
     """Files or folders of images -> float32 [B, H, W, 3] in 0..1 (ComfyUI IMAGE), ready for `model.encode`.
 
     size: None (centre-crop to a multiple of `multiple_of`, no resampling), S (square S x S), or (H, W);
-    see the module docstring for the exact rule. Alpha is dropped; 16-bit PNGs keep their precision.
+    see the module docstring for the exact rule. Alpha is dropped; 16-bit greyscale PNGs keep their precision,
+    16-bit RGB PNGs are read at 8 bits per channel (Pillow's limit; a warning says so).
     """
     multiple_of = check_int("multiple_of", multiple_of, minimum=1)
     target = _target_size(size, multiple_of)

@@ -31,7 +31,7 @@ from ..analysis import running
 from ..analysis.running import Inverted
 from ..engine import NORMALIZE_MODES
 from ..errors import UnsamplingError
-from ..inversion import methods_for, resample
+from ..inversion import methods_for
 from ..samplers import INVERTIBLE_SAMPLERS
 from ..schedulers import SCHEDULERS
 

@@ -32,6 +32,9 @@ def load_model(
     SDXL, SD3, Flux; `models/single_file.py`) loads too; its tokenizers come from the Hugging Face cache
     or the ComfyUI installation it sits in (or `comfyui=PATH`).
     """
+    if not isinstance(allow_pickle, bool):  # "no", 0, "false" must never read as consent to run a pickle
+        raise UnsamplingError(f"allow_pickle must be True or False, got {allow_pickle!r}; pass allow_pickle=True only "
+                              "if you trust the pickled weights (they can run code when loaded)")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     if source is None:
@@ -245,5 +248,17 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype | None, *, allow_pic
 
 
 def _first_line(e: BaseException) -> str:
+    """The error's first line; for weights that do not fit their config, the first mismatch and what to do."""
+    import re
+
     text = str(e).strip()
+    mismatch = re.search(r"loading state_dict for (\w+):\s*size mismatch for (\S+): copying a param with shape "
+                         r"torch\.Size\((\[[^]]*\])\) from checkpoint, the shape in current model is torch\.Size\((\[[^]]*\])\)", text)
+    if mismatch:
+        cls, name, stored, built = mismatch.groups()
+        more = text.count("size mismatch for") - 1
+        return (f"the {cls} weights do not fit its config.json: {name} is {stored} in the weights file but {built} as "
+                f"the config builds it{f' (and {more} more tensors)' if more > 0 else ''}; the config and the weights come "
+                "from different models (e.g. an edited cross_attention_dim): restore config.json from the model's "
+                "original files")
     return text.splitlines()[0] if text else repr(e)

@@ -46,6 +46,10 @@ class VAEImages:
         """LATENT dict or raw latent tensor -> images float [B, H, W, 3] in 0..1."""
         vae = self._need_vae()
         samples = latent["samples"] if isinstance(latent, dict) else latent
+        if not isinstance(samples, Tensor) or samples.ndim != 4 or samples.shape[1] != self.latent_format.channels:
+            from ..inputs import read_latent
+
+            read_latent(latent, self)  # says what is wrong (type, shape, channels) in one line
         with torch.no_grad():
             pixels = vae.decode(samples.to(self.device, vae.dtype)).sample
         return ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu()
