@@ -51,7 +51,7 @@ def invert(
     _check_common(steps=steps, cfg=cfg)
     _check_int("end_at_step", end_at_step, minimum=0)
     check_applicable(spec, model, sampler_name, cfg=cfg)
-    get_sampler(sampler_name, invertible=True)
+    get_sampler(sampler_name, invertible=spec.samplers is None)  # a method's own sampler list was checked above
     samples, mask = _read_latent(latent, model)
     latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     problem = Problem(model, latent, samples, mask, latent_in, steps=steps, end_at_step=end_at_step, cfg=float(cfg),

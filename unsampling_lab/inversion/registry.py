@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import check_choice
 from . import exact_pair, fixed_point, flow, null_text, prompts
+from . import edit_friendly
 from .base import MethodSpec
 
 ALL_FAMILIES = ("eps", "v", "flow")
@@ -60,6 +61,15 @@ _SPECS: list[MethodSpec] = [
         resample=flow.resample_rf_inversion,
         why_samplers="RF-Inversion's controlled ODE is integrated with its own Euler steps; leave sampler_name='euler'",
         why_families="its controlled drift (xi - x)/(1 - sigma) is the straight path of a flow model to the noise at sigma = 1",
+    ),
+    MethodSpec(
+        "edit_friendly", edit_friendly.invert_edit_friendly, families=ALL_FAMILIES,
+        samplers=edit_friendly.EDIT_FRIENDLY_SAMPLERS, options=edit_friendly.EDIT_FRIENDLY_OPTIONS,
+        cost="one sampling run's evaluations (no network call inverts anything); resampling the same",
+        paper="Huberman-Spiegelglas, Kulikov & Michaeli CVPR 2024 (arXiv 2304.06140)",
+        resample=edit_friendly.resample_edit_friendly,
+        why_samplers="it records the noise each step of a stochastic sampler needs; for deterministic samplers use "
+                     "fixed_point or edict",
     ),
 ]
 
