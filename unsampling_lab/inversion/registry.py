@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import check_choice
 from . import exact_pair, fixed_point, flow, null_text, prompts
-from . import edit_friendly
+from . import bdia, belm, edit_friendly
 from .base import MethodSpec
 
 ALL_FAMILIES = ("eps", "v", "flow")
@@ -70,6 +70,18 @@ _SPECS: list[MethodSpec] = [
         resample=edit_friendly.resample_edit_friendly,
         why_samplers="it records the noise each step of a stochastic sampler needs; for deterministic samplers use "
                      "fixed_point or edict",
+    ),
+    MethodSpec(
+        "bdia", bdia.invert_bdia, families=ALL_FAMILIES, samplers=("euler", "ddim"), options=bdia.BDIA_OPTIONS,
+        cost="1 evaluation per step, both ways", paper="Zhang, Lewis & Kleijn ECCV 2024 (arXiv 2307.10829)",
+        resample=bdia.resample_bdia,
+        why_samplers="BDIA is its own two-state DDIM step; leave sampler_name='euler' (or 'ddim')",
+    ),
+    MethodSpec(
+        "belm", belm.invert_belm, families=ALL_FAMILIES, samplers=("euler", "ddim"), options=belm.BELM_OPTIONS,
+        cost="1 evaluation per step, both ways", paper="Wang et al. NeurIPS 2024 (O-BELM)",
+        resample=belm.resample_belm,
+        why_samplers="O-BELM is its own two-step linear multistep rule; leave sampler_name='euler' (or 'ddim')",
     ),
 ]
 
