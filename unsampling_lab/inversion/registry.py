@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import check_choice
 from . import exact_pair, fixed_point, flow, null_text, prompts
-from . import bdia, belm, edit_friendly
+from . import bdia, belm, edit_friendly, flowedit
 from .base import MethodSpec
 
 ALL_FAMILIES = ("eps", "v", "flow")
@@ -82,6 +82,13 @@ _SPECS: list[MethodSpec] = [
         cost="1 evaluation per step, both ways", paper="Wang et al. NeurIPS 2024 (O-BELM)",
         resample=belm.resample_belm,
         why_samplers="O-BELM is its own two-step linear multistep rule; leave sampler_name='euler' (or 'ddim')",
+    ),
+    MethodSpec(
+        "flowedit", flowedit.invert_flowedit, families=("flow",), samplers=("euler",), options=flowedit.FLOWEDIT_OPTIONS,
+        cost="no inversion; the edit 2 * n_avg evaluations per step over its n_max steps",
+        paper="Kulikov et al. ICCV 2025 (arXiv 2412.08629)", resample=flowedit.resample_flowedit,
+        why_samplers="FlowEdit is its own Euler integration of a velocity difference; leave sampler_name='euler'",
+        why_families=_FLOW_ONLY,
     ),
 ]
 
