@@ -97,7 +97,9 @@ def _newton_cg(loss_of: Callable[[Tensor], tuple[Tensor, Tensor]], evaluate: Cal
     Each outer iteration takes the gradient g at e, then conjugate gradients on H p = −g with Hessian-vector
     products by differences of gradients, H d ≈ (∇f(e + h d) − g) / h (exact up to rounding where D(·; ∅) is
     affine in ∅, as on the test's Gaussian), h d as long as the Gauss-Newton step 2 f / ‖g‖ so the difference
-    stands far above rounding; then e + p if it lowers the residual, else e + p/2, e + p/4 are tried.
+    stands far above rounding; then e + p if it lowers the residual, else e + p/2, e + p/4, then the
+    gradient step to zero loss under linearisation, −(f/‖g‖²) g, and its quarter and sixteenth; it stops
+    when none lowers the residual.
     Returns the best embedding, the residual after each outer iteration (first: e0's) and its step."""
     def grad(e: Tensor) -> tuple[float, Tensor]:
         with torch.inference_mode(False), torch.enable_grad():
@@ -135,10 +137,11 @@ def _newton_cg(loss_of: Callable[[Tensor], tuple[Tensor, Tensor]], evaluate: Cal
             if new <= 1e-12 * gg:
                 break
             d, rr2 = rr + (new / rr2) * d, new
-        for frac in (1.0, 0.5, 0.25):
-            r_try, out_try = evaluate(e + frac * p)
+        polyak = -(f / gg) * g  # the gradient step to zero loss under linearisation, for when Newton's fails
+        for step in (p, 0.5 * p, 0.25 * p, polyak, 0.25 * polyak, 0.0625 * polyak):
+            r_try, out_try = evaluate(e + step)
             if r_try < r:
-                e, r, out = e + frac * p, r_try, out_try
+                e, r, out = e + step, r_try, out_try
                 break
         else:
             res.append(r)
