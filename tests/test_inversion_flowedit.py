@@ -76,3 +76,20 @@ def _vp():
     from unsampling_lab.models.analytic import gaussian_model
 
     return gaussian_model(GaussianData(MEANS["src"], STD))
+
+
+def test_runs_on_a_tiny_sd3_transformer(one_thread):
+    from unsampling_lab.models.base import Conditioning
+    from unsampling_lab.testing import tiny_flow_model
+
+    m = tiny_flow_model("sd3")
+    g = torch.Generator().manual_seed(0)
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=g)}
+    src, tar = (Conditioning(torch.randn(1, 3, 16, generator=g), torch.randn(1, 8, generator=g)) for _ in range(2))
+    kw = dict(steps=6, scheduler="simple", negative=Conditioning(torch.zeros(1, 3, 16), torch.zeros(1, 8)),
+              progress=False)
+    inv = ul.invert(m, latent, method="flowedit", cfg=2.0, positive=src, n_max=4, **kw)
+    same = ul.resample(m, inv, cfg=2.0, positive=src, **kw)
+    assert torch.equal(same["samples"], latent["samples"])
+    edited = ul.resample(m, inv, cfg=4.0, positive=tar, **kw)["samples"]
+    assert torch.isfinite(edited).all() and rel(edited, latent["samples"]) > 1e-3

@@ -96,7 +96,9 @@ def resample_flowedit(call: ResampleCall) -> Any:
     loop = flowedit_loop(src_den, source, n_avg=opts["n_avg"], seed=opts["seed"])
     x = _run(as_sampler_spec("flowedit", loop, 2 * opts["n_avg"]), target, source.clone(), sigmas,
              callback=call.callback, progress=call.progress, noise_seed=None, desc="flowedit")
-    return _wrap(_keep_unmasked(model.latent_format.process_out(x).cpu(), samples, mask), inv.noise)
+    fmt = model.latent_format  # the edit as a change of the source LATENT: bit for bit the source where Z = X
+    out = samples + (fmt.process_out(x) - fmt.process_out(source)).cpu().to(samples.dtype)
+    return _wrap(_keep_unmasked(out, samples, mask), inv.noise)
 
 
 def closed_form_edit(source: Tensor, mu_src: Tensor, mu_tar: Tensor, std: Tensor, sigma0: float) -> Tensor:
