@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import check_choice
 from . import exact_pair, fixed_point, flow, null_text, prompts
-from . import bdia, belm, edit_friendly, flowedit
+from . import bdia, belm, edit_friendly, flowedit, uni_inv
 from .base import MethodSpec
 
 ALL_FAMILIES = ("eps", "v", "flow")
@@ -89,6 +89,12 @@ _SPECS: list[MethodSpec] = [
         paper="Kulikov et al. ICCV 2025 (arXiv 2412.08629)", resample=flowedit.resample_flowedit,
         why_samplers="FlowEdit is its own Euler integration of a velocity difference; leave sampler_name='euler'",
         why_families=_FLOW_ONLY,
+    ),
+    MethodSpec(
+        "uni_inv", uni_inv.invert_uni_inv, families=ALL_FAMILIES, samplers=("euler", "ddim"),
+        options=uni_inv.UNI_INV_OPTIONS, cost="1 evaluation per step (+1); resampling is plain Euler",
+        paper="Jiao et al. 2025, UniEdit-Flow (arXiv 2504.13109)",
+        why_samplers="its corrector inverts the Euler step, which the plain resample then takes",
     ),
 ]
 
