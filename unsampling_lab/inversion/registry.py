@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import check_choice
 from . import exact_pair, fixed_point, flow, null_text, prompts
-from . import bdia, belm, edit_friendly, flowedit, uni_inv
+from . import bdia, belm, edit_friendly, flowedit, proxedit, uni_inv
 from .base import MethodSpec
 
 ALL_FAMILIES = ("eps", "v", "flow")
@@ -95,6 +95,12 @@ _SPECS: list[MethodSpec] = [
         options=uni_inv.UNI_INV_OPTIONS, cost="1 evaluation per step (+1); resampling is plain Euler",
         paper="Jiao et al. 2025, UniEdit-Flow (arXiv 2504.13109)",
         why_samplers="its corrector inverts the Euler step, which the plain resample then takes",
+    ),
+    MethodSpec(
+        "proxedit", proxedit.invert_proxedit, families=ALL_FAMILIES, samplers=("euler", "ddim"),
+        options=proxedit.PROXEDIT_OPTIONS, cost="NPI's inversion (cfg 1); resampling 1 evaluation (cond + source) per step",
+        paper="Han et al. WACV 2024 (arXiv 2306.05414)", resample=proxedit.resample_proxedit,
+        why_samplers="its edit side is its own DDIM step with proximal guidance; leave sampler_name='euler'",
     ),
 ]
 
