@@ -55,6 +55,7 @@ def test_edit_converges_to_the_closed_form_of_the_papers_ode():
         exact = closed_form_edit(X0, mu_src[None, :, None, None], mu_tar[None, :, None, None],
                                  STD[None, :, None, None], sigma0)
         errs.append(rel(out - X0, exact - X0))
+    print("flowedit vs closed form, 50/100/200 steps:", errs)
     assert errs[-1] < 2e-2 and 1.7 < errs[0] / errs[1] < 2.3 and 1.7 < errs[1] / errs[2] < 2.3, errs  # first order
 
 
