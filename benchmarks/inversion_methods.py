@@ -39,6 +39,9 @@ EPS_METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("fixed_point anderson=5 (AIDI)", "fixed_point", dict(iterations=30, anderson=5)),
     ("edict", "edict", {}),
     ("null_text", "null_text", {}),
+    ("null_text optimizer=adam (paper)", "null_text", dict(optimizer="adam")),
+    ("bdia", "bdia", {}),
+    ("belm", "belm", {}),
 ]
 FLOW_METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("unsampler", "unsampler", {}),
@@ -46,6 +49,8 @@ FLOW_METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("rf_solver", "rf_solver", {}),
     ("fireflow", "fireflow", {}),
     ("rf_inversion gamma=0.5 eta=0.9", "rf_inversion", {}),
+    ("bdia", "bdia", {}),
+    ("belm", "belm", {}),
 ]
 
 

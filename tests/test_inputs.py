@@ -317,8 +317,10 @@ def test_every_method_option_declares_its_type_and_range():
     count = 0
     for spec in METHOD_SPECS.values():
         for name, opt in spec.options.items():
-            assert isinstance(opt, Option) and opt.kind in (bool, int, float), (spec.name, name)
-            if opt.kind is not bool:
+            assert isinstance(opt, Option) and opt.kind in (bool, int, float, str), (spec.name, name)
+            if opt.kind is str:
+                assert opt.default in opt.choices and not opt.admits("no-such-choice"), (spec.name, name)
+            elif opt.kind is not bool:
                 assert opt.low is not None and opt.high is not None, (spec.name, name)
                 assert opt.admits(opt.default) and not opt.admits(math.nan), (spec.name, name)
             count += 1

@@ -270,7 +270,7 @@ def test_null_text_drives_the_per_step_residual_down_and_resamples_its_embedding
     m = SmoothToy()
     x0 = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
     kw = dict(steps=6, cfg=3.0, positive="a prompt", negative="", progress=False)
-    inv = ul.invert(m, x0, method="null_text", inner_steps=20, lr=0.05, **kw)
+    inv = ul.invert(m, x0, method="null_text", optimizer="adam", inner_steps=20, lr=0.05, **kw)
     assert len(inv.residuals) == 6 and inv.grad_steps > 0 and inv.nfe > 0
     for res in inv.residuals:
         assert res[-1] < res[0]

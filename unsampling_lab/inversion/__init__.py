@@ -60,7 +60,7 @@ def invert(
     cfg = check_cfg(cfg)
     end_at_step = check_int("end_at_step", end_at_step, minimum=0)
     check_applicable(spec, model, sampler_name, cfg=cfg)
-    get_sampler(sampler_name, invertible=True)
+    get_sampler(sampler_name, invertible=spec.samplers is None)  # a method's own sampler list was checked above
     samples, mask = read_latent(latent, model)
     latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))
     problem = Problem(model, latent, samples, mask, latent_in, steps=steps, end_at_step=end_at_step, cfg=cfg,

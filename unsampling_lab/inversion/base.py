@@ -184,9 +184,10 @@ ResampleFn = Callable[..., Latent]  # (call: ResampleCall) -> LATENT
 class Option:
     """One keyword option of a method, as data: its default, its type and its valid range.
 
-    kind: bool, int or float. low, high: the range (required for int and float; math.inf for no bound),
-    each end included unless low_open / high_open. A float option never takes NaN. Every option of every
-    method is checked by `check_option_values` against this record, so no option runs unchecked.
+    kind: bool, int, float or str. low, high: the range (required for int and float; math.inf for no bound),
+    each end included unless low_open / high_open. A float option never takes NaN. A str option names its
+    `choices`. Every option of every method is checked by `check_option_values` against this record, so no
+    option runs unchecked.
     """
 
     default: Any
@@ -195,10 +196,15 @@ class Option:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in (bool, int, float):
-            raise TypeError(f"Option kind must be bool, int or float, got {self.kind!r}")
+        if self.kind not in (bool, int, float, str):
+            raise TypeError(f"Option kind must be bool, int, float or str, got {self.kind!r}")
+        if self.kind is str:
+            if self.default not in self.choices:
+                raise TypeError(f"a str Option names its choices, and its default {self.default!r} is one of them")
+            return
         if self.kind is not bool and (self.low is None or self.high is None):
             raise TypeError(f"an {self.kind.__name__} Option must declare its range: Option({self.default!r}, "
                             f"{self.kind.__name__}, low=..., high=...) (math.inf for no bound)")
@@ -209,6 +215,8 @@ class Option:
         """The valid values in words: 'True or False', '>= 1', 'in [0.5, 1)', '> 0'."""
         if self.kind is bool:
             return "True or False"
+        if self.kind is str:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
         lo, hi = (f"{v:g}" if self.kind is float or abs(v) == math.inf else str(int(v)) for v in (self.low, self.high))
         whole = "a whole number " if self.kind is int else ""
         if self.high == math.inf:
@@ -221,6 +229,8 @@ class Option:
         """Whether `value` (already of this kind) is in the range."""
         if self.kind is bool:
             return True
+        if self.kind is str:
+            return value in self.choices
         v = float(value) if self.kind is float else value
         if self.kind is float and not math.isfinite(v) and not (v in (self.low, self.high)):
             return False
@@ -288,6 +298,7 @@ def check_option_values(method: str, options: Mapping[str, Any], declared: Mappi
         if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:  # numpy / torch scalars
             v = v.item()
         ok = (isinstance(v, bool) if opt.kind is bool
+              else isinstance(v, str) if opt.kind is str
               else isinstance(v, int) and not isinstance(v, bool) if opt.kind is int
               else isinstance(v, (int, float)) and not isinstance(v, bool))
         if not ok:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import check_choice
 from . import exact_pair, fixed_point, flow, null_text, prompts
+from . import bdia, belm, edit_friendly, flowedit, proxedit, uni_inv
 from .base import MethodSpec
 
 ALL_PREDICTIONS = ("eps", "v", "flow")
@@ -60,6 +61,46 @@ _SPECS: list[MethodSpec] = [
         resample=flow.resample_rf_inversion,
         why_samplers="RF-Inversion's controlled ODE is integrated with its own Euler steps; leave sampler_name='euler'",
         why_predictions="its controlled drift (xi - x)/(1 - sigma) is the straight path of a flow model to the noise at sigma = 1",
+    ),
+    MethodSpec(
+        "edit_friendly", edit_friendly.invert_edit_friendly, predictions=ALL_PREDICTIONS,
+        samplers=edit_friendly.EDIT_FRIENDLY_SAMPLERS, options=edit_friendly.EDIT_FRIENDLY_OPTIONS,
+        cost="one sampling run's evaluations (no network call inverts anything); resampling the same",
+        paper="Huberman-Spiegelglas, Kulikov & Michaeli CVPR 2024 (arXiv 2304.06140)",
+        resample=edit_friendly.resample_edit_friendly,
+        why_samplers="it records the noise each step of a stochastic sampler needs; for deterministic samplers use "
+                     "fixed_point or edict",
+    ),
+    MethodSpec(
+        "bdia", bdia.invert_bdia, predictions=ALL_PREDICTIONS, samplers=("euler", "ddim"), options=bdia.BDIA_OPTIONS,
+        cost="1 evaluation per step, both ways", paper="Zhang, Lewis & Kleijn ECCV 2024 (arXiv 2307.10829)",
+        resample=bdia.resample_bdia,
+        why_samplers="BDIA is its own two-state DDIM step; leave sampler_name='euler' (or 'ddim')",
+    ),
+    MethodSpec(
+        "belm", belm.invert_belm, predictions=ALL_PREDICTIONS, samplers=("euler", "ddim"), options=belm.BELM_OPTIONS,
+        cost="1 evaluation per step, both ways", paper="Wang et al. NeurIPS 2024 (O-BELM)",
+        resample=belm.resample_belm,
+        why_samplers="O-BELM is its own two-step linear multistep rule; leave sampler_name='euler' (or 'ddim')",
+    ),
+    MethodSpec(
+        "flowedit", flowedit.invert_flowedit, predictions=("flow",), samplers=("euler",), options=flowedit.FLOWEDIT_OPTIONS,
+        cost="no inversion; the edit 2 * n_avg evaluations per step over its n_max steps",
+        paper="Kulikov et al. ICCV 2025 (arXiv 2412.08629)", resample=flowedit.resample_flowedit,
+        why_samplers="FlowEdit is its own Euler integration of a velocity difference; leave sampler_name='euler'",
+        why_predictions=_FLOW_ONLY,
+    ),
+    MethodSpec(
+        "uni_inv", uni_inv.invert_uni_inv, predictions=ALL_PREDICTIONS, samplers=("euler", "ddim"),
+        options=uni_inv.UNI_INV_OPTIONS, cost="1 evaluation per step (+1); resampling is plain Euler",
+        paper="Jiao et al. 2025, UniEdit-Flow (arXiv 2504.13109)",
+        why_samplers="its corrector inverts the Euler step, which the plain resample then takes",
+    ),
+    MethodSpec(
+        "proxedit", proxedit.invert_proxedit, predictions=ALL_PREDICTIONS, samplers=("euler", "ddim"),
+        options=proxedit.PROXEDIT_OPTIONS, cost="NPI's inversion (cfg 1); resampling 1 evaluation (cond + source) per step",
+        paper="Han et al. WACV 2024 (arXiv 2306.05414)", resample=proxedit.resample_proxedit,
+        why_samplers="its edit side is its own DDIM step with proximal guidance; leave sampler_name='euler'",
     ),
 ]
 

@@ -125,7 +125,7 @@ def get_sampler(name: str, *, invertible: bool = False, family: Family | None = 
         raise UnsamplingError(
             f"sampler {name!r} injects random noise at every step, so it cannot run backwards: on increasing "
             f"sigmas it yields an x0 estimate, fresh noise or NaN instead of the inverted latent. Unsample with a "
-            f"deterministic sampler instead: {', '.join(INVERTIBLE_SAMPLERS)}. (resample accepts {name!r}.)"
+            f"deterministic sampler instead: {', '.join(INVERTIBLE_SAMPLERS)}, or record the noise {name!r} needs with ul.invert(..., method='edit_friendly', sampler_name={name!r}). (resample accepts {name!r}.)"
         )
     if invertible and not spec.steps_follow_sigmas:
         raise UnsamplingError(
