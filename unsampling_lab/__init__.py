@@ -18,6 +18,7 @@ from __future__ import annotations
 from .analysis.executors import ModelSource, local_cluster
 from .analysis.store import load_results
 from .analysis.sweeps import sweep
+from .editing import CONTROLS, edit, edit_image
 from .engine import NORMALIZE_MODES, resample, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError, UnsamplingWarning
 from .inversion import INVERSION_METHODS, Inversion, invert
@@ -57,9 +58,9 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 
 
 __all__ = [
-    "BUNDLED_MODEL", "INVERSION_METHODS", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
+    "BUNDLED_MODEL", "CONTROLS", "INVERSION_METHODS", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "Inversion", "LatentFormat", "ModelSampling", "ModelSource", "Trajectory",
-    "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "invert", "load_images", "load_latent", "load_model", "load_results",
+    "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "edit", "edit_image", "invert", "load_images", "load_latent", "load_model", "load_results",
     "local_cluster", "resample", "resample_sigmas", "save_latent", "sweep", "unsample", "unsample_sigmas",
     "unsample_trajectory", "unsampled",
 ]

@@ -120,7 +120,8 @@ def invert_null_text(problem: Problem, *, inner_steps: int, lr: float, early_sto
     return MethodResult(
         problem.finish(pivots[n], sigmas[-1]), residuals=residuals, grad_steps=grad_counter.nfe,
         resampling={"null_embeds": per_step, "pooled": neg.pooled, "sigma_top": float(sigmas[-1]), "state": pivots[n],
-                    "sigmas": sigmas.flip(0).cpu(), "reconstruction": x.detach()},
+                    "sigmas": sigmas.flip(0).cpu(), "reconstruction": x.detach(),
+                    "path": torch.stack(pivots).flip(0).cpu()},  # the pivots, descending sigma (ul.edit's direct)
     )
 
 
