@@ -14,8 +14,10 @@ Columns: background PSNR / SSIM of the decoded edit against the source image out
 coverage 0; SSIM on both images with the object zeroed, as PIE-Bench), IoU of the detector's foreground of
 the edit with the exact object (coverage > 0.5), edit success (the detector sees the new colour and the
 source's shape) with its Wilson 95% interval, NFE (inversion + edit; null_text's gradient steps included)
-and seconds (inversion + edit). The first row is the VAE round trip (the ceiling every edit decodes through).
-Then the editing overhead: ul.edit (P2P) against a plain ul.resample of the same 2B items, interleaved rounds.
+and seconds (inversion + edit); last, the background PSNR of the source branch itself (what the target's
+maps and features come from: the image at cfg w without Direct Inversion, the inversion path with it). The first row is the VAE round trip (the ceiling every edit decodes through).
+Then the editing overhead: ul.edit (P2P) against a plain ul.resample of the same 2B items, interleaved rounds,
+and how much of the latent the local-blend mask covers against the object's own cells (--skip-table: only these).
 """
 from __future__ import annotations
 
@@ -81,6 +83,21 @@ def overhead(model, latent, src, tgt, *, steps: int, cfg: float, rounds: int) ->
         print(f"| {label} | {statistics.median(ts):.2f} | {statistics.median(ts) / base:.2f} |")
 
 
+def blend_coverage(model, latent, src, tgt, coverage, *, steps: int, cfg: float) -> None:
+    """How much of the latent the local-blend mask (shape word) covers, against the object's own cells."""
+    inp = invert_for_edit(model, latent, source=src, cfg=cfg, steps=steps)
+    cells = torch.nn.functional.avg_pool2d(coverage[:, None], coverage.shape[-1] // latent["samples"].shape[-1])[:, 0] > 0
+    print(f"\n## local-blend mask (Unsampler, P2P + Direct, cfg {cfg:g}, shape word) against the object's latent cells\n")
+    print("| threshold | cells masked | object cells | IoU |")
+    print("| --- | --- | --- | --- |")
+    for threshold in (0.3, 0.5, 0.7, 0.9):
+        res = ul.edit(model, inp.run_on, source=src, target=tgt, control="p2p", cfg=cfg, direct=True,
+                      blend_words=shapes.SHAPES, blend_threshold=threshold)
+        m = res.mask[:, 0] > 0.5
+        iou = ((m & cells).flatten(1).sum(1) / (m | cells).flatten(1).sum(1)).mean()
+        print(f"| {threshold:g} | {m.float().mean():.2f} | {cells.float().mean():.2f} | {iou:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=16)
@@ -90,6 +107,7 @@ def main() -> None:
     ap.add_argument("--controls", nargs="+", default=list(CONTROLS), choices=list(CONTROLS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--overhead-rounds", type=int, default=3)
+    ap.add_argument("--skip-table", action="store_true", help="only the overhead and the blend-mask coverage")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,11 +120,11 @@ def main() -> None:
     print(f"# editing benchmark: {args.n} shapes images, colour word swap, euler, normal, {args.steps} steps, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     ceiling = scores(model.decode(latent), batch, coverage, src)
-    print("| method | control | cfg | bg PSNR (dB) | bg SSIM | IoU | edit success [95% CI] | NFE | s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| (VAE round trip) | - | - | {ceiling['psnr']:.2f} | {ceiling['ssim']:.3f} | {ceiling['iou']:.3f} | - | 0 | - |",
+    print("| method | control | cfg | bg PSNR (dB) | bg SSIM | IoU | edit success [95% CI] | NFE | s | source branch bg PSNR |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| (VAE round trip) | - | - | {ceiling['psnr']:.2f} | {ceiling['ssim']:.3f} | {ceiling['iou']:.3f} | - | 0 | - | - |",
           flush=True)
-    for cfg in args.cfg:
+    for cfg in ([] if args.skip_table else args.cfg):
         for method in args.methods:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -114,18 +132,21 @@ def main() -> None:
             for label in args.controls:
                 control, direct, options = CONTROLS[label]
                 if direct and method == "edict":  # its own resampling side is exact; nothing to pin
-                    print(f"| {method} | {label} | {cfg:g} | (exact inversion: = P2P) | | | | | |", flush=True)
+                    print(f"| {method} | {label} | {cfg:g} | (exact inversion: = P2P) | | | | | | |", flush=True)
                     continue
                 res = ul.edit(model, inp.run_on, source=src, target=tgt, control=control, cfg=cfg, direct=direct,
                               negative=inp.negative, **options)
                 out = res.target["samples"] if isinstance(res.target, dict) else res.target
                 s = scores(model.decode(out), batch, coverage, tgt)
+                back = res.source["samples"] if isinstance(res.source, dict) else res.source
+                kept = scores(model.decode(back), batch, coverage, src)["psnr"]
                 lo, hi = wilson(s["ok"], s["n"])
                 print(f"| {method} | {label} | {cfg:g} | {s['psnr']:.2f} | {s['ssim']:.3f} | {s['iou']:.3f} | "
-                      f"{s['ok']}/{s['n']} [{lo:.2f}, {hi:.2f}] | {inp.nfe + res.nfe} | {inp.seconds + res.seconds:.1f} |",
+                      f"{s['ok']}/{s['n']} [{lo:.2f}, {hi:.2f}] | {inp.nfe + res.nfe} | {inp.seconds + res.seconds:.1f} | {kept:.2f} |",
                       flush=True)
     if args.overhead_rounds:
         overhead(model, latent, src, tgt, steps=args.steps, cfg=args.cfg[0], rounds=args.overhead_rounds)
+    blend_coverage(model, latent, src, tgt, coverage, steps=args.steps, cfg=args.cfg[0])
 
 
 if __name__ == "__main__":

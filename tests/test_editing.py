@@ -231,3 +231,21 @@ def test_standard_protocol_with_direct_inversion(setup):
     res = edit_image(model, latent, source=src, target=tgt, method="negative_prompt", steps=STEPS, cfg=CFG, direct=True)
     assert res.direct and res.inversion_nfe == STEPS and res.nfe == STEPS
     torch.testing.assert_close(res.source["samples"], latent["samples"], rtol=0, atol=1e-5)
+
+
+def test_the_readme_editing_block_runs(setup):
+    import re
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index("## Editing with attention control"):], re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    res = namespace["res"]
+    assert res.direct and res.network_calls == 20 and namespace["edited"].shape == (4, 32, 32, 3)
+    plt.close("all")
