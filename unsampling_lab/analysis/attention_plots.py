@@ -18,11 +18,18 @@ if TYPE_CHECKING:
 __all__ = ["attention_by_step", "attention_map"]
 
 
+def ensure_ax(ax: "Axes | None", **fig_kw: object) -> "Axes":
+    """`ax`, or a new figure's Axes (plots.ensure_ax; not imported from there: plots re-exports this module)."""
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(**fig_kw)[1]  # type: ignore[arg-type]
+
+
 def attention_by_step(attention: "AttentionMaps", *, branch: Literal["source", "target"] = "target", item: int = 0,
                       skip_padding: bool = True, ax: "Axes | None" = None) -> "Axes":
     """Heat map tokens (rows) x steps (columns) of the cross-attention each token receives."""
-    from .plots import ensure_ax
-
     values = attention.token_by_step(branch=branch, item=item)  # [K, S]
     b = len(attention.tokens) // 2
     tokens = attention.tokens[item + (b if branch == "target" else 0)]
@@ -45,8 +52,6 @@ def attention_map(attention: "AttentionMaps", token: int, *, step: int | None = 
     """One token's map over the latent cells, the layers brought to the finest one and averaged (all steps if
     `step` is None)."""
     import torch.nn.functional as F
-
-    from .plots import ensure_ax
 
     b = next(iter(attention.maps.values())).shape[1] // 2
     row = item + (b if branch == "target" else 0)
