@@ -1,7 +1,7 @@
 """The package's layers, read from its source (ast): no import cycles, and nothing imports upwards.
 
     core      errors, inputs, model_sampling, schedulers, samplers/, guidance, trajectory, engine, models/,
-              inversion/, latent_files, pixels
+              inversion/, editing/, latent_files, pixels
     bundled   the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
     analysis  analysis/ (metrics, evaluate, grid, running, runners, sweeps, store, executors, plots, piebench/)
     lab       lab/ (widgets, cli, args, bench, report, teaching, toy, images, comfyui_flow, comfy)

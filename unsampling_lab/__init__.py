@@ -8,7 +8,7 @@
 
 Layers (a module imports its own layer and those above it in this list, never below; tests/test_layout.py):
     core      errors, inputs, model_sampling, schedulers, samplers/, guidance, trajectory, engine, models/,
-              inversion/, latent_files, pixels
+              inversion/, editing/, latent_files, pixels
     bundled   the shapes model (data, detector, tokenizer, training, weights); testing: tiny seeded models
     analysis  analysis/ (metrics, evaluate, grid, running, runners, sweeps, store, executors, plots, piebench/)
     lab       lab/ (widgets, cli, args, bench, report, teaching, toy, images, comfyui_flow, comfy)
@@ -19,6 +19,7 @@ from __future__ import annotations
 from .analysis.executors import ModelSource, local_cluster
 from .analysis.store import load_results
 from .analysis.sweeps import sweep
+from .editing import CONTROLS, edit, edit_image
 from .engine import NORMALIZE_MODES, resample_sigmas, unsample, unsample_sigmas, unsample_trajectory, unsampled
 from .errors import UnsamplingError, UnsamplingWarning
 from .inversion import INVERSION_METHODS, Inversion, invert, resample
@@ -62,9 +63,9 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 
 
 __all__ = [
-    "BUNDLED_MODEL", "INVERSION_METHODS", "benchmark", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
+    "BUNDLED_MODEL", "CONTROLS", "INVERSION_METHODS", "benchmark", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "Inversion", "LatentFormat", "ModelSampling", "ModelSource", "Trajectory",
-    "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "invert", "load_images", "load_latent", "load_model", "load_results",
+    "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "edit", "edit_image", "invert", "load_images", "load_latent", "load_model", "load_results",
     "local_cluster", "resample", "resample_sigmas", "save_latent", "sweep", "unsample", "unsample_sigmas",
     "unsample_trajectory", "unsampled",
 ]

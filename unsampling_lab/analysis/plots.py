@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from ..trajectory import Trajectory
 
-__all__ = ["autocorrelation_map", "ensure_ax", "error_along_inversion", "error_heatmaps", "error_vs_steps", "image_grid",
+__all__ = ["attention_by_step", "attention_map", "autocorrelation_map", "ensure_ax", "error_along_inversion", "error_heatmaps", "error_vs_steps", "image_grid",
            "image_strip", "psnr_against_ceiling", "latent_stats", "noise_histogram", "noise_qq", "rate_plot", "text_colour"]
 
 
@@ -346,3 +346,6 @@ def autocorrelation_map(z: Tensor, *, max_lag: int = 4, ax: "Axes | None" = None
     ax.set_title("autocorrelation", fontsize=9)
     ax.figure.colorbar(im, ax=ax, label="correlation")
     return ax
+
+
+from .attention_plots import attention_by_step, attention_map  # noqa: E402  (the editing view, its own module)

@@ -181,10 +181,13 @@ def invert_fixed_point(problem: Problem, *, iterations: int, tol: float, averagi
                        damping: float) -> MethodResult:
     """`fixed_point`: see the module docstring."""
     sigmas = problem.resampler_sigmas()
+    path: list[Tensor] = []
     x, residuals, converged = fixed_point_path(problem, problem.denoiser(), sigmas, iterations=iterations, tol=tol,
-                                               averaging=averaging, anderson=anderson, damping=damping)
+                                               averaging=averaging, anderson=anderson, damping=damping, record=path)
     warn_nonconverged("fixed_point", residuals, converged, tol)
-    return MethodResult(problem.finish(x, sigmas[-1]), residuals=residuals, step_converged=tuple(converged))
+    # the inversion path, descending sigma (Direct Inversion in ul.edit pins the source branch to it)
+    return MethodResult(problem.finish(x, sigmas[-1]), residuals=residuals, step_converged=tuple(converged),
+                        resampling={"path": torch.stack(path).flip(0).cpu()})
 
 
 def warn_nonconverged(method: str, residuals: list[list[float]], converged: list[bool], tol: float) -> None:

@@ -232,7 +232,8 @@ def invert_null_text(problem: Problem, *, optimizer: Optimizer, inner_steps: int
         problem.finish(pivots[n], sigmas[-1]), residuals=residuals, step_converged=tuple(converged),
         grad_steps=grad_counter.nfe,
         resampling={"null_embeds": per_step, "pooled": neg.pooled, "sigma_top": float(sigmas[-1]), "state": pivots[n],
-                    "reconstruction": x.detach(), **bound_schedule(sigmas.flip(0), "one embedding per step")},
+                    "reconstruction": x.detach(), **bound_schedule(sigmas.flip(0), "one embedding per step"),
+                    "path": torch.stack(pivots).flip(0).cpu()},  # the pivots, descending sigma (ul.edit's direct)
     )
 
 

@@ -1,0 +1,91 @@
+"""The standard editing protocol as one call (the field's: prompt-to-prompt, null-text, PIE-Bench).
+
+    invert the image with the source prompt at cfg 1 (null-text: at the edit cfg, which its embeddings are
+    optimised for), then edit at cfg w with a control; 50 steps unless told. PIE-Bench uses w = 7.5 for SD;
+    the bundled model's card recommends 6.
+
+`edit_image` records the inversion path where the method has one (the Unsampler and NPI through
+`ul.unsample_trajectory`, fixed_point and null_text in their Inversion), so `direct=True` works with them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import UnsamplingError
+from .edit import EditResult, edit
+
+#: PIE-Bench's edit cfg for Stable Diffusion (Ju et al. 2024)
+PIE_BENCH_CFG = 7.5
+
+
+@dataclass
+class EditInput:
+    """An inversion ready for `edit`: what to resample (`run_on`), the negative its method resamples with, its cost."""
+
+    run_on: Any
+    negative: str | Sequence[str]
+    nfe: int
+    seconds: float
+
+
+def invert_for_edit(model: Any, latent: Any, *, source: str | Sequence[str], method: str = "unsampler",
+                    cfg: float = PIE_BENCH_CFG, inversion_cfg: float = 1.0, steps: int = 50, sampler_name: str = "euler",
+                    scheduler: str = "normal", negative: str | Sequence[str] = "",
+                    method_options: Mapping[str, Any] | None = None, progress: bool = False) -> EditInput:
+    """The protocol's inversion: source prompt at `inversion_cfg` (null_text at the edit `cfg`), the path recorded."""
+    from ..engine import unsample_trajectory
+    from ..inversion import invert
+
+    opts = dict(method_options or {})
+    t0 = time.perf_counter()
+    common = dict(steps=steps, sampler_name=sampler_name, scheduler=scheduler, progress=progress)
+    if method in ("unsampler", "negative_prompt"):
+        if opts:
+            raise UnsamplingError(f"method {method!r} takes no options, got {sorted(opts)}")
+        # NPI is the Unsampler at cfg 1 whose resampling side uses the source prompt as the negative
+        inv_cfg = 1.0 if method == "negative_prompt" else inversion_cfg
+        traj = unsample_trajectory(model, latent, cfg=inv_cfg, positive=source, negative=negative, **common)
+        return EditInput(traj, source if method == "negative_prompt" else negative, traj.nfe, time.perf_counter() - t0)
+    inv = invert(model, latent, method=method, cfg=cfg if method == "null_text" else inversion_cfg, positive=source,
+                 negative=negative, **common, **opts)
+    return EditInput(inv, negative, inv.nfe + inv.grad_steps, time.perf_counter() - t0)
+
+
+def edit_image(
+    model: Any,
+    latent: Any,
+    *,
+    source: str | Sequence[str],
+    target: str | Sequence[str],
+    method: str = "unsampler",
+    control: str = "p2p",
+    cfg: float = PIE_BENCH_CFG,
+    inversion_cfg: float = 1.0,
+    steps: int = 50,
+    direct: bool = False,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
+    negative: str | Sequence[str] = "",
+    record_attention: bool = False,
+    method_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    **control_options: Any,
+) -> EditResult:
+    """Invert `latent` with `method` (source prompt, `inversion_cfg`; null_text at `cfg`) and edit it at `cfg`.
+
+    The result's `inversion_nfe` / `inversion_seconds` count the inversion (gradient steps included);
+    `nfe` / `seconds` the edit.
+    """
+    inp = invert_for_edit(model, latent, source=source, method=method, cfg=cfg, inversion_cfg=inversion_cfg, steps=steps,
+                          sampler_name=sampler_name, scheduler=scheduler, negative=negative,
+                          method_options=method_options, progress=progress)
+    res = edit(model, inp.run_on, source=source, target=target, control=control, cfg=cfg, direct=direct,
+               record_attention=record_attention, negative=inp.negative, progress=progress, **control_options)
+    res.inversion_nfe, res.inversion_seconds = inp.nfe, inp.seconds
+    if isinstance(latent, dict):  # the LATENT's other keys back (a Trajectory input gives tensors)
+        res.target = {**latent, "samples": res.target["samples"] if isinstance(res.target, dict) else res.target}
+        res.source = {**latent, "samples": res.source["samples"] if isinstance(res.source, dict) else res.source}
+    return res
