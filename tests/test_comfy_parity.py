@@ -260,10 +260,13 @@ def _comfy_ipndm_v(model, x, sigmas):
 def _comfy_deis_table(sigmas, max_order=3, N=10000):
     import numpy as np
 
+    # edm2t(edm_steps, epsilon_s=1e-3, sigma_min=0.002, sigma_max=80): sigma_max is an int, so torch.tensor(80) is
+    # int64 and NumPy's log of 80**2 + 1 is float64; sigma_min's is float32 (np.log of a tensor gives a tensor back)
     eps_s = 1e-3
-    beta_d = 2 * (torch.tensor(np.log((torch.tensor(0.002) ** 2 + 1).numpy())) / eps_s
-                  - torch.tensor(np.log((torch.tensor(80.0) ** 2 + 1).numpy()))) / (eps_s - 1)
-    beta_min = torch.tensor(np.log((torch.tensor(80.0) ** 2 + 1).numpy())) - 0.5 * beta_d
+    log_min = torch.from_numpy(np.asarray(np.log((torch.tensor(0.002) ** 2 + 1).numpy())))
+    log_max = torch.from_numpy(np.asarray(np.log((torch.tensor(80) ** 2 + 1).numpy())))
+    beta_d = 2 * (log_min / eps_s - log_max) / (eps_s - 1)
+    beta_min = log_max - 0.5 * beta_d
     t = ((beta_min ** 2 + 2 * beta_d * (sigmas.cpu() ** 2 + 1).log()).sqrt() - beta_min) / beta_d
     beta_0, beta_1 = beta_min, beta_d + beta_min
     table = []
@@ -490,3 +493,22 @@ def test_uni_pc_against_comfyuis_vp_form(comfy_reference, monkeypatch, sampler):
         assert up != up  # NaN: ComfyUI's std(1e-4) is 0 in float32
         rels.append(down)
     assert max(rels) < 2e-5, rels
+
+
+def test_deis_coefficients_are_comfyuis_bit_for_bit(comfy_reference, one_thread):
+    """The DEIS weight table against the transcription of comfy/k_diffusion/deis.py, every entry equal to the bit, on
+    every sigma list of the reference (the KSampler's and the Unsampler's, 9 schedulers). ComfyUI's VP-time
+    constants are float64 (sigma_max is the int 80); with float32 ones every weight differed in its last bits."""
+    from unsampling_lab.samplers.ode import deis_coefficients
+
+    keys = ("ksampler_sigmas", "unsample_sigmas")
+    lists = {tuple(case[key]) for case in comfy_reference["cases"] for key in keys if key in case}
+    for sigmas in map(torch.tensor, sorted(lists)):
+        assert sigmas.dtype == torch.float32
+        ours, theirs = deis_coefficients(sigmas), _comfy_deis_table(sigmas)
+        assert [len(row) for row in ours] == [len(row) for row in theirs]
+        assert sum(len(row) for row in ours) > 0
+        for i, (row, expected) in enumerate(zip(ours, theirs)):
+            for j, (w, w_expected) in enumerate(zip(row, expected)):
+                assert torch.equal(w, w_expected), (sigmas.tolist(), i, j, float(w), float(w_expected))
+    assert len(lists) >= 18

@@ -208,17 +208,20 @@ def sample_ipndm_v(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Call
 
 
 def _deis_vp_time(sigmas: Tensor, *, eps_s: float = 1e-3, sigma_min: float = 0.002,
-                  sigma_max: float = 80.0) -> tuple[Tensor, Tensor, Tensor]:
+                  sigma_max: int = 80) -> tuple[Tensor, Tensor, Tensor]:
     """Map sigmas to the time t of the linear VP SDE that DEIS integrates in (diff-sampler's `edm2t`).
 
     The VP SDE has sigma(t)^2 = exp(beta_d t^2 / 2 + beta_min t) - 1, with beta_d, beta_min fixed by
     sigma(eps_s) = 0.002 and sigma(1) = 80 (EDM's defaults, whatever the model), so
     t(sigma) = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d.
-    As in ComfyUI: the constants are float32 tensors whose two logs NumPy takes (its float32 log differs
-    from torch's by an ulp for log(1 + 0.002^2)); t is computed in the sigmas' dtype. Returns t, beta_0, beta_1.
+    The constants' dtypes are ComfyUI's (comfy/k_diffusion/deis.py), which NumPy takes the logs of: 0.002 is a
+    float, so log(1 + 0.002^2) is float32 (NumPy's float32 log, an ulp off torch's); 80 is an int, so
+    log(1 + 80^2) is float64, and with it beta_d, beta_min, beta_0 and beta_1 are 0-d float64 tensors that
+    enter the float32 arithmetic on t and the integrand. With float32 constants instead every t differs from
+    ComfyUI's in its last bits, and so does every DEIS result. Returns t, beta_0, beta_1.
     """
-    log_min = torch.tensor(np.log((torch.tensor(sigma_min) ** 2 + 1).numpy()))
-    log_max = torch.tensor(np.log((torch.tensor(sigma_max) ** 2 + 1).numpy()))
+    log_min = torch.tensor(np.log((torch.tensor(float(sigma_min)) ** 2 + 1).numpy()))
+    log_max = torch.tensor(np.log(np.int64(sigma_max) ** 2 + 1))
     beta_d = 2 * (log_min / eps_s - log_max) / (eps_s - 1)
     beta_min = log_max - 0.5 * beta_d
     t = ((beta_min**2 + 2 * beta_d * (sigmas**2 + 1).log()).sqrt() - beta_min) / beta_d
