@@ -16,9 +16,8 @@ import torch
 from scipy import integrate
 from torch import Tensor
 
-from .base import (Callback, Denoiser, NoiseSampler, NoiseSeed, denoise_at, denoise_with_uncond, gaussian_noise,
-                   report, to_d)
-from .stochastic import ancestral_step
+from .base import (Callback, Denoiser, NoiseSampler, NoiseSeed, ancestral_step, denoise_at, denoise_pair,
+                   gaussian_noise, report, to_d)
 
 Noise = NoiseSampler | NoiseSeed | None
 
@@ -309,10 +308,7 @@ def res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback
     old_sigma_down: Tensor | None = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if cfg_pp:
-            denoised, uncond = denoise_with_uncond(model, x, sigma)
-        else:
-            denoised = uncond = denoise_at(model, x, sigma)
+        denoised, uncond = denoise_pair(model, x, sigma, cfg_pp=cfg_pp)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         report(callback, i, sigmas, x, denoised)
         if sigma_down == 0 or old_denoised is None:
@@ -362,24 +358,38 @@ def sample_res_multistep_ancestral_cfg_pp(model: Denoiser, x: Tensor, sigmas: Te
                          name="res_multistep_ancestral_cfg_pp")
 
 
-def sample_gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
-                               noise: NoiseSampler | None = None, ge_gamma: float = 2.0) -> Tensor:
-    """Gradient estimation (Permenter & Yuan 2024): Euler with the slope extrapolated, d + (gamma - 1)(d - d_prev)."""
+def gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, *, cfg_pp: bool,
+                        ge_gamma: float = 2.0) -> Tensor:
+    """Gradient estimation (Permenter & Yuan 2024) as ComfyUI's `sample_gradient_estimation`: Euler with the slope
+    extrapolated, d + (gamma - 1)(d - d_prev). With `cfg_pp` (CFG++, ComfyUI's cfg_pp=True) the slope d comes
+    from the uncond estimate and the Euler part lands on D_cfg + sigma_next d."""
     old_d: Tensor | None = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise_at(model, x, sigma)
-        d = to_d(x, sigma, denoised)
+        denoised, estimate = denoise_pair(model, x, sigma, cfg_pp=cfg_pp)
+        d = to_d(x, sigma, estimate)
         report(callback, i, sigmas, x, denoised)
         dt = sigma_next - sigma
         if sigma_next == 0:
             x = denoised
         else:
-            x = x + d * dt
+            x = denoised + d * sigma_next if cfg_pp else x + d * dt
             if old_d is not None:
                 x = x + (ge_gamma - 1) * (d - old_d) * dt
         old_d = d
     return x
+
+
+def sample_gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                               noise: NoiseSampler | None = None, ge_gamma: float = 2.0) -> Tensor:
+    """Gradient estimation (Permenter & Yuan 2024), gamma 2."""
+    return gradient_estimation(model, x, sigmas, callback, cfg_pp=False, ge_gamma=ge_gamma)
+
+
+def sample_gradient_estimation_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                                      noise: NoiseSampler | None = None, ge_gamma: float = 2.0) -> Tensor:
+    """Gradient estimation with CFG++ (Chung et al. 2024), gamma 2."""
+    return gradient_estimation(model, x, sigmas, callback, cfg_pp=True, ge_gamma=ge_gamma)
 
 
 def sample_exp_heun_2_x0(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
