@@ -12,6 +12,7 @@ import torch
 
 import unsampling_lab as ul
 from unsampling_lab.model_sampling import ModelSampling
+from unsampling_lab.samplers import get_sampler
 
 TOL = {1.0: 1e-4}
 TOL_CFG = 2e-4  # cfg > 1 multiplies the cond/uncond rounding difference (see module docstring)
@@ -260,10 +261,13 @@ def _comfy_ipndm_v(model, x, sigmas):
 def _comfy_deis_table(sigmas, max_order=3, N=10000):
     import numpy as np
 
+    # edm2t(edm_steps, epsilon_s=1e-3, sigma_min=0.002, sigma_max=80): sigma_max is an int, so torch.tensor(80) is
+    # int64 and NumPy's log of 80**2 + 1 is float64; sigma_min's is float32 (np.log of a tensor gives a tensor back)
     eps_s = 1e-3
-    beta_d = 2 * (torch.tensor(np.log((torch.tensor(0.002) ** 2 + 1).numpy())) / eps_s
-                  - torch.tensor(np.log((torch.tensor(80.0) ** 2 + 1).numpy()))) / (eps_s - 1)
-    beta_min = torch.tensor(np.log((torch.tensor(80.0) ** 2 + 1).numpy())) - 0.5 * beta_d
+    log_min = torch.from_numpy(np.asarray(np.log((torch.tensor(0.002) ** 2 + 1).numpy())))
+    log_max = torch.from_numpy(np.asarray(np.log((torch.tensor(80) ** 2 + 1).numpy())))
+    beta_d = 2 * (log_min / eps_s - log_max) / (eps_s - 1)
+    beta_min = log_max - 0.5 * beta_d
     t = ((beta_min ** 2 + 2 * beta_d * (sigmas.cpu() ** 2 + 1).log()).sqrt() - beta_min) / beta_d
     beta_0, beta_1 = beta_min, beta_d + beta_min
     table = []
@@ -490,3 +494,174 @@ def test_uni_pc_against_comfyuis_vp_form(comfy_reference, monkeypatch, sampler):
         assert up != up  # NaN: ComfyUI's std(1e-4) is 0 in float32
         rels.append(down)
     assert max(rels) < 2e-5, rels
+
+
+def test_deis_coefficients_are_comfyuis_bit_for_bit(comfy_reference, one_thread):
+    """The DEIS weight table against the transcription of comfy/k_diffusion/deis.py, every entry equal to the bit, on
+    every sigma list of the reference (the KSampler's and the Unsampler's, 9 schedulers). ComfyUI's VP-time
+    constants are float64 (sigma_max is the int 80); with float32 ones every weight differed in its last bits."""
+    from unsampling_lab.samplers.ode import deis_coefficients
+
+    keys = ("ksampler_sigmas", "unsample_sigmas")
+    lists = {tuple(case[key]) for case in comfy_reference["cases"] for key in keys if key in case}
+    for sigmas in map(torch.tensor, sorted(lists)):
+        assert sigmas.dtype == torch.float32
+        ours, theirs = deis_coefficients(sigmas), _comfy_deis_table(sigmas)
+        assert [len(row) for row in ours] == [len(row) for row in theirs]
+        assert sum(len(row) for row in ours) > 0
+        for i, (row, expected) in enumerate(zip(ours, theirs)):
+            for j, (w, w_expected) in enumerate(zip(row, expected)):
+                assert torch.equal(w, w_expected), (sigmas.tolist(), i, j, float(w), float(w_expected))
+    assert len(lists) >= 18
+
+
+# -- CFG++ as a flag of its base loop: dpmpp_2s_ancestral and gradient_estimation --------------------------------
+#
+# REFERENCE TRANSCRIPTIONS of ComfyUI's `sample_dpmpp_2s_ancestral_cfg_pp` / `sample_dpmpp_2s_ancestral_RF_cfg_pp`
+# (since ComfyUI PR 14814, which made the uncond estimate the one integrated in both stages, stopped reading the
+# uncond after the midpoint call overwrote it, and added the flow form) and of `sample_gradient_estimation(cfg_pp)`.
+# The uncond comes through ComfyUI's post-cfg hook: every model call leaves it in `box`.
+
+
+def _hooked(denoiser):
+    box = {}
+
+    def model(x, sigma):
+        denoised, box["uncond"] = denoiser.with_uncond(x, sigma)
+        return denoised
+
+    return model, box
+
+
+def _comfy_dpmpp_2s_ancestral_cfg_pp(denoiser, x, sigmas, noise_sampler, flow, eta=1.0):
+    model, box = _hooked(denoiser)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        guidance_vector = denoised - box["uncond"]
+        if flow:
+            sigma_down = sigmas[i + 1] * (1 + (sigmas[i + 1] / sigmas[i] - 1) * eta)
+            alpha_ip1, alpha_down = 1 - sigmas[i + 1], 1 - sigma_down
+            renoise_coeff = (sigmas[i + 1] ** 2 - sigma_down ** 2 * alpha_ip1 ** 2 / alpha_down ** 2) ** 0.5
+            if sigmas[i + 1] == 0:
+                x = x + (x - box["uncond"]) / sigmas[i] * (sigma_down - sigmas[i])
+            else:
+                if sigmas[i] == 1.0:
+                    sigma_s = 0.9999
+                else:
+                    t_i, t_down = ((1 - sigmas[i]) / sigmas[i]).log(), ((1 - sigma_down) / sigma_down).log()
+                    sigma_s = ((t_i + 0.5 * (t_down - t_i)).exp() + 1) ** -1
+                ratio = sigma_s / sigmas[i]
+                model(ratio * x + (1 - ratio) * box["uncond"], sigma_s * _s_in(x))
+                ratio = sigma_down / sigmas[i]
+                x = ratio * x + (1 - ratio) * box["uncond"]
+            if sigmas[i + 1] > 0 and eta > 0:
+                x = (alpha_ip1 / alpha_down) * x + noise_sampler(sigmas[i], sigmas[i + 1]) * 1.0 * renoise_coeff
+            x += (1 - sigmas[i + 1]) * guidance_vector
+            continue
+        sigma_up = min(sigmas[i + 1], eta * (sigmas[i + 1] ** 2 * (sigmas[i] ** 2 - sigmas[i + 1] ** 2)
+                                             / sigmas[i] ** 2) ** 0.5)
+        sigma_down = (sigmas[i + 1] ** 2 - sigma_up ** 2) ** 0.5
+        if sigma_down == 0:
+            x = x + (x - box["uncond"]) / sigmas[i] * (sigma_down - sigmas[i])
+        else:
+            t, t_next = sigmas[i].log().neg(), sigma_down.log().neg()
+            h = t_next - t
+            s = t + 0.5 * h
+            x_2 = (s.neg().exp() / t.neg().exp()) * x - (-h * 0.5).expm1() * box["uncond"]
+            model(x_2, s.neg().exp() * _s_in(x))
+            x = (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * box["uncond"]
+        if sigmas[i + 1] > 0:
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * 1.0 * sigma_up
+        x += guidance_vector
+    return x
+
+
+def _comfy_gradient_estimation_flag(denoiser, x, sigmas, cfg_pp, ge_gamma=2.0):
+    model, box = _hooked(denoiser)
+    old_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * _s_in(x))
+        d = (x - (box["uncond"] if cfg_pp else denoised)) / sigmas[i]
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = denoised + d * sigmas[i + 1] if cfg_pp else x + d * dt
+            if i >= 1:
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
+    return x
+
+
+class _GuidedGaussians:
+    """cfg 3 between two exact Gaussian denoisers (cond and uncond differ everywhere), VP or flow, float32."""
+
+    COND = ((0.3, -2.0, 1.0, 0.0), (0.5, 1.0, 0.8, 1.5))
+    UNCOND = ((-1.0, 0.5, 0.0, 2.0), (1.0, 0.3, 0.6, 0.9))
+
+    def __init__(self, flow: bool):
+        from unsampling_lab.models.gaussian import GaussianData
+
+        self.cond, self.uncond = (GaussianData(torch.tensor(m), torch.tensor(s)) for m, s in (self.COND, self.UNCOND))
+        self.flow = flow
+        self.model_sampling = ModelSampling.flow(shift=1.0) if flow else ModelSampling.discrete()
+
+    def with_uncond(self, x, sigma):
+        name = "denoise_flow" if self.flow else "denoise"
+        cond, uncond = (getattr(d, name)(x, sigma[:, None]) for d in (self.cond, self.uncond))
+        return uncond + (cond - uncond) * 3.0, uncond
+
+    def __call__(self, x, sigma):
+        return self.with_uncond(x, sigma)[0]
+
+
+def _noise_stream(x, seed=5):
+    generator = torch.Generator().manual_seed(seed)
+    return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, generator=generator)
+
+
+@pytest.mark.parametrize("family", ["vp", "flow"])
+def test_dpmpp_2s_ancestral_cfg_pp_is_comfyuis_bit_for_bit(family):
+    """Ours is ComfyUI's current CFG++ 2S step, VP and flow, from the same noise stream, bit for bit. (Before ComfyUI's
+    PR 14814 its 2S stages integrated x + D_cfg - D_uncond with the guided estimates and it had no flow form: a
+    ComfyUI of that age gives other seeded outputs, issue 18.)"""
+    flow = family == "flow"
+    model = _GuidedGaussians(flow)
+    sigmas = ul.calculate_sigmas(model.model_sampling, "simple" if flow else "karras", 10)
+    assert sigmas.dtype == torch.float32 and sigmas[-1] == 0 and (not flow or sigmas[0] == 1)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    ours = get_sampler("dpmpp_2s_ancestral_cfg_pp").fn(model, x, sigmas, noise=_noise_stream(x))
+    theirs = _comfy_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, _noise_stream(x), flow)
+    assert torch.isfinite(ours).all()
+    assert torch.equal(ours, theirs), float((ours - theirs).abs().max())
+    plain = get_sampler("dpmpp_2s_ancestral").fn(model, x, sigmas, noise=_noise_stream(x))
+    assert not torch.allclose(plain, ours)  # the flag changes the step: guidance really is CFG++ here
+
+
+def test_dpmpp_2s_ancestral_cfg_pp_in_the_engine_is_comfyuis(comfy_reference, monkeypatch, one_thread):
+    """The same through ul.resample on the reference UNet at cfg 4 (the engine's guided denoiser, seeded noise)."""
+    model, inputs = comfy_reference["model"], comfy_reference["inputs"]
+    positive, negative = _conds(inputs)
+    runs = _engine_runs(monkeypatch)
+    ul.resample(model, {"samples": inputs["latent"]}, steps=10, cfg=4.0, sampler_name="dpmpp_2s_ancestral_cfg_pp",
+                scheduler="karras", positive=positive, negative=negative, add_noise=True, noise_seed=5,
+                progress=False)
+    (denoiser, x, sigmas, ours), = runs
+    with torch.inference_mode():
+        theirs = _comfy_dpmpp_2s_ancestral_cfg_pp(denoiser, x, sigmas, _noise_stream(x, seed=5 + 1), False)
+    assert torch.equal(ours, theirs), _rel(ours, theirs)
+
+
+@pytest.mark.parametrize("family", ["vp", "flow"])
+@pytest.mark.parametrize("sampler", ["gradient_estimation", "gradient_estimation_cfg_pp"])
+def test_gradient_estimation_flag_is_comfyuis_bit_for_bit(sampler, family):
+    """Both values of the cfg_pp flag against ComfyUI's one loop with its cfg_pp flag, down and up (unsampling)."""
+    model = _GuidedGaussians(family == "flow")
+    down = ul.calculate_sigmas(model.model_sampling, "karras" if family == "vp" else "simple", 10)
+    up = down.flip(0).clamp(min=1e-4)
+    for sigmas in (down, up):
+        x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0)) * (sigmas[0] if sigmas is down else 0.5)
+        ours = get_sampler(sampler).fn(model, x, sigmas)
+        theirs = _comfy_gradient_estimation_flag(model, x, sigmas, cfg_pp=sampler.endswith("cfg_pp"))
+        assert torch.isfinite(ours).all()
+        assert torch.equal(ours, theirs), (sigmas is down, float((ours - theirs).abs().max()))

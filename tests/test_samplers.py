@@ -365,6 +365,31 @@ def test_stochastic_denoises_to_the_data(name: str) -> None:
     assert bool(((ratio > 0.5) & (ratio < 1.3)).all())
 
 
+# -- CFG++ is a flag of its base loop --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", ["descending", "ascending"])
+@pytest.mark.parametrize("base", ["dpmpp_2s_ancestral", "res_multistep_ancestral", "gradient_estimation",
+                                  "res_multistep"])
+def test_cfg_pp_without_guidance_is_its_base_sampler(base: str, direction: str) -> None:
+    """CFG++ changes only which estimate a step integrates. With no guidance (uncond == guided: a bare denoiser)
+    each `_cfg_pp` variant is its base sampler: to the bit where the guidance is only added on (2S ancestral adds
+    D - D_uncond = 0), to rounding where CFG++ writes the Euler part as D + sigma_next d instead of x + d dt."""
+    spec, variant = SAMPLER_SPECS[base], SAMPLER_SPECS[f"{base}_cfg_pp"]
+    if direction == "ascending" and not spec.deterministic:
+        pytest.skip("stochastic samplers do not run upwards")
+    sigmas = sampling_sigmas(8) if direction == "descending" else unsampler_sigmas(8)
+    x = noisy(float(sigmas[0]))
+    def run(fn):  # a fresh noise stream from the same seed for each run
+        return fn(DATA, x, sigmas) if spec.deterministic else fn(DATA, x, sigmas, noise=seeded_noise(x, 3))
+
+    ours, plain = run(variant.fn), run(spec.fn)
+    if base == "dpmpp_2s_ancestral":
+        assert torch.equal(ours, plain)
+    else:
+        assert rel(ours, plain) < 1e-12, rel(ours, plain)
+
+
 # -- registry ----------------------------------------------------------------------------------------------------
 
 

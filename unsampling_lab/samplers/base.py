@@ -145,6 +145,15 @@ def denoise_with_uncond(model: Denoiser, x: Tensor, sigma: Tensor | float) -> tu
     return pair(x, s)
 
 
+def denoise_pair(model: Denoiser, x: Tensor, sigma: Tensor | float, *, cfg_pp: bool) -> tuple[Tensor, Tensor]:
+    """(guided estimate, the estimate a step integrates): with `cfg_pp` (CFG++) the second is the unconditional
+    one (`denoise_with_uncond`), otherwise the guided estimate itself. A variant is this flag, not a copied loop."""
+    if cfg_pp:
+        return denoise_with_uncond(model, x, sigma)
+    denoised = denoise_at(model, x, sigma)
+    return denoised, denoised
+
+
 # -- model family, half-logSNR (ComfyUI's sigma_to_half_log_snr and friends) -----------------------------
 
 
@@ -178,6 +187,40 @@ def offset_first_sigma(model: Denoiser, sigmas: Tensor, percent_offset: float = 
     sigmas = sigmas.clone()
     sigmas[0] = ms.percent_to_sigma(percent_offset)
     return sigmas
+
+
+# -- ancestral splits (k-diffusion's get_ancestral_step and ComfyUI's rectified-flow form) ----------------------
+
+
+def ancestral_step(sigma, sigma_next, eta: float = 1.0):  # type: ignore[no-untyped-def]
+    """k-diffusion's `get_ancestral_step` (floats or 0-d tensors): sigma_down^2 + sigma_up^2 = sigma_next^2 with
+    sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)); eta 0 gives (sigma_next, 0)."""
+    if not eta:
+        return sigma_next, 0.0
+    sigma_up = min(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+def _rf_ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """ComfyUI's rectified-flow ancestral split: sigma_down = sigma_next (1 + (sigma_next / sigma - 1) eta),
+    alpha = 1 - sigma, and the renoise std sqrt(sigma_next^2 - sigma_down^2 alpha_next^2 / alpha_down^2), so that
+    (alpha_next / alpha_down) x_down + renoise n has the flow marginal at sigma_next.
+    Returns (sigma_down, alpha_next, alpha_down, renoise)."""
+    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
+    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
+    renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+    return sigma_down, alpha_next, alpha_down, renoise
+
+
+def _rf_midpoint(sigma: Tensor, sigma_down: Tensor) -> Tensor:
+    """The midpoint in lambda = log((1 - sigma) / sigma) between sigma and sigma_down, as ComfyUI's RF 2S
+    computes it (sigmoid written 1 / (e^lambda + 1)); 0.9999 when sigma is exactly 1 (lambda = -inf)."""
+    if sigma == 1.0:
+        return sigma.new_tensor(0.9999)
+    t_i, t_down = ((1 - sigma) / sigma).log(), ((1 - sigma_down) / sigma_down).log()
+    s = t_i + 0.5 * (t_down - t_i)
+    return (s.exp() + 1) ** -1
 
 
 # -- noise, seeded as ComfyUI seeds it -----------------------------------------------------------------------

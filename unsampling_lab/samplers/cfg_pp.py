@@ -8,15 +8,19 @@ guided one: an Euler step from x at sigma to sigma_next reads
 Each sampler asks the denoiser for both estimates through `base.denoise_with_uncond` (the guided
 denoiser's `with_uncond`; ComfyUI reads the uncond through a post-cfg hook and, like ours, evaluates
 it even at cfg 1). Arithmetic is ComfyUI's (comfy/k_diffusion/sampling.py), in 0-d tensors.
+
+Here are the CFG++ samplers that are loops of their own in ComfyUI too (euler_ancestral_cfg_pp in
+half-logSNR, dpmpp_2m_cfg_pp). Where CFG++ is a variant of a base sampler it is that loop's `cfg_pp` flag
+(`base.denoise_pair`): dpmpp_2s_ancestral_cfg_pp in stochastic.py, res_multistep(_ancestral)_cfg_pp and
+gradient_estimation_cfg_pp in ode.py.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .base import (Callback, Denoiser, NoiseSampler, NoiseSeed, denoise_with_uncond, family_of, gaussian_noise,
-                   half_log_snr, report, to_d)
-from .stochastic import _rf_ancestral_step, _rf_midpoint, ancestral_step
+from .base import (Callback, Denoiser, NoiseSampler, NoiseSeed, ancestral_step, denoise_with_uncond, family_of,
+                   gaussian_noise, half_log_snr, report, to_d)
 
 Noise = NoiseSampler | NoiseSeed | None
 
@@ -63,49 +67,6 @@ def sample_euler_ancestral_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *,
                                    name="euler_ancestral_cfg_pp")
 
 
-def sample_dpmpp_2s_ancestral_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
-                                     noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
-    """DPM-Solver++(2S) ancestral with CFG++ (ComfyUI's `sample_dpmpp_2s_ancestral_cfg_pp` and its RF form): both
-    stages integrate with the uncond estimate, and the guidance D_cfg - D_uncond of the step's first call is
-    added at the end (times alpha_next = 1 - sigma_next on flow models). The midpoint call only refreshes
-    the uncond."""
-    noise_fn = gaussian_noise(noise, x, "dpmpp_2s_ancestral_cfg_pp")
-    flow = family_of(model) == "flow"
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised, uncond = denoise_with_uncond(model, x, sigma)
-        guidance = denoised - uncond
-        if flow:
-            sigma_down, alpha_next, alpha_down, renoise = _rf_ancestral_step(sigma, sigma_next, eta)
-        else:
-            sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        report(callback, i, sigmas, x, denoised)
-        if (sigma_next == 0) if flow else (sigma_down == 0):
-            x = x + to_d(x, sigma, uncond) * (sigma_down - sigma)
-        elif flow:
-            sigma_s = _rf_midpoint(sigma, sigma_down)
-            ratio = sigma_s / sigma
-            _, uncond_2 = denoise_with_uncond(model, ratio * x + (1 - ratio) * uncond, sigma_s)
-            ratio = sigma_down / sigma
-            x = ratio * x + (1 - ratio) * uncond_2
-        else:
-            t, t_next = sigma.log().neg(), sigma_down.log().neg()
-            h = t_next - t
-            s = t + 0.5 * h
-            x_2 = (s.neg().exp() / t.neg().exp()) * x - (-h * 0.5).expm1() * uncond
-            _, uncond_2 = denoise_with_uncond(model, x_2, s.neg().exp())
-            x = (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * uncond_2
-        if flow:
-            if sigma_next > 0 and eta > 0:
-                x = (alpha_next / alpha_down) * x + noise_fn(sigma, sigma_next) * s_noise * renoise
-            x = x + (1 - sigma_next) * guidance
-        else:
-            if sigma_next > 0:
-                x = x + noise_fn(sigma, sigma_next) * s_noise * sigma_up
-            x = x + guidance
-    return x
-
-
 def sample_dpmpp_2m_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
                            noise: Noise = None) -> Tensor:
     """DPM-Solver++(2M) with CFG++ (ComfyUI's `sample_dpmpp_2m_cfg_pp`), lambda = -log sigma:
@@ -123,25 +84,4 @@ def sample_dpmpp_2m_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *, callba
             mix = -torch.exp(-h) * uncond - torch.expm1(-h) * (1 / (2 * r)) * (denoised - old_uncond)
         x = denoised + mix + torch.exp(-h) * x
         old_uncond = uncond
-    return x
-
-
-def sample_gradient_estimation_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
-                                      noise: Noise = None, ge_gamma: float = 2.0) -> Tensor:
-    """Gradient estimation (Permenter & Yuan 2024) with CFG++: the slope from the uncond estimate, the Euler
-    step landing on D_cfg + sigma_next d, then the extrapolation (gamma - 1)(d - d_prev) dt."""
-    old_d: Tensor | None = None
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised, uncond = denoise_with_uncond(model, x, sigma)
-        d = to_d(x, sigma, uncond)
-        report(callback, i, sigmas, x, denoised)
-        dt = sigma_next - sigma
-        if sigma_next == 0:
-            x = denoised
-        else:
-            x = denoised + d * sigma_next
-            if old_d is not None:
-                x = x + (ge_gamma - 1) * (d - old_d) * dt
-        old_d = d
     return x

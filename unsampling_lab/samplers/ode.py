@@ -16,9 +16,8 @@ import torch
 from scipy import integrate
 from torch import Tensor
 
-from .base import (Callback, Denoiser, NoiseSampler, NoiseSeed, denoise_at, denoise_with_uncond, gaussian_noise,
-                   report, to_d)
-from .stochastic import ancestral_step
+from .base import (Callback, Denoiser, NoiseSampler, NoiseSeed, ancestral_step, denoise_at, denoise_pair,
+                   gaussian_noise, report, to_d)
 
 Noise = NoiseSampler | NoiseSeed | None
 
@@ -208,17 +207,20 @@ def sample_ipndm_v(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Call
 
 
 def _deis_vp_time(sigmas: Tensor, *, eps_s: float = 1e-3, sigma_min: float = 0.002,
-                  sigma_max: float = 80.0) -> tuple[Tensor, Tensor, Tensor]:
+                  sigma_max: int = 80) -> tuple[Tensor, Tensor, Tensor]:
     """Map sigmas to the time t of the linear VP SDE that DEIS integrates in (diff-sampler's `edm2t`).
 
     The VP SDE has sigma(t)^2 = exp(beta_d t^2 / 2 + beta_min t) - 1, with beta_d, beta_min fixed by
     sigma(eps_s) = 0.002 and sigma(1) = 80 (EDM's defaults, whatever the model), so
     t(sigma) = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d.
-    As in ComfyUI: the constants are float32 tensors whose two logs NumPy takes (its float32 log differs
-    from torch's by an ulp for log(1 + 0.002^2)); t is computed in the sigmas' dtype. Returns t, beta_0, beta_1.
+    The constants' dtypes are ComfyUI's (comfy/k_diffusion/deis.py), which NumPy takes the logs of: 0.002 is a
+    float, so log(1 + 0.002^2) is float32 (NumPy's float32 log, an ulp off torch's); 80 is an int, so
+    log(1 + 80^2) is float64, and with it beta_d, beta_min, beta_0 and beta_1 are 0-d float64 tensors that
+    enter the float32 arithmetic on t and the integrand. With float32 constants instead every t differs from
+    ComfyUI's in its last bits, and so does every DEIS result. Returns t, beta_0, beta_1.
     """
-    log_min = torch.tensor(np.log((torch.tensor(sigma_min) ** 2 + 1).numpy()))
-    log_max = torch.tensor(np.log((torch.tensor(sigma_max) ** 2 + 1).numpy()))
+    log_min = torch.tensor(np.log((torch.tensor(float(sigma_min)) ** 2 + 1).numpy()))
+    log_max = torch.tensor(np.log(np.int64(sigma_max) ** 2 + 1))
     beta_d = 2 * (log_min / eps_s - log_max) / (eps_s - 1)
     beta_min = log_max - 0.5 * beta_d
     t = ((beta_min**2 + 2 * beta_d * (sigmas**2 + 1).log()).sqrt() - beta_min) / beta_d
@@ -306,10 +308,7 @@ def res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback
     old_sigma_down: Tensor | None = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if cfg_pp:
-            denoised, uncond = denoise_with_uncond(model, x, sigma)
-        else:
-            denoised = uncond = denoise_at(model, x, sigma)
+        denoised, uncond = denoise_pair(model, x, sigma, cfg_pp=cfg_pp)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         report(callback, i, sigmas, x, denoised)
         if sigma_down == 0 or old_denoised is None:
@@ -359,24 +358,38 @@ def sample_res_multistep_ancestral_cfg_pp(model: Denoiser, x: Tensor, sigmas: Te
                          name="res_multistep_ancestral_cfg_pp")
 
 
-def sample_gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
-                               noise: NoiseSampler | None = None, ge_gamma: float = 2.0) -> Tensor:
-    """Gradient estimation (Permenter & Yuan 2024): Euler with the slope extrapolated, d + (gamma - 1)(d - d_prev)."""
+def gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, *, cfg_pp: bool,
+                        ge_gamma: float = 2.0) -> Tensor:
+    """Gradient estimation (Permenter & Yuan 2024) as ComfyUI's `sample_gradient_estimation`: Euler with the slope
+    extrapolated, d + (gamma - 1)(d - d_prev). With `cfg_pp` (CFG++, ComfyUI's cfg_pp=True) the slope d comes
+    from the uncond estimate and the Euler part lands on D_cfg + sigma_next d."""
     old_d: Tensor | None = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise_at(model, x, sigma)
-        d = to_d(x, sigma, denoised)
+        denoised, estimate = denoise_pair(model, x, sigma, cfg_pp=cfg_pp)
+        d = to_d(x, sigma, estimate)
         report(callback, i, sigmas, x, denoised)
         dt = sigma_next - sigma
         if sigma_next == 0:
             x = denoised
         else:
-            x = x + d * dt
+            x = denoised + d * sigma_next if cfg_pp else x + d * dt
             if old_d is not None:
                 x = x + (ge_gamma - 1) * (d - old_d) * dt
         old_d = d
     return x
+
+
+def sample_gradient_estimation(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                               noise: NoiseSampler | None = None, ge_gamma: float = 2.0) -> Tensor:
+    """Gradient estimation (Permenter & Yuan 2024), gamma 2."""
+    return gradient_estimation(model, x, sigmas, callback, cfg_pp=False, ge_gamma=ge_gamma)
+
+
+def sample_gradient_estimation_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                                      noise: NoiseSampler | None = None, ge_gamma: float = 2.0) -> Tensor:
+    """Gradient estimation with CFG++ (Chung et al. 2024), gamma 2."""
+    return gradient_estimation(model, x, sigmas, callback, cfg_pp=True, ge_gamma=ge_gamma)
 
 
 def sample_exp_heun_2_x0(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,

@@ -48,7 +48,7 @@ _SPECS: tuple[SamplerSpec, ...] = (
                 note="DPM-Solver-23 with adaptive steps (rtol 0.05, atol 0.0078) between the ends; ignores the "
                      "schedule in between"),
     SamplerSpec("dpmpp_2s_ancestral", stochastic.sample_dpmpp_2s_ancestral, order=2, evals_per_step=2, **_SDE),
-    SamplerSpec("dpmpp_2s_ancestral_cfg_pp", cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp, order=2, evals_per_step=2,
+    SamplerSpec("dpmpp_2s_ancestral_cfg_pp", stochastic.sample_dpmpp_2s_ancestral_cfg_pp, order=2, evals_per_step=2,
                 **_SDE, **_CFG_PP),
     SamplerSpec("dpmpp_sde", stochastic.sample_dpmpp_sde, order=2, evals_per_step=2, **_SDE),
     SamplerSpec("dpmpp_sde_gpu", stochastic.sample_dpmpp_sde_gpu, order=2, evals_per_step=2, **_SDE,
@@ -78,7 +78,7 @@ _SPECS: tuple[SamplerSpec, ...] = (
                 **_VP, **_CFG_PP, note="VP ancestral split (ComfyUI has no flow form)"),
     SamplerSpec("gradient_estimation", ode.sample_gradient_estimation, order=1, **_ODE,
                 note="ge_gamma 2; the extrapolated slope 2 d_i - d_(i-1) keeps it first order"),
-    SamplerSpec("gradient_estimation_cfg_pp", cfg_pp.sample_gradient_estimation_cfg_pp, order=1, **_ODE, **_CFG_PP),
+    SamplerSpec("gradient_estimation_cfg_pp", ode.sample_gradient_estimation_cfg_pp, order=1, **_ODE, **_CFG_PP),
     SamplerSpec("er_sde", stochastic.sample_er_sde, order=3, **_SDE),
     SamplerSpec("seeds_2", stochastic.sample_seeds_2, order=2, evals_per_step=2, **_SDE),
     SamplerSpec("seeds_3", stochastic.sample_seeds_3, order=3, evals_per_step=3, **_SDE),

@@ -23,32 +23,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import (Callback, Denoiser, NoiseSampler, NoiseSeed, brownian_noise, denoise_at, family_of,
-                   gaussian_noise, half_log_snr, half_log_snr_to_sigma, model_sampling_of, offset_first_sigma,
-                   report, to_d)
+from .base import (Callback, Denoiser, NoiseSampler, NoiseSeed, _rf_ancestral_step, _rf_midpoint, ancestral_step,
+                   brownian_noise, denoise_at, denoise_pair, family_of, gaussian_noise, half_log_snr,
+                   half_log_snr_to_sigma, model_sampling_of, offset_first_sigma, report, to_d)
 
 Noise = NoiseSampler | NoiseSeed | None
-
-
-def ancestral_step(sigma, sigma_next, eta: float = 1.0):  # type: ignore[no-untyped-def]
-    """k-diffusion's `get_ancestral_step` (floats or 0-d tensors): sigma_down^2 + sigma_up^2 = sigma_next^2 with
-    sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)); eta 0 gives (sigma_next, 0)."""
-    if not eta:
-        return sigma_next, 0.0
-    sigma_up = min(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
-    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
-    return sigma_down, sigma_up
-
-
-def _rf_ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """ComfyUI's rectified-flow ancestral split: sigma_down = sigma_next (1 + (sigma_next / sigma - 1) eta),
-    alpha = 1 - sigma, and the renoise std sqrt(sigma_next^2 - sigma_down^2 alpha_next^2 / alpha_down^2), so that
-    (alpha_next / alpha_down) x_down + renoise n has the flow marginal at sigma_next.
-    Returns (sigma_down, alpha_next, alpha_down, renoise)."""
-    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
-    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
-    renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
-    return sigma_down, alpha_next, alpha_down, renoise
 
 
 # -- ancestral samplers ---------------------------------------------------------------------------------
@@ -111,51 +90,64 @@ def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, callba
     return x
 
 
-def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
-                              noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
-    """DPM-Solver++(2S) (Lu et al. 2022b) to sigma_down with a midpoint stage in lambda, then fresh noise.
-    Flow models: ComfyUI's `sample_dpmpp_2s_ancestral_RF` (lambda = log((1 - sigma) / sigma), RF split)."""
-    noise_fn = gaussian_noise(noise, x, "dpmpp_2s_ancestral")
+def dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, noise: Noise, *,
+                       cfg_pp: bool, name: str, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
+    """DPM-Solver++(2S) (Lu et al. 2022b) to sigma_down with a midpoint stage in lambda, then fresh noise, as
+    ComfyUI's `sample_dpmpp_2s_ancestral`; flow models: its `_RF` form (lambda = log((1 - sigma) / sigma), RF split).
+
+    With `cfg_pp` (CFG++, ComfyUI's `sample_dpmpp_2s_ancestral_cfg_pp` and `_RF_cfg_pp`): both stages integrate
+    the uncond estimate (the midpoint call only refreshes it), and the guidance D_cfg - D_uncond of the step's
+    first call is added after the noise, times alpha_next (1 VP, 1 - sigma_next flow). That is ComfyUI since its
+    PR 14814; before it (the temp[0] form) the stages integrated x + D_cfg - D_uncond with D_cfg and the
+    midpoint's D_cfg, with no flow form.
+    """
+    noise_fn = gaussian_noise(noise, x, name)
     flow = family_of(model) == "flow"
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise_at(model, x, sigma)
+        denoised, estimate = denoise_pair(model, x, sigma, cfg_pp=cfg_pp)
         if flow:
             sigma_down, alpha_next, alpha_down, renoise = _rf_ancestral_step(sigma, sigma_next, eta)
         else:
             sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         report(callback, i, sigmas, x, denoised)
         if (sigma_next == 0) if flow else (sigma_down == 0):
-            x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
+            x = x + to_d(x, sigma, estimate) * (sigma_down - sigma)
         elif flow:
             sigma_s = _rf_midpoint(sigma, sigma_down)
             ratio = sigma_s / sigma
-            denoised_2 = denoise_at(model, ratio * x + (1 - ratio) * denoised, sigma_s)
+            _, estimate_2 = denoise_pair(model, ratio * x + (1 - ratio) * estimate, sigma_s, cfg_pp=cfg_pp)
             ratio = sigma_down / sigma
-            x = ratio * x + (1 - ratio) * denoised_2
+            x = ratio * x + (1 - ratio) * estimate_2
         else:
             t, t_next = sigma.log().neg(), sigma_down.log().neg()
             h = t_next - t
             s = t + 0.5 * h
-            x_2 = (s.neg().exp() / t.neg().exp()) * x - (-h * 0.5).expm1() * denoised
-            denoised_2 = denoise_at(model, x_2, s.neg().exp())
-            x = (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * denoised_2
+            x_2 = (s.neg().exp() / t.neg().exp()) * x - (-h * 0.5).expm1() * estimate
+            _, estimate_2 = denoise_pair(model, x_2, s.neg().exp(), cfg_pp=cfg_pp)
+            x = (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * estimate_2
         if flow:
             if sigma_next > 0 and eta > 0:
                 x = (alpha_next / alpha_down) * x + noise_fn(sigma, sigma_next) * s_noise * renoise
         elif sigma_next > 0:
             x = x + noise_fn(sigma, sigma_next) * s_noise * sigma_up
+        if cfg_pp:
+            x = x + ((1 - sigma_next) * (denoised - estimate) if flow else denoised - estimate)
     return x
 
 
-def _rf_midpoint(sigma: Tensor, sigma_down: Tensor) -> Tensor:
-    """The midpoint in lambda = log((1 - sigma) / sigma) between sigma and sigma_down, as ComfyUI's RF 2S
-    computes it (sigmoid written 1 / (e^lambda + 1)); 0.9999 when sigma is exactly 1 (lambda = -inf)."""
-    if sigma == 1.0:
-        return sigma.new_tensor(0.9999)
-    t_i, t_down = ((1 - sigma) / sigma).log(), ((1 - sigma_down) / sigma_down).log()
-    s = t_i + 0.5 * (t_down - t_i)
-    return (s.exp() + 1) ** -1
+def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                              noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
+    """DPM-Solver++(2S) ancestral."""
+    return dpmpp_2s_ancestral(model, x, sigmas, callback, noise, cfg_pp=False, name="dpmpp_2s_ancestral", eta=eta,
+                              s_noise=s_noise)
+
+
+def sample_dpmpp_2s_ancestral_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: Callback | None = None,
+                                     noise: Noise = None, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
+    """DPM-Solver++(2S) ancestral with CFG++ (Chung et al. 2024)."""
+    return dpmpp_2s_ancestral(model, x, sigmas, callback, noise, cfg_pp=True, name="dpmpp_2s_ancestral_cfg_pp",
+                              eta=eta, s_noise=s_noise)
 
 
 # -- SDE samplers (Brownian tree noise), half-logSNR form ------------------------------------------------------
