@@ -122,22 +122,29 @@ def error_vs_steps(df: "pd.DataFrame", *, value: str = "relative_error", x: str 
         raise KeyError(f"no column {value!r} in the table; available: {', '.join(map(str, df.columns))}")
     table = df.pivot_table(index=x, columns=hue, values=value, aggfunc="mean").sort_index()
     xs = table.index.to_numpy(dtype=float)
+    styles = (":", "--", "-.")
     for h in table.columns:
         ys = table[h].to_numpy(dtype=float)
         name = f"{label}{hue} {h:g}" if isinstance(h, float) else f"{label}{hue} {h}"
         line, = ax.plot(xs, ys, marker=marker, ls=linestyle, ms=4, label=name)
-        for p in slopes:
-            ax.plot(xs, ys[0] * (xs / xs[0]) ** p, ls=":", lw=1, color=line.get_color())
+        for j, p in enumerate(slopes):
+            ax.plot(xs, ys[0] * (xs / xs[0]) ** p, ls=styles[j % len(styles)], lw=1, color=line.get_color())
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(value)
+    ax.set_xticks(xs, [f"{v:g}" for v in xs])  # ticks at the step counts, not 6x10^0
+    from matplotlib.ticker import NullLocator
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel({"steps": "steps (log scale)", "nfe": "network evaluations (log scale)"}.get(x, x))
+    ax.set_ylabel({"relative_error": "relative latent error ||x' - x|| / ||x|| (log)",
+                   "noise_error": "relative noise error (log)"}.get(value, value))
     handles, labels = ax.get_legend_handles_labels()
     if slopes:
         from matplotlib.lines import Line2D
 
-        handles.append(Line2D([], [], ls=":", color="0.3"))
-        labels.append("slope " + ", ".join(f"{p:g}" for p in slopes) + " through the first point")
+        for j, p in enumerate(slopes):  # one legend entry per slope, each with its own line style
+            handles.append(Line2D([], [], ls=styles[j % len(styles)], color="0.3"))
+            labels.append(f"slope {p:g} through the first point")
     ax.legend(handles, labels, fontsize=7)
     return ax
 
