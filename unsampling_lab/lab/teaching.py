@@ -313,7 +313,7 @@ def real_model_ready(model_id: str) -> tuple[bool, str]:
     """(ready, reason): a CUDA device and the weights available offline (a local folder or the HF cache)?"""
 
     if not torch.cuda.is_available():
-        return False, "No CUDA GPU here, so this notebook stops; run it on a machine with a GPU to see a real model."
+        return False, "No CUDA GPU here, so no real model can run; run it on a machine with a GPU to see one."
     if Path(model_id).expanduser().exists():
         return True, f"GPU {torch.cuda.get_device_name(0)}; weights at {model_id}."
     try:
@@ -323,7 +323,7 @@ def real_model_ready(model_id: str) -> tuple[bool, str]:
     except Exception:  # an invalid id, or no huggingface_hub
         cached = None
     if not isinstance(cached, str):
-        return False, (f"{model_id!r} is not in the local Hugging Face cache, so this notebook stops; "
+        return False, (f"{model_id!r} is not in the local Hugging Face cache, so it cannot load offline; "
                        f"download it once with `huggingface-cli download {model_id}`.")
     return True, f"GPU {torch.cuda.get_device_name(0)}; {model_id} found in the local cache."
 
