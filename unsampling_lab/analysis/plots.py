@@ -24,6 +24,12 @@ __all__ = ["autocorrelation_map", "ensure_ax", "error_along_inversion", "error_h
            "image_strip", "psnr_against_ceiling", "latent_stats", "noise_histogram", "noise_qq", "rate_plot", "text_colour"]
 
 
+# axis and colourbar labels with what a column measures and its unit (raw column names otherwise)
+_LABELS = {"psnr": "PSNR (dB)", "psnr_vae": "VAE-only PSNR (dB)", "latent_mse": "latent MSE",
+           "relative_error": "relative latent error", "fg_iou": "foreground IoU", "colour_match": "colour match rate",
+           "shape_match": "shape match rate"}
+
+
 def ensure_ax(ax: "Axes | None", **fig_kw: Any) -> "Axes":
     if ax is not None:
         return ax
@@ -98,7 +104,8 @@ def error_heatmaps(df: "pd.DataFrame", *, value: str = "latent_mse", row: str = 
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
                     color=text_colour(colormap(norm(shown[i, j]))))
     if im is not None:
-        axes[0].figure.colorbar(im, ax=axes[: len(facets)], label=f"log10 {value}" if log else value, shrink=0.9)
+        label = _LABELS.get(value, value)
+        axes[0].figure.colorbar(im, ax=axes[: len(facets)], label=f"log10 {label}" if log else label, shrink=0.9)
     return axes
 
 
@@ -210,8 +217,10 @@ def rate_plot(summary: "pd.DataFrame", *, x: str, y: str, hue: str, ax: "Axes | 
             for j, (_, r) in enumerate(part.iterrows()):
                 ax.annotate(f"{annotate_label or annotate}={r[annotate]:g}", (r[x], r[y]), xytext=(4, 4 + 7 * (i % 4)),
                             textcoords="offset points", fontsize=6, color=cont.lines[0].get_color())
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel or y)
+    if annotate is not None:  # room for the point labels inside the axes
+        ax.margins(x=0.12, y=0.18)
+    ax.set_xlabel(xlabel or _LABELS.get(x, x))
+    ax.set_ylabel(ylabel or _LABELS.get(y, y))
     ax.legend(fontsize=7, title=f"{hue} (bars: 95% interval)", title_fontsize=7)
     return ax
 

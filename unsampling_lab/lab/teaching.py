@@ -268,7 +268,7 @@ def compare_methods(model: Any, images: Tensor, settings: Sequence[tuple[str, st
 
     Each method inverts `images` with prompt `source` at `cfg` (`ul.invert`), then its own resampling side
     (`ul.resample(model, inversion)`) reconstructs with `source` and edits with `edit`, at the same cfg.
-    Columns: psnr (reconstruction against the VAE round trip, the ceiling), relative_error (latent),
+    Columns: psnr (reconstruction against the VAE round trip, the reference), relative_error (latent),
     edit_success (the detector sees the edit's colour and shape), fg_iou (structure kept: foreground IoU of
     edit and source image), nfe, grad_steps, nonconverged (steps the method reported as not converged),
     seconds. Returns (table, {(label, "reconstruction" | "edit"): decoded first image}).
