@@ -160,7 +160,8 @@ def psnr_against_ceiling(df: "pd.DataFrame", *, x: str = "nfe_budget", hue: str 
                          ax: "Axes | None" = None) -> "Axes":
     """Mean reconstruction PSNR against `x`, one line per `hue`, under the VAE's ceiling (mean `psnr_vae`, dashed).
 
-    `psnr_vae` is PSNR(decode(encode(x)), x): no inversion can reconstruct better than the VAE it decodes through.
+    `psnr_vae` is PSNR(decode(encode(x)), x), the VAE's own loss: a reference, not a bound (a round trip decodes
+    another latent and can land at or a little above it). The function and legend keep their old names.
     """
     ax = ensure_ax(ax, figsize=(5, 3.4))
     table = df.pivot_table(index=x, columns=hue, values="psnr", aggfunc="mean").sort_index()
