@@ -28,7 +28,7 @@ def test_sweep_end_to_end_then_resume(tiny_pipeline_dir, tmp_path, capsys):
                  "strip.png"):
         assert (out / name).stat().st_size > 0, name
     summary = (out / "summary.md").read_text()
-    assert "VAE-only ceiling" in summary and "model evaluations" in summary
+    assert "VAE-only reference" in summary and "model evaluations" in summary
     capsys.readouterr()
     assert cli.main([*argv, "--no-figures"]) == 0  # rerun: everything is already in the table
     assert "0 rows computed, 16 resumed" in capsys.readouterr().out

@@ -120,3 +120,13 @@ def test_pareto_front_keeps_exactly_the_undominated_points():
     front = ax.get_lines()[0]
     assert front.get_xdata().tolist() == [10, 20, 40] and front.get_ydata().tolist() == [20, 90, 95]
     assert {t.get_text() for t in ax.texts} == set("abcdef")
+
+
+def test_error_vs_steps_ticks_at_the_step_counts_and_one_legend_entry_per_slope():
+    rows = [dict(steps=n, cfg=1.0, item=0, relative_error=1 / n) for n in (6, 12, 24)]
+    ax = plots.error_vs_steps(pd.DataFrame(rows), slopes=(-1.0, -2.0))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["6", "12", "24"]
+    assert ax.lines[1].get_linestyle() != ax.lines[2].get_linestyle()
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("slope -1 " in t for t in texts) and any("slope -2 " in t for t in texts)
+    plt.close(ax.figure)

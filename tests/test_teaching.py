@@ -118,3 +118,40 @@ def test_compare_methods_is_invert_then_resample_by_hand(bundled):
     assert exact["edit_success"] == pytest.approx(sum(want) / 2)
     assert exact["fg_iou"] == pytest.approx(float(detector.foreground_iou(found.masks, detector.detect(shapes.images).masks).mean()),
                                             rel=1e-5)
+
+
+def test_implicit_step_closes_in_by_q_on_a_gaussian_and_plain_inversion_misses_by_q_squared():
+    from unsampling_lab.models.gaussian import GaussianData
+
+    mu, s_u, s_c, w = 0.3, 1.2, 0.5, 3.0
+    d_u, d_c = GaussianData(mean=mu, std=s_u), GaussianData(mean=mu, std=s_c)
+    x = torch.tensor([[1.7], [-0.4]], dtype=torch.float64)
+    for cfg, den in ((1.0, d_u.denoise), (w, lambda y, s: d_u.denoise(y, s) + w * (d_c.denoise(y, s) - d_u.denoise(y, s)))):
+        q = teaching.gaussian_contraction([0.8, 1.1], data_std=s_u, cond_std=s_c if cfg != 1.0 else None, cfg=cfg).item()
+        ys = teaching.implicit_step(den, x, 0.8, 1.1, iters=200)
+        exact = mu + (x - mu) / (1 - q)  # the closed form
+        assert ys[-1] == pytest.approx(exact, rel=1e-7)
+        assert ((ys[2] - ys[1]) / (ys[1] - ys[0])) == pytest.approx(torch.full_like(x, q))
+        assert ((ys[1] - exact).abs() / (exact - mu).abs()) == pytest.approx(torch.full_like(x, q**2))  # plain: 1 - q^2
+    assert teaching.gaussian_contraction([0.8, 1.1], data_std=s_u).item() == pytest.approx(0.3 * 1.1 / (s_u**2 + 1.21))
+    q1, q3 = (teaching.gaussian_contraction([0.8, 1.1], data_std=s_u, cond_std=s_c, cfg=c).item() for c in (1.0, 3.0))
+    assert q3 > q1  # a tighter conditional: guidance raises q
+    with pytest.raises(UnsamplingError, match="ascending"):
+        teaching.gaussian_contraction([1.1, 0.8], data_std=1.0)
+
+
+def test_measured_contraction_matches_the_gaussian_closed_form():
+    from unsampling_lab.models.analytic import mixture_model
+    from unsampling_lab.models.gaussian import GaussianMixture
+
+    mix = GaussianMixture(means=torch.tensor([[0.5, -0.5]], dtype=torch.float64), stds=torch.tensor([0.7], dtype=torch.float64),
+                          weights=torch.tensor([1.0], dtype=torch.float64))
+    model = mixture_model(mix, labels=["a"])
+    x0 = torch.randn(3, 2, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    got = teaching.measured_contraction(model, x0, steps=6, positive="a")
+    sig = (ul.unsample_sigmas(model, steps=6, end_at_step=0, sampler_name="euler", scheduler="normal")).tolist()
+    want = teaching.gaussian_contraction(sig, data_std=0.7)
+    for _, row in got.iterrows():
+        assert row["q"] == pytest.approx(float(want[int(row["step"])]), rel=1e-4)
+    m, lo, hi = teaching.mean_interval([1.0, 2.0, 3.0])
+    assert (m, hi - m) == (2.0, pytest.approx(1.96 / math.sqrt(3)))

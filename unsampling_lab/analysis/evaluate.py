@@ -4,8 +4,9 @@
 
 one dict per batch item. The metric sets:
 - latent:   latent_mse, relative_error of the resampled latents against the input latents;
-- pixel:    psnr, ssim of decode(result) against the original images, and the VAE-only ceiling
-            psnr_vae, ssim_vae = metric(decode(encode(images)), images) no inversion can beat;
+- pixel:    psnr, ssim of decode(result) against the original images, and the VAE-only reference
+            psnr_vae, ssim_vae = metric(decode(encode(images)), images): the VAE's own loss, a reference to read
+            a round trip against, not a bound (a round trip can land a little above it);
 - noise:    statistics of the standardized noise z = x_k / expected_std(sigma_k) (per item,
             `metrics.standardized_noise`) at the state the inversion stopped at (noise_std, noise_ks,
             noise_kurtosis_z, noise_autocorr_<lag>, ...) and sigma_final;
@@ -34,7 +35,7 @@ class References:
     """What the metrics compare against.
 
     samples: the input latents [B, C, H, W]; images: the originals [B, H, W, 3] in 0..1 (None when
-    the model has no VAE or no pixel metric is asked for); ceiling: decode(encode(images)).
+    the model has no VAE or no pixel metric is asked for); ceiling: decode(encode(images)), the VAE-only reference (the field keeps its name).
     """
 
     samples: Tensor

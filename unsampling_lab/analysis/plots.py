@@ -24,6 +24,12 @@ __all__ = ["attention_by_step", "attention_map", "autocorrelation_map", "ensure_
            "image_strip", "psnr_against_ceiling", "latent_stats", "noise_histogram", "noise_qq", "rate_plot", "text_colour"]
 
 
+# axis and colourbar labels with what a column measures and its unit (raw column names otherwise)
+_LABELS = {"psnr": "PSNR (dB)", "psnr_vae": "VAE-only PSNR (dB)", "latent_mse": "latent MSE",
+           "relative_error": "relative latent error", "fg_iou": "foreground IoU", "colour_match": "colour match rate",
+           "shape_match": "shape match rate"}
+
+
 def ensure_ax(ax: "Axes | None", **fig_kw: Any) -> "Axes":
     if ax is not None:
         return ax
@@ -98,7 +104,8 @@ def error_heatmaps(df: "pd.DataFrame", *, value: str = "latent_mse", row: str = 
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
                     color=text_colour(colormap(norm(shown[i, j]))))
     if im is not None:
-        axes[0].figure.colorbar(im, ax=axes[: len(facets)], label=f"log10 {value}" if log else value, shrink=0.9)
+        label = _LABELS.get(value, value)
+        axes[0].figure.colorbar(im, ax=axes[: len(facets)], label=f"log10 {label}" if log else label, shrink=0.9)
     return axes
 
 
@@ -122,22 +129,29 @@ def error_vs_steps(df: "pd.DataFrame", *, value: str = "relative_error", x: str 
         raise KeyError(f"no column {value!r} in the table; available: {', '.join(map(str, df.columns))}")
     table = df.pivot_table(index=x, columns=hue, values=value, aggfunc="mean").sort_index()
     xs = table.index.to_numpy(dtype=float)
+    styles = (":", "--", "-.")
     for h in table.columns:
         ys = table[h].to_numpy(dtype=float)
         name = f"{label}{hue} {h:g}" if isinstance(h, float) else f"{label}{hue} {h}"
         line, = ax.plot(xs, ys, marker=marker, ls=linestyle, ms=4, label=name)
-        for p in slopes:
-            ax.plot(xs, ys[0] * (xs / xs[0]) ** p, ls=":", lw=1, color=line.get_color())
+        for j, p in enumerate(slopes):
+            ax.plot(xs, ys[0] * (xs / xs[0]) ** p, ls=styles[j % len(styles)], lw=1, color=line.get_color())
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(value)
+    ax.set_xticks(xs, [f"{v:g}" for v in xs])  # ticks at the step counts, not 6x10^0
+    from matplotlib.ticker import NullLocator
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel({"steps": "steps (log scale)", "nfe": "network evaluations (log scale)"}.get(x, x))
+    ax.set_ylabel({"relative_error": "relative latent error ||x' - x|| / ||x|| (log)",
+                   "noise_error": "relative noise error (log)"}.get(value, value))
     handles, labels = ax.get_legend_handles_labels()
     if slopes:
         from matplotlib.lines import Line2D
 
-        handles.append(Line2D([], [], ls=":", color="0.3"))
-        labels.append("slope " + ", ".join(f"{p:g}" for p in slopes) + " through the first point")
+        for j, p in enumerate(slopes):  # one legend entry per slope, each with its own line style
+            handles.append(Line2D([], [], ls=styles[j % len(styles)], color="0.3"))
+            labels.append(f"slope {p:g} through the first point")
     ax.legend(handles, labels, fontsize=7)
     return ax
 
@@ -146,7 +160,8 @@ def psnr_against_ceiling(df: "pd.DataFrame", *, x: str = "nfe_budget", hue: str 
                          ax: "Axes | None" = None) -> "Axes":
     """Mean reconstruction PSNR against `x`, one line per `hue`, under the VAE's ceiling (mean `psnr_vae`, dashed).
 
-    `psnr_vae` is PSNR(decode(encode(x)), x): no inversion can reconstruct better than the VAE it decodes through.
+    `psnr_vae` is PSNR(decode(encode(x)), x), the VAE's own loss: a reference, not a bound (a round trip decodes
+    another latent and can land at or a little above it). The function and legend keep their old names.
     """
     ax = ensure_ax(ax, figsize=(5, 3.4))
     table = df.pivot_table(index=x, columns=hue, values="psnr", aggfunc="mean").sort_index()
@@ -154,7 +169,11 @@ def psnr_against_ceiling(df: "pd.DataFrame", *, x: str = "nfe_budget", hue: str 
         ax.plot(table.index.to_numpy(dtype=float), table[h].to_numpy(dtype=float), "o-", ms=4, label=str(h))
     ax.axhline(float(df["psnr_vae"].mean()), color="k", ls="--", lw=1, label="VAE ceiling: decode(encode(x))")
     ax.set_xscale("log")
-    ax.set_xlabel("network evaluations per inversion" if x == "nfe_budget" else x)
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xticks(table.index.to_numpy(dtype=float), [f"{v:g}" for v in table.index])  # ticks at the budgets
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("network evaluations per inversion (log scale)" if x == "nfe_budget" else x)
     ax.set_ylabel("PSNR of the round trip (dB)")
     ax.legend(fontsize=7)
     return ax
@@ -199,8 +218,10 @@ def rate_plot(summary: "pd.DataFrame", *, x: str, y: str, hue: str, ax: "Axes | 
             for j, (_, r) in enumerate(part.iterrows()):
                 ax.annotate(f"{annotate_label or annotate}={r[annotate]:g}", (r[x], r[y]), xytext=(4, 4 + 7 * (i % 4)),
                             textcoords="offset points", fontsize=6, color=cont.lines[0].get_color())
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel or y)
+    if annotate is not None:  # room for the point labels inside the axes
+        ax.margins(x=0.12, y=0.18)
+    ax.set_xlabel(xlabel or _LABELS.get(x, x))
+    ax.set_ylabel(ylabel or _LABELS.get(y, y))
     ax.legend(fontsize=7, title=f"{hue} (bars: 95% interval)", title_fontsize=7)
     return ax
 

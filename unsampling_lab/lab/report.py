@@ -140,7 +140,7 @@ def summary(df: Any, *, model_name: str = "bundled shapes model", source: str = 
             lines += [f"Best reconstruction: normalize={best['normalize']}, cfg={best['cfg']:g}, "
                       f"end_at_step={int(best['end_at_step'])} (latent_mse {best['latent_mse']:.4g}).", ""]
         if "psnr_vae" in table:
-            lines += [f"VAE-only ceiling (encode -> decode): PSNR {recon['psnr_vae'].mean():.2f} dB, "
+            lines += [f"VAE-only reference (encode -> decode, not a bound): PSNR {recon['psnr_vae'].mean():.2f} dB, "
                       f"SSIM {recon['ssim_vae'].mean():.3f}.", ""]
     edited = df[df["edit"] != df["positive"]]
     if len(edited):

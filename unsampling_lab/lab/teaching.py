@@ -268,7 +268,7 @@ def compare_methods(model: Any, images: Tensor, settings: Sequence[tuple[str, st
 
     Each method inverts `images` with prompt `source` at `cfg` (`ul.invert`), then its own resampling side
     (`ul.resample(model, inversion)`) reconstructs with `source` and edits with `edit`, at the same cfg.
-    Columns: psnr (reconstruction against the VAE round trip, the ceiling), relative_error (latent),
+    Columns: psnr (reconstruction against the VAE round trip, the reference), relative_error (latent),
     edit_success (the detector sees the edit's colour and shape), fg_iou (structure kept: foreground IoU of
     edit and source image), nfe, grad_steps, nonconverged (steps the method reported as not converged),
     seconds. Returns (table, {(label, "reconstruction" | "edit"): decoded first image}).
@@ -313,7 +313,7 @@ def real_model_ready(model_id: str) -> tuple[bool, str]:
     """(ready, reason): a CUDA device and the weights available offline (a local folder or the HF cache)?"""
 
     if not torch.cuda.is_available():
-        return False, "No CUDA GPU here, so this notebook stops; run it on a machine with a GPU to see a real model."
+        return False, "No CUDA GPU here, so no real model can run; run it on a machine with a GPU to see one."
     if Path(model_id).expanduser().exists():
         return True, f"GPU {torch.cuda.get_device_name(0)}; weights at {model_id}."
     try:
@@ -323,7 +323,7 @@ def real_model_ready(model_id: str) -> tuple[bool, str]:
     except Exception:  # an invalid id, or no huggingface_hub
         cached = None
     if not isinstance(cached, str):
-        return False, (f"{model_id!r} is not in the local Hugging Face cache, so this notebook stops; "
+        return False, (f"{model_id!r} is not in the local Hugging Face cache, so it cannot load offline; "
                        f"download it once with `huggingface-cli download {model_id}`.")
     return True, f"GPU {torch.cuda.get_device_name(0)}; {model_id} found in the local cache."
 
@@ -354,3 +354,65 @@ __all__ = [
     "plane", "plot_cfg_endpoints", "plot_density", "plot_paths", "plot_round_trip", "real_model_ready",
     "sample_path", "toy_data", "toy_model", "vp_view",
 ]
+
+
+# -- why plain inversion fails: the implicit step and its contraction q ------------------------------------
+def gaussian_contraction(sigmas: Sequence[float] | Tensor, *, data_std: float, cond_std: float | None = None,
+                         cfg: float = 1.0) -> Tensor:
+    """Per upward step sigma_i -> sigma_{i+1} (`sigmas` ascending): the contraction q_i of the implicit step on
+    Gaussian data N(mu, s^2), the denoiser D(y, sigma) = mu + a (y - mu), a = s^2 / (s^2 + sigma^2).
+
+    The exact inverse of the Euler step down solves y = x_i + Delta_i (y - D_w(y, sigma_{i+1})) / sigma_{i+1};
+    its right side has slope q_i = Delta_i (1 - a_w) / sigma_{i+1} in y, so (y - mu) = (x_i - mu) / (1 - q_i), and
+    at cfg 1: q_i = Delta_i sigma_{i+1} / (s^2 + sigma_{i+1}^2). With a conditional Gaussian of std `cond_std`
+    (same mean) and guidance D_w = D_u + w (D_c - D_u): a_w = a_u + w (a_c - a_u), so q grows linearly in w."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
+    if s.ndim != 1 or len(s) < 2 or bool((s[1:] <= s[:-1]).any()):
+        raise UnsamplingError("gaussian_contraction needs ascending sigmas (an upward schedule) with >= 2 entries")
+    nxt, delta = s[1:], s[1:] - s[:-1]
+    a_u = data_std**2 / (data_std**2 + nxt**2)
+    a_c = a_u if cond_std is None else cond_std**2 / (cond_std**2 + nxt**2)
+    return delta * (1 - (a_u + cfg * (a_c - a_u))) / nxt
+
+
+def implicit_step(denoise: Any, x: Tensor, sigma: float, sigma_next: float, *, iters: int = 3) -> list[Tensor]:
+    """Fixed-point iterates y_0 = x, y_{k+1} = x + (sigma_next - sigma) (y_k - D(y_k, sigma_next)) / sigma_next of the
+    implicit upward step (the exact inverse of an Euler step down from sigma_next). y_1 is plain inversion: the
+    network fed x where the step down fed y (the linearisation x_{i+1} ~ x_i). The iterates close in by the factor
+    q per iteration (`gaussian_contraction`) and diverge when q >= 1. `denoise(y, sigma_next)` -> tensor."""
+    ys = [x]
+    for _ in range(iters):
+        y = ys[-1]
+        ys.append(x + (sigma_next - sigma) * (y - denoise(y, sigma_next)) / sigma_next)
+    return ys
+
+
+def measured_contraction(model: Any, latent: dict[str, Any] | Tensor, *, steps: int, cfg: float = 1.0,
+                         positive: Any = "", negative: Any = "", scheduler: str = "normal") -> "pd.DataFrame":
+    """q measured on `model` along a plain upward Euler climb: at each step, two fixed-point iterations of
+    `implicit_step` and q = ||y_2 - y_1|| / ||y_1 - y_0|| per item (the Gaussian's q where the model is linear).
+    Columns: item, step, sigma_next, q. Costs 2 network calls per step on top of the climb."""
+    import pandas as pd
+
+    samples = latent["samples"] if isinstance(latent, dict) else latent
+    sigmas = (sigma_schedule(model.model_sampling, scheduler, steps).flip(0) + engine.UNSAMPLE_SIGMA_OFFSET).tolist()
+    x = model.latent_format.process_in(samples.to(model.device, engine.state_dtype(samples)))
+    b = x.shape[0]
+    den = engine.guided_denoiser(model, x, None, cfg=cfg, positive=positive, negative=negative)
+    rows = []
+    with torch.inference_mode():
+        for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+            y0, y1, y2 = implicit_step(lambda y, s: den(y, y.new_full([b], s)), x, sigma, sigma_next, iters=2)
+            q = (y2 - y1).flatten(1).norm(dim=1) / (y1 - y0).flatten(1).norm(dim=1)
+            rows += [{"item": j, "step": i, "sigma_next": sigma_next, "q": float(q[j])} for j in range(b)]
+            x = x + (sigma_next - sigma) * (x - den(x, x.new_full([b], sigma))) / sigma  # the plain climb (euler)
+    return pd.DataFrame(rows)
+
+
+def mean_interval(values: Sequence[float] | Tensor, *, z: float = 1.96) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean with a normal-approximation interval mean +- z s / sqrt(n) (n >= 2)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() < 2:
+        raise UnsamplingError(f"mean_interval needs >= 2 values, got {v.numel()}")
+    half = z * float(v.std(unbiased=True)) / math.sqrt(v.numel())
+    return float(v.mean()), float(v.mean()) - half, float(v.mean()) + half
