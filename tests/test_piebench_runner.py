@@ -140,3 +140,20 @@ def test_chunks_on_a_process_pool_equal_the_in_process_rows(first_run, tmp_path)
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)
     with pytest.raises(UnsamplingError, match="ModelSource"):
         benchmark(ul.load_model(), executor=pool, **FAST)
+
+
+def test_an_attention_control_row_runs_through_the_editing_layer(bundled):
+    """P2P (+ Direct Inversion) rows: both branches in one batch; the nfe counts the inversion and the edit."""
+    result = benchmark(bundled, "pie-shapes", methods=["unsampler"], controls=["prompt_swap", "p2p"], direct=[False, True],
+                       **{**FAST, "limit": 2})
+    table = result.table.set_index(["control", "direct"])
+    assert set(table.index) == {("prompt_swap", False), ("p2p", False), ("p2p", True)}  # no prompt_swap + direct
+    rows = result.rows.set_index(["control", "direct", "case"])
+    p2p = result.rows[result.rows["control"] == "p2p"]
+    assert (p2p["nfe"] == p2p["nfe_inversion"] + 2).all()  # 2 steps: one batched call each for both branches
+    swap = result.rows[result.rows["control"] == "prompt_swap"]
+    assert (swap["nfe"] == swap["nfe_inversion"] + 2 * 2).all()  # two resamples of 2 steps
+    # Direct Inversion pins the source branch to the inversion path: its reconstruction is the VAE round trip's
+    direct = rows.loc[("p2p", True)]["psnr_whole"]
+    plain = rows.loc[("p2p", False)]["psnr_whole"]
+    assert (direct > plain).all()

@@ -73,6 +73,7 @@ class EditResult:
     mask: Tensor | None = field(default=None, repr=False)
     inversion_nfe: int = 0  # set by edit_image (the protocol), which also inverts
     inversion_seconds: float = 0.0
+    inversion_grad_steps: int = 0  # of inversion_nfe, the gradient steps (null-text)
 
 
 def edit(

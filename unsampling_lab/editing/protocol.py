@@ -29,6 +29,7 @@ class EditInput:
     negative: str | Sequence[str]
     nfe: int
     seconds: float
+    grad_steps: int = 0  # of the nfe, the gradient steps (null-text's forward + backward passes)
 
 
 def invert_for_edit(model: Any, latent: Any, *, source: str | Sequence[str], method: str = "unsampler",
@@ -51,7 +52,7 @@ def invert_for_edit(model: Any, latent: Any, *, source: str | Sequence[str], met
         return EditInput(traj, source if method == "negative_prompt" else negative, traj.nfe, time.perf_counter() - t0)
     inv = invert(model, latent, method=method, cfg=cfg if method == "null_text" else inversion_cfg, positive=source,
                  negative=negative, **common, **opts)
-    return EditInput(inv, negative, inv.nfe + inv.grad_steps, time.perf_counter() - t0)
+    return EditInput(inv, negative, inv.nfe + inv.grad_steps, time.perf_counter() - t0, grad_steps=inv.grad_steps)
 
 
 def edit_image(
@@ -84,7 +85,7 @@ def edit_image(
                           method_options=method_options, progress=progress)
     res = edit(model, inp.run_on, source=source, target=target, control=control, cfg=cfg, direct=direct,
                record_attention=record_attention, negative=inp.negative, progress=progress, **control_options)
-    res.inversion_nfe, res.inversion_seconds = inp.nfe, inp.seconds
+    res.inversion_nfe, res.inversion_seconds, res.inversion_grad_steps = inp.nfe, inp.seconds, inp.grad_steps
     if isinstance(latent, dict):  # the LATENT's other keys back (a Trajectory input gives tensors)
         res.target = {**latent, "samples": res.target["samples"] if isinstance(res.target, dict) else res.target}
         res.source = {**latent, "samples": res.source["samples"] if isinstance(res.source, dict) else res.source}

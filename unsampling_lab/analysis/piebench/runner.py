@@ -128,26 +128,6 @@ def _settings(methods: Sequence[str], controls: Sequence[str], direct: Sequence[
     return out
 
 
-def _edit_branches(model: Any, inversion: Any, setting: BenchSetting, sources: list[str], targets: list[str],
-                   counter: Any) -> tuple[Any, Any]:
-    """(reconstruction latent, edited latent) of one chunk."""
-    from ...inversion import resample
-
-    common = dict(steps=setting.steps, cfg=setting.edit_cfg, sampler_name=setting.sampler_name,
-                  scheduler=setting.scheduler, progress=False, counter=counter)
-    if setting.control == PROMPT_SWAP:
-        return (resample(model, inversion, positive=sources, **common),
-                resample(model, inversion, positive=targets, **common))
-    try:
-        from ...editing import edit  # the attention-control layer
-    except ImportError:
-        raise UnsamplingError(f"control {setting.control!r} needs the editing layer (unsampling_lab.editing), "
-                              f"which this installation lacks; use control='prompt_swap'") from None
-    out = edit(model, inversion, source=sources, target=targets, control=setting.control, direct=setting.direct,
-               **common, **dict(setting.control_options))
-    return out.source, out.target
-
-
 def benchmark(
     model: Any,
     suite: str | Path | Sequence[PieCase] = "pie-shapes",
@@ -265,22 +245,12 @@ def _chunk_task(task: tuple[BenchSetting, list[PieCase], dict[str, Any]], source
 
 def _run_chunk(model: Any, setting: BenchSetting, chunk: list[PieCase], images: Mapping[str, torch.Tensor],
                targets: Mapping[str, Any], scorer: PieScorer) -> list[tuple[dict[str, dict[str, float]], dict[str, Any]]]:
-    from ...guidance import EvalCounter
-    from ...inversion import InversionWarning, invert
-
     batch = torch.stack([images[c.key] for c in chunk])
     sources, target_prompts = [c.source_prompt for c in chunk], [c.target_prompt for c in chunk]
     start = time.perf_counter()
     latent = model.encode(batch)
-    # null-text inversion optimises its null embeddings for the cfg the edit runs at (Mokady et al.)
-    inv_cfg = setting.edit_cfg if setting.method == "null_text" else setting.inversion_cfg
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", InversionWarning)  # non-converged steps are reported in the row
-        inversion = invert(model, latent, method=setting.method, steps=setting.steps, cfg=inv_cfg,
-                           sampler_name=setting.sampler_name, scheduler=setting.scheduler, positive=sources,
-                           progress=False, **dict(setting.method_options))
-    counter = EvalCounter()
-    recon_latent, edit_latent = _edit_branches(model, inversion, setting, sources, target_prompts, counter)
+    branches = _prompt_swap if setting.control == PROMPT_SWAP else _controlled
+    recon_latent, edit_latent, cost = branches(model, latent, setting, sources, target_prompts)
     recon, edited = model.decode(recon_latent), model.decode(edit_latent)
     seconds = (time.perf_counter() - start) / len(chunk)
     out = []
@@ -292,11 +262,49 @@ def _run_chunk(model: Any, setting: BenchSetting, chunk: list[PieCase], images: 
         if case.key in targets:
             t = targets[case.key]
             metrics["shapes"] = shapes_scores(edited[i], batch[i], t.target_colour, t.target_shape)
-        # nfe: the inversion, then the resampling of both branches (source = reconstruction, target = edit)
-        accounting = {"nfe": inversion.nfe + counter.nfe, "nfe_inversion": inversion.nfe, "grad_steps": inversion.grad_steps,
-                      "nonconverged": len(inversion.nonconverged_steps), "seconds": seconds}
-        out.append((metrics, accounting))
+        out.append((metrics, {**cost, "seconds": seconds}))
     return out
+
+
+def _prompt_swap(model: Any, latent: Any, setting: BenchSetting, sources: list[str], targets: list[str]
+                 ) -> tuple[Any, Any, dict[str, Any]]:
+    """Invert with `ul.invert`, then the method's own resampling side twice: the source prompt (reconstruction)
+    and the target prompt (the edit). nfe: the inversion's network evaluations, then both resamples'."""
+    from ...guidance import EvalCounter
+    from ...inversion import InversionWarning, invert, resample
+
+    # null-text inversion optimises its null embeddings for the cfg the edit runs at (Mokady et al.)
+    inv_cfg = setting.edit_cfg if setting.method == "null_text" else setting.inversion_cfg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InversionWarning)  # non-converged steps are reported in the row
+        inversion = invert(model, latent, method=setting.method, steps=setting.steps, cfg=inv_cfg,
+                           sampler_name=setting.sampler_name, scheduler=setting.scheduler, positive=sources,
+                           progress=False, **dict(setting.method_options))
+    counter = EvalCounter()
+    common = dict(steps=setting.steps, cfg=setting.edit_cfg, sampler_name=setting.sampler_name,
+                  scheduler=setting.scheduler, progress=False, counter=counter)
+    recon = resample(model, inversion, positive=sources, **common)
+    edited = resample(model, inversion, positive=targets, **common)
+    return recon, edited, {"nfe": inversion.nfe + counter.nfe, "nfe_inversion": inversion.nfe,
+                           "grad_steps": inversion.grad_steps, "nonconverged": len(inversion.nonconverged_steps)}
+
+
+def _controlled(model: Any, latent: Any, setting: BenchSetting, sources: list[str], targets: list[str]
+                ) -> tuple[Any, Any, dict[str, Any]]:
+    """The editing layer's protocol (`ul.edit_image`): both branches in one batch under the control, the source
+    branch as the reconstruction. nfe: the inversion's network evaluations, then the edit's; gradient steps apart."""
+    from ...editing import edit_image
+    from ...inversion import InversionWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InversionWarning)
+        res = edit_image(model, latent, source=sources, target=targets, method=setting.method, control=setting.control,
+                         cfg=setting.edit_cfg, inversion_cfg=setting.inversion_cfg, steps=setting.steps,
+                         direct=setting.direct, sampler_name=setting.sampler_name, scheduler=setting.scheduler,
+                         method_options=dict(setting.method_options), **dict(setting.control_options))
+    grad = res.inversion_grad_steps
+    return res.source, res.target, {"nfe": res.inversion_nfe - grad + res.nfe, "nfe_inversion": res.inversion_nfe - grad,
+                                    "grad_steps": grad, "nonconverged": 0}
 
 
 def markdown_table(table: "pd.DataFrame", *, metrics: Sequence[str] | None = None) -> str:
