@@ -40,14 +40,9 @@ CONTROLS = {"prompt swap": ("prompt_swap", False, {}), "P2P": ("p2p", False, {})
             "PnP": ("pnp", False, {})}
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson (1927) score interval for k successes of n."""
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson (1927) score interval for k successes of n (`ul.metrics.wilson_interval`)."""
+    return ul.metrics.wilson_interval(k / n if n else math.nan, n)
 
 
 def scores(images: torch.Tensor, batch: shapes.ShapesBatch, coverage: torch.Tensor, targets: list[str]) -> dict:

@@ -110,7 +110,7 @@ def test_fingerprint_sees_one_zeroed_output_channel_and_is_cached(monkeypatch):
     values of this 73728-value weight (one every ~2378), none of them in that channel's 1152."""
     from unsampling_lab.analysis import fingerprints
 
-    model = ul.load_model(make_tiny_pipeline(), device="cpu")
+    model = ul.load_model(tiny_sd_pipeline(), device="cpu")
     before = model_fingerprint(model)
     conv = model.unet.up_blocks[0].resnets[0].conv1
     assert conv.weight.shape == (64, 128, 3, 3) and conv.weight[1].abs().sum() > 0
@@ -118,7 +118,7 @@ def test_fingerprint_sees_one_zeroed_output_channel_and_is_cached(monkeypatch):
         conv.weight[1] = 0.0
     pruned = model_fingerprint(model)
     assert pruned != before
-    fresh = ul.load_model(make_tiny_pipeline(), device="cpu")
+    fresh = ul.load_model(tiny_sd_pipeline(), device="cpu")
     assert model_fingerprint(fresh) == before  # the same weights loaded again: the same fingerprint
     hashed = []
     feed = fingerprints._feed_tensor

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "autocorrelation", "autocorrelation_map", "detector_metrics", "ks_statistic", "latent_mse", "noise_stats",
     "expected_noise_std", "loglog_slopes", "psnr", "psnr_floor", "psnr_from_mse", "relative_error", "ssim", "standardize_noise",
-    "rates", "standardized_noise", "step_stats",
+    "rates", "standardized_noise", "wilson_interval", "step_stats",
 ]
 
 
@@ -297,6 +297,16 @@ def step_stats(trajectory: "Trajectory", *, model_sampling: "ModelSampling | Non
 
 
 # -- rates and slopes over a results table -----------------------------------------------------------
+def wilson_interval(rate: float, n: int, *, z: float = 1.96) -> tuple[float, float]:
+    """Wilson (1927) score interval of a rate measured on n items: centre (p + z^2/2n) / (1 + z^2/n),
+    half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n). (NaN, NaN) for n = 0."""
+    if n == 0:
+        return math.nan, math.nan
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
 def rates(df: "pd.DataFrame", by: Sequence[str], columns: Sequence[str], *, z: float = 1.96) -> "pd.DataFrame":
     """Mean of 0/1 columns per group with Wilson score intervals (`{col}_lo`, `{col}_hi`) and the count `n`.
 
@@ -315,9 +325,7 @@ def rates(df: "pd.DataFrame", by: Sequence[str], columns: Sequence[str], *, z: f
             p = float(v.mean()) if n else math.nan
             rec[c] = p
             if n:
-                centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-                half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-                rec[f"{c}_lo"], rec[f"{c}_hi"] = centre - half, centre + half
+                rec[f"{c}_lo"], rec[f"{c}_hi"] = wilson_interval(p, n, z=z)
         rec["n"] = len(part)
         out.append(rec)
     return pd.DataFrame(out)

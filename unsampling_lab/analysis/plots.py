@@ -202,8 +202,8 @@ def rate_plot(summary: "pd.DataFrame", *, x: str, y: str, hue: str, ax: "Axes | 
               ylabel: str | None = None) -> "Axes":
     """Rates with error bars: columns `x`, `y` (means) and `{y}_lo`, `{y}_hi` (an interval), one line per `hue`.
 
-    `annotate`: a column whose value labels each point (as `annotate_label=value`, default the column name),
-    offset per line so that labels of neighbouring lines do not overlap.
+    `annotate`: a column whose value labels each point (as `annotate_label=value`, default the column name;
+    annotate_label="" writes the value alone), offset per line so that labels of neighbouring lines do not overlap.
     """
     ax = ensure_ax(ax, figsize=(5, 3.6))
     for i, (h, part) in enumerate(summary.groupby(hue, sort=True)):
@@ -216,7 +216,10 @@ def rate_plot(summary: "pd.DataFrame", *, x: str, y: str, hue: str, ax: "Axes | 
         cont = ax.errorbar(part[x].to_numpy(dtype=float), yv, yerr=err, marker="o", ms=4, capsize=2, label=name)
         if annotate is not None:
             for j, (_, r) in enumerate(part.iterrows()):
-                ax.annotate(f"{annotate_label or annotate}={r[annotate]:g}", (r[x], r[y]), xytext=(4, 4 + 7 * (i % 4)),
+                value = r[annotate]
+                text = f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
+                label = annotate if annotate_label is None else annotate_label
+                ax.annotate(f"{label}={text}" if label else text, (r[x], r[y]), xytext=(4, 4 + 7 * (i % 4)),
                             textcoords="offset points", fontsize=6, color=cont.lines[0].get_color())
     if annotate is not None:  # room for the point labels inside the axes
         ax.margins(x=0.12, y=0.18)

@@ -30,10 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..metrics import wilson_interval
+
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["PIE_METRICS", "RATE_METRICS", "PieMetric", "wilson", "quantise", "region_scores", "self_similarity", "summarise", "structure_distance_from_keys"]
+__all__ = ["PIE_METRICS", "RATE_METRICS", "PieMetric", "quantise", "region_scores", "self_similarity", "summarise", "structure_distance_from_keys"]
 
 
 @dataclass(frozen=True)
@@ -104,18 +106,6 @@ def structure_distance_from_keys(keys_a: Tensor, keys_b: Tensor) -> float:
 RATE_METRICS: tuple[str, ...] = ("edit_success",)
 
 
-def wilson(successes: float, n: int, *, z: float = 1.96) -> tuple[float, float]:
-    """Wilson (1927) score interval of a rate k / n: centre (p + z^2/2n) / (1 + z^2/n), half-width
-    z sqrt(p(1 - p)/n + z^2/4n^2) / (1 + z^2/n)."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def _t95(n: int) -> float:
     from scipy import stats
 
@@ -144,7 +134,7 @@ def summarise(rows: Iterable[Mapping[str, Any]], *, by: Sequence[str] = ("method
             line[name] = mean
             line[f"{name}_ci95"] = half
             if name in RATE_METRICS:
-                line[f"{name}_lo"], line[f"{name}_hi"] = wilson(float(finite.sum()), len(finite))
+                line[f"{name}_lo"], line[f"{name}_hi"] = wilson_interval(float(finite.mean()), len(finite))
             line[f"{name}_nan"] = int(len(values) - len(finite))
         for name in (skipped or {}):
             line[name] = math.nan

@@ -87,7 +87,8 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _suite(suite: str | Path | Sequence[PieCase], limit: int | None) -> tuple[str, list[PieCase], dict[str, Any]]:
+def _suite(suite: str | Path | Sequence[PieCase], limit: int | None, keys: Sequence[str] | None = None
+           ) -> tuple[str, list[PieCase], dict[str, Any]]:
     if isinstance(suite, (str, Path)) and str(suite) == "pie-shapes":
         from .suite import pie_shapes
 
@@ -97,6 +98,13 @@ def _suite(suite: str | Path | Sequence[PieCase], limit: int | None) -> tuple[st
         cases, targets, name = load_pie_bench(suite), {}, str(Path(suite).expanduser().resolve())
     else:
         cases, targets, name = list(suite), {}, "cases"
+    if keys is not None:
+        wanted = [str(k) for k in keys]
+        known = {c.key for c in cases}
+        unknown = [k for k in wanted if k not in known]
+        if unknown:
+            raise UnsamplingError(f"the suite {name!r} has no case {unknown[:3]} (its keys: {sorted(known)[:3]} ...)")
+        cases = [c for c in cases if c.key in set(wanted)]
     if limit is not None:
         if limit < 1:
             raise UnsamplingError(f"limit must be a whole number >= 1, got {limit}")
@@ -147,6 +155,7 @@ def benchmark(
     networks: Sequence[str] = ("lpips", "dino", "clip"),
     batch_size: int = 16,
     limit: int | None = None,
+    keys: Sequence[str] | None = None,
     executor: Any = None,
     retries: int = 2,
     progress: bool = True,
@@ -154,6 +163,7 @@ def benchmark(
     """Run `suite` ("pie-shapes", a PIE-Bench folder or parquet mirror, or a list of `PieCase`s) for every
     (method, control, direct) and return the rows and tables; see the module docstring for the protocol.
 
+    keys: only these cases of the suite (by `PieCase.key`); limit: only the first N.
     executor: run the chunks on a Dask `Client` or a `concurrent.futures` executor, as `ul.sweep` does
     (`model` is then a `ul.ModelSource`, loaded once per worker; rows are written here as chunks finish)."""
     from tqdm.auto import tqdm
@@ -162,7 +172,7 @@ def benchmark(
 
     if int(batch_size) != batch_size or batch_size < 1:
         raise UnsamplingError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-    name, cases, targets = _suite(suite, limit)
+    name, cases, targets = _suite(suite, limit, keys)
     common = dict(steps=int(steps), inversion_cfg=float(inversion_cfg), edit_cfg=float(edit_cfg),
                   sampler_name=sampler_name, scheduler=scheduler)
     settings = _settings(methods, controls, direct, common, method_options or {}, control_options or {})
