@@ -91,7 +91,7 @@ def sdxl_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def comfy_reference():
-    """ComfyUI's own outputs on a tiny seeded UNet (../shared/comfy_reference)."""
+    """ComfyUI's own outputs on a tiny seeded UNet (tests/data/comfy_reference, made by ComfyUI itself)."""
     if not (COMFY_REFERENCE / "cases.json").exists():
         pytest.skip(f"ComfyUI reference data not found at {COMFY_REFERENCE}")
     from diffusers import UNet2DConditionModel

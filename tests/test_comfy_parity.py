@@ -1,6 +1,6 @@
 """Parity with ComfyUI's own Unsampler and KSamplerAdvanced on the same tiny seeded UNet.
 
-The reference outputs were produced by ComfyUI itself (../shared/comfy_reference/README.md). Our
+The reference outputs were produced by ComfyUI itself (tests/data/comfy_reference/README.md). Our
 UNet forward is diffusers', ComfyUI's is its own: their last-bit differences are amplified by the
 Unsampler's first step ((x - denoised) / 1e-4 cancels in float32) and by cfg. Measured: <= 2e-5
 relative at cfg 1, <= 1.2e-4 at cfg 4 (unsample), <= 1.2e-5 for the resamples.

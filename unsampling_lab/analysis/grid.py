@@ -9,7 +9,6 @@ batches: `pack` puts them in packs of up to max_batch images, `pack_cost` orders
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Union
@@ -55,21 +54,21 @@ class Setting:
         return self.positive if self.edit is None else self.edit
 
     @property
-    def guidance(self) -> float:
-        """The cfg resample uses."""
+    def effective_resample_cfg(self) -> float:
+        """The cfg resample uses: resample_cfg, or the inversion's cfg when none is given."""
         return self.cfg if self.resample_cfg is None else self.resample_cfg
 
     def row(self, item: int) -> dict[str, Any]:
         """The parameter columns of batch item `item` (prompts as that item's text)."""
         row = asdict(self)
         row.update(positive=item_text(self.positive, item), negative=item_text(self.negative, item),
-                   edit=item_text(self.resample_prompt, item), resample_cfg=self.guidance, item=item)
+                   edit=item_text(self.resample_prompt, item), resample_cfg=self.effective_resample_cfg, item=item)
         _options_column(row, self.method_options)
         return row
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes this setting's numbers (edit and resample_cfg resolved)."""
-        out = {**asdict(self), "edit": self.resample_prompt, "resample_cfg": self.guidance}
+        out = {**asdict(self), "edit": self.resample_prompt, "resample_cfg": self.effective_resample_cfg}
         _options_column(out, self.method_options)
         return out
 
@@ -93,7 +92,7 @@ class InversionGroup:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
 
     @property
-    def plain(self) -> bool:
+    def is_unsampler(self) -> bool:
         """The Unsampler's inversion: one recorded trajectory, packable with others."""
         return self.method == "unsampler"
 
@@ -234,7 +233,7 @@ def pack(groups: Sequence[InversionGroup], *, batch: int, max_batch: int) -> lis
     by_sigmas: dict[tuple[Any, ...], list[InversionGroup]] = {}
     for g in groups:
         by_sigmas.setdefault(g.sigmas_key(), []).append(g)
-    return [c for same in by_sigmas.values() for c in chunked(same, size if same[0].plain else 1)]
+    return [c for same in by_sigmas.values() for c in chunked(same, size if same[0].is_unsampler else 1)]
 
 
 def pack_cost(groups: Sequence[InversionGroup]) -> float:
@@ -242,15 +241,16 @@ def pack_cost(groups: Sequence[InversionGroup]) -> float:
     resample steps, doubled where cfg != 1 (the uncond pass). Methods other than the Unsampler
     iterate, so they count 10x. Only the order of tasks uses it."""
     from ..engine import state_index
+    from ..inputs import cfg_is_one
 
     def passes(cfg: float) -> int:
-        return 1 if math.isclose(cfg, 1.0) else 2
+        return 1 if cfg_is_one(cfg) else 2
 
     rows = 0.0
     for g in groups:
         own = state_index(g.steps, g.end_at_step) * passes(g.cfg)
-        own += sum((s.steps - s.end_at_step) * passes(s.guidance) for s in g.settings)
-        rows += own if g.plain else 10 * own
+        own += sum((s.steps - s.end_at_step) * passes(s.effective_resample_cfg) for s in g.settings)
+        rows += own if g.is_unsampler else 10 * own
     return rows
 
 

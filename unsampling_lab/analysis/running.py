@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..errors import UnsamplingError
 from ..inversion import resample
+from ..trajectory import stop_step
 from .evaluate import References, evaluate, inversion_endpoints
 from .grid import InversionGroup, Prompts, Setting, chunked, engine_prompt, item_text, prefix_consistent
 
@@ -51,7 +52,7 @@ class Inverted:
 
     def start_at_step(self, setting: Setting) -> int:
         # a method's inversion stops where unsample would (end_at_step >= steps still takes one step)
-        return setting.end_at_step if self.inversion is None else min(setting.end_at_step, setting.steps - 1)
+        return setting.end_at_step if self.inversion is None else stop_step(setting.steps, setting.end_at_step)
 
     def metric_step(self, setting: Setting) -> int:
         """The end_at_step at which `trajectory` holds the noise (a method's endpoints end at it)."""
@@ -124,7 +125,7 @@ def evaluate_setting(model: "DiffusionModel", members: Sequence[tuple[Inverted, 
         model, noises[0] if len(noises) == 1 else concat(noises), steps=first.steps,
         start_at_step=inverted.start_at_step(first), sampler_name=first.sampler_name, scheduler=first.scheduler,
         add_noise=False, noise_seed=first.seed, progress=False, counter=counter,
-        **guidance([(s.guidance, s.resample_prompt, s.negative) for _, s in members], batch)))
+        **packed_prompts([(s.effective_resample_cfg, s.resample_prompt, s.negative) for _, s in members], batch)))
     decoded = model.decode(result) if references.decodes and ({"pixel", "detector"} & set(metrics)) else None
     out = []
     for j, (inv, s) in enumerate(members):
@@ -160,7 +161,7 @@ def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: 
     inverted, inversion_nfe, alone = _invert(model, latents, groups)
     work = [(i, s) for i, g in enumerate(groups) for s in g.settings]
     per_chunk = max(1, max_batch // batch)
-    if groups[0].plain and (len(groups) > 1 or per_chunk > 1):  # settings that can share one resample batch
+    if groups[0].is_unsampler and (len(groups) > 1 or per_chunk > 1):  # settings that can share one resample batch
         same = lambda w: (w[1].end_at_step, w[1].seed)  # noqa: E731
         chunks = [c for _, part in itertools.groupby(sorted(work, key=same), key=same)
                   for c in chunked(list(part), per_chunk)]
@@ -186,7 +187,7 @@ def _invert(model: "DiffusionModel", latents: dict[str, Any] | Tensor, groups: S
     from .. import engine
 
     first = groups[0]
-    if not first.plain:
+    if not first.is_unsampler:
         from ..inversion import invert
 
         (group,) = groups
@@ -197,7 +198,7 @@ def _invert(model: "DiffusionModel", latents: dict[str, Any] | Tensor, groups: S
     batch, n = int(samples_of(latents).shape[0]), len(groups)
     traj = engine.unsample_trajectory(
         model, repeat(latents, n), steps=first.steps, sampler_name=first.sampler_name, scheduler=first.scheduler,
-        end_at_step=first.end_at_step, progress=False, **guidance([(g.cfg, g.positive, g.negative) for g in groups], batch))
+        end_at_step=first.end_at_step, progress=False, **packed_prompts([(g.cfg, g.positive, g.negative) for g in groups], batch))
     trajs = [_slice_trajectory(traj, i * batch, (i + 1) * batch, g) for i, g in enumerate(groups)] if n > 1 else [traj]
     shared = prefix_consistent(first.sampler_name)
 
@@ -209,7 +210,7 @@ def _invert(model: "DiffusionModel", latents: dict[str, Any] | Tensor, groups: S
     return [Inverted(t) for t in trajs], traj.nfe, alone
 
 
-def guidance(parts: Sequence[tuple[float, Prompts, Prompts]], batch: int) -> dict[str, Any]:
+def packed_prompts(parts: Sequence[tuple[float, Prompts, Prompts]], batch: int) -> dict[str, Any]:
     """The engine's cfg / positive / negative for (cfg, positive, negative) per packed member: one value where
     every member has the same one (a cfg, or one prompt text), else one value per image of the packed
     network batch (members x batch items)."""

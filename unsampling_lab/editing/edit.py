@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..errors import UnsamplingError
 from ..guidance import EvalCounter
-from ..trajectory import Trajectory
+from ..trajectory import Trajectory, stop_step
 from . import _engine
 from .attention import EditState, install
 from .controls import control_options, get_control
@@ -116,7 +116,7 @@ def edit(
     sampler_name = params.get("sampler_name", "euler") if sampler_name is None else sampler_name
     scheduler = params.get("scheduler", "normal") if scheduler is None else scheduler
     if start_at_step is None:
-        start_at_step = min(int(params.get("end_at_step", 0)), steps - 1)
+        start_at_step = stop_step(steps, int(params.get("end_at_step", 0)))
     like = _noise_latent(model, noise)
     samples, _ = _engine.read_latent(like, model)
     b = samples.shape[0]
