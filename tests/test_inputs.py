@@ -589,3 +589,14 @@ def test_16bit_rgb_png_warns_that_it_is_read_at_8_bits(tmp_path):
     with pytest.warns(UnsamplingWarning, match="16-bit RGB PNG; Pillow reads it at 8 bits"):
         x = ul.load_images(path, multiple_of=2)
     assert (x[0] - torch.from_numpy(values[:4, :6].astype(np.float32) / 65535)).abs().max() < 1 / 255
+
+
+def test_a_sweep_grid_cfg_that_is_no_number_is_a_one_line_error():
+    """Issue 19 (poor): grid cfg=['a'] raised a raw ValueError; every cfg goes through inputs.check_cfg."""
+    from unsampling_lab.analysis.grid import grid_values
+
+    for grid, fragment in (({"cfg": ["a"]}, "cfg must be a finite number >= 0"),
+                           ({"resample_cfg": [math.inf]}, "resample_cfg must be a finite number >= 0"),
+                           ({"cfg": [[1, 2]]}, "each grid value of cfg is one number")):
+        with pytest.raises(ul.UnsamplingError, match=fragment):
+            grid_values(grid, {})

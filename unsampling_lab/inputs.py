@@ -125,14 +125,15 @@ def check_seed(name: str, seed: Any) -> int:
     return check_int(name, seed, minimum=0, maximum=MAX_SEED)
 
 
-def check_cfg(cfg: float | Sequence[float]) -> float | list[float]:
+def check_cfg(cfg: float | Sequence[float], *, name: str = "cfg") -> float | list[float]:
     """cfg as a Python float, or a list of floats (one per batch item: a packed batch of settings); each a
-    finite number >= 0. numpy scalars are accepted. The only place a user's cfg is checked."""
+    finite number >= 0. numpy scalars are accepted. The only place a user's cfg is checked (`name`: how the
+    caller calls it, e.g. resample_cfg)."""
     many = isinstance(cfg, (list, tuple)) and len(cfg) > 0
     for c in (cfg if many else [cfg]):
         if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(float(c)) or c < 0:
-            raise UnsamplingError(f"cfg must be a finite number >= 0 (1.0 = no guidance), or a list of them (one per "
-                                  f"batch item), got {cfg!r}")
+            raise UnsamplingError(f"{name} must be a finite number >= 0 (1.0 = no guidance), or a list of them (one "
+                                  f"per batch item), got {cfg!r}")
     return [float(c) for c in cfg] if many else float(cfg)  # type: ignore[union-attr, arg-type]
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import UnsamplingError, check_choice
+from .errors import check_choice, check_int
 from .model_sampling import ModelSampling
 
 SchedulerFn = Callable[[ModelSampling, int], Tensor]
@@ -143,9 +143,7 @@ SCHEDULERS: tuple[str, ...] = tuple(SCHEDULER_SPECS)
 def calculate_sigmas(ms: ModelSampling, scheduler: str, steps: int) -> Tensor:
     """`scheduler`'s descending sigmas for `steps` steps (ComfyUI `calculate_sigmas`)."""
     check_choice(scheduler, SCHEDULERS, what="scheduler")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UnsamplingError(f"steps must be a whole number >= 1, got {steps!r}")
-    return SCHEDULER_SPECS[scheduler].fn(ms, steps)
+    return SCHEDULER_SPECS[scheduler].fn(ms, check_int("steps", steps, minimum=1))
 
 
 def sigma_schedule(ms: ModelSampling, scheduler: str, steps: int, *, discard_penultimate: bool = False) -> Tensor:

@@ -170,10 +170,6 @@ def grid_values(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> 
         for v in values[name]:
             if v < (1 if name == "steps" else 0):
                 raise UnsamplingError(f"{name} must be >= {1 if name == 'steps' else 0}, got {v}")
-    for name in ("cfg", "resample_cfg"):
-        for v in values[name]:
-            if v is not None and not v >= 0:
-                raise UnsamplingError(f"{name} must be a finite number >= 0 (1.0 = no guidance), got {v}")
     return values
 
 
@@ -184,7 +180,11 @@ def _canonical(name: str, value: Any) -> Any:
             raise UnsamplingError(f"{name} must be a whole number, got {value!r}")
         return int(value)
     if name in ("cfg", "resample_cfg"):
-        return None if value is None else float(value)
+        from ..inputs import check_cfg
+
+        if value is not None and isinstance(value, (list, tuple)):
+            raise UnsamplingError(f"each grid value of {name} is one number, got {value!r}")
+        return None if value is None else check_cfg(value, name=name)
     if name == "normalize" and isinstance(value, bool):
         return "enable" if value else "disable"
     if name in _PROMPTS:

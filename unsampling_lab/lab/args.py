@@ -5,7 +5,6 @@ Shared by the sub-commands (`lab.cli` sweep, `lab.bench` bench).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -48,13 +47,14 @@ positive_int, non_negative_int = whole_number(1), whole_number(0)
 
 
 def cfg_value(text: str) -> float:
+    """An argparse type: a cfg, checked by the one rule (`inputs.check_cfg`), as a float."""
+    from ..errors import UnsamplingError
+    from ..inputs import check_cfg
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 (1 = no guidance), got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (1 = no guidance), got {text!r}")
-    return value
+        return check_cfg(float(text))  # type: ignore[return-value]
+    except (ValueError, UnsamplingError):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (1 = no guidance), got {text!r}") from None
 
 
 def choice(what: str, choices: Sequence[str], *, refused: dict[str, str] | None = None):
