@@ -28,6 +28,10 @@ def test_sweep_end_to_end_then_resume(tiny_pipeline_dir, tmp_path, capsys):
                  "strip.png"):
         assert (out / name).stat().st_size > 0, name
     summary = (out / "summary.md").read_text()
+    # the best reconstruction goes back to ComfyUI: both formats, read back to the same parameters
+    back = ul.comfy.read_workflow(out / "best_api.json")
+    assert (out / "best.json").exists() and "best.json" in summary
+    assert back.unsample["end_at_step"] in (0, 2) and back.resample["start_at_step"] == back.unsample["end_at_step"]
     assert "VAE-only reference" in summary and "model evaluations" in summary
     capsys.readouterr()
     assert cli.main([*argv, "--no-figures"]) == 0  # rerun: everything is already in the table

@@ -35,9 +35,35 @@ def write_report(model: Any, df: "pd.DataFrame", out: str | Path, *, outputs: Ma
     out.mkdir(parents=True, exist_ok=True)
     written = _figures(model, df, dict(outputs or {}), images, out, trajectory=trajectory,
                        end_at_step=end_at_step) if figures else []
-    (out / "summary.md").write_text(summary(df, model_name=model_name, source=source, table_path=table_path,
-                                            figures=written, seconds=seconds), encoding="utf-8")
+    workflow = best_workflow(df, out, checkpoint=model_name)
+    text = summary(df, model_name=model_name, source=source, table_path=table_path, figures=written, seconds=seconds)
+    if workflow is not None:
+        text += (f"\nThe best reconstruction as a ComfyUI workflow: `{workflow.ui_path.name}` (editor) and "
+                 f"`{workflow.api_path.name}` (API); set its LoadImage to your source image.\n")
+        written = [*written, workflow.ui_path, workflow.api_path]
+    (out / "summary.md").write_text(text, encoding="utf-8")
     return [*written, out / "summary.md"]
+
+
+def best_workflow(df: "pd.DataFrame", out: Path, *, checkpoint: str) -> Any:
+    """The reconstruction row with the lowest mean latent_mse that ComfyUI's Unsampler can express (method
+    unsampler, normalize disable/enable), written as `best.json` + `best_api.json` (`ul.comfy.workflow_for_row`);
+    None when the table has no such row."""
+    from .comfy import workflow_for_row
+
+    rows = df[df["edit"] == df["positive"]] if {"edit", "positive"} <= set(df.columns) else df.iloc[0:0]
+    if "method" in rows:
+        rows = rows[rows["method"] == "unsampler"]
+    rows = rows[rows["normalize"].isin(["disable", "enable"])] if "normalize" in rows else rows
+    if not len(rows) or "latent_mse" not in rows:
+        return None
+    keys = [c for c in ("cfg", "resample_cfg", "end_at_step", "normalize", "sampler_name", "scheduler", "steps")
+            if c in rows.columns]
+    means = rows.groupby(keys, as_index=False)["latent_mse"].mean()
+    best = means.loc[means["latent_mse"].idxmin()]
+    row = rows[(rows[keys] == best[keys]).all(axis=1)].iloc[0]
+    name = Path(checkpoint).name if checkpoint and Path(checkpoint).suffix else "your_checkpoint.safetensors"
+    return workflow_for_row(row, out / "best.json", checkpoint=name, image="source.png")
 
 
 def _figures(model: Any, df: Any, kept: dict[str, Any], images: Any, out: Path, *, trajectory: Any,

@@ -335,6 +335,7 @@ def markdown_table(table: "pd.DataFrame", *, metrics: Sequence[str] | None = Non
             else:
                 cell = f"{v:.2f}" + (f" ± {ci:.2f}" if np.isfinite(ci) else "")
             cells.append(cell + (f" ({nan} NaN)" if nan else ""))
-        cells += [f"{r['nfe']:.0f}", f"{r['seconds']:.2f}"]
+        grad = r.get("grad_steps", 0) or 0
+        cells += [f"{r['nfe']:.0f}" + (f" (+{grad:.0f} grad)" if grad else ""), f"{r['seconds']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
