@@ -40,7 +40,9 @@ def attention_by_step(attention: "AttentionMaps", *, branch: Literal["source", "
     ax = ensure_ax(ax, figsize=(0.45 * values.shape[1] + 2, 0.4 * len(keep) + 1.2))
     im = ax.imshow(values[keep].numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_yticks(range(len(keep)), [tokens[i] for i in keep])
-    ax.set_xticks(range(len(attention.steps)), [str(s) for s in attention.steps])
+    every = max(1, -(-len(attention.steps) // 10))  # at most ~10 step labels, so they never overlap
+    ticks = list(range(0, len(attention.steps), every))
+    ax.set_xticks(ticks, [str(attention.steps[i]) for i in ticks])
     ax.set_xlabel("step")
     ax.set_title(f"cross-attention per token, {branch} branch, item {item}")
     ax.figure.colorbar(im, ax=ax, fraction=0.05)
