@@ -39,9 +39,10 @@ def main() -> None:
                        edit_cfg=args.edit_cfg, limit=args.limit, path=args.out / "results.sqlite")
     print(f"PIE-shapes, bundled model, {args.steps} steps, invert at cfg 1, edit at cfg {args.edit_cfg:g}, "
           f"{int(result.table['n'].iloc[0])} cases per row ({time.perf_counter() - start:.0f} s this run)")
-    print(markdown_table(result.table, metrics=["psnr_unedit_part", "mse_unedit_part", "ssim_unedit_part",
-                                                "lpips_unedit_part", "structure_distance", "edit_success",
-                                                "shape_iou", "psnr_whole"]))
+    learned = ["lpips_unedit_part", "structure_distance", "clip_similarity_target_image"]
+    print(markdown_table(result.table, metrics=["psnr_unedit_part", "ssim_unedit_part",
+                                                *[m for m in learned if m not in result.skipped],
+                                                "edit_success", "shape_iou", "psnr_whole"]))
     for metric, why in result.skipped.items():
         print(f"skipped {metric}: {why}")
 
