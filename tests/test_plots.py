@@ -92,7 +92,7 @@ def test_error_vs_steps_draws_slope_lines_through_the_first_point(tmp_path):
     _png(ax.figure, tmp_path, "steps.png")
 
 
-def test_rate_plot_image_grid_and_ceiling(tmp_path):
+def test_rate_plot_image_grid_and_reference(tmp_path):
     summary = pd.DataFrame(dict(k=[0, 3, 0, 3], setting=["a", "a", "b", "b"], rate=[0.5, 0.25, 0.75, 1.0],
                                 rate_lo=[0.2, 0.1, 0.4, 0.7], rate_hi=[0.8, 0.5, 0.9, 1.0]))
     ax = plots.rate_plot(summary, x="k", y="rate", hue="setting", annotate="k")
@@ -106,9 +106,9 @@ def test_rate_plot_image_grid_and_ceiling(tmp_path):
     _png(axes[0, 0].figure, tmp_path, "grid.png")
     df = pd.DataFrame(dict(nfe_budget=[10, 20, 10, 20], sampler_name=["euler", "euler", "heun", "heun"],
                            psnr=[20.0, 25.0, 22.0, 27.0], psnr_vae=[33.0] * 4))
-    ax = plots.psnr_against_ceiling(df)
-    assert ax.lines[-1].get_ydata()[0] == 33.0 and "VAE ceiling" in ax.get_legend().get_texts()[-1].get_text()
-    _png(ax.figure, tmp_path, "ceiling.png")
+    ax = plots.psnr_against_reference(df)
+    assert ax.lines[-1].get_ydata()[0] == 33.0 and "VAE reference" in ax.get_legend().get_texts()[-1].get_text()
+    _png(ax.figure, tmp_path, "reference.png")
 
 
 def test_pareto_front_keeps_exactly_the_undominated_points():
