@@ -69,13 +69,17 @@ def test_bad_settings_are_one_line_errors(bundled):
         benchmark(bundled, batch_size=0, **FAST)
 
 
+#: Cases of the killed run: one per chunk, so most chunks are still to do when it is killed after its second row.
+N_KILLED = 24
+
+
 @pytest.mark.slow
 def test_killed_mid_run_resumes_with_every_finished_row_once(tmp_path):
     path = tmp_path / "bench.sqlite"
     script = textwrap.dedent(f"""
         import unsampling_lab as ul
         from unsampling_lab.analysis.piebench.runner import benchmark
-        benchmark(ul.load_model(), "pie-shapes", methods=["unsampler"], steps=2, edit_cfg=2.0, limit=6,
+        benchmark(ul.load_model(), "pie-shapes", methods=["unsampler"], steps=2, edit_cfg=2.0, limit={N_KILLED},
                   networks=(), progress=False, batch_size=1, path={str(path)!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -92,23 +96,23 @@ def test_killed_mid_run_resumes_with_every_finished_row_once(tmp_path):
                 done = 0
             if done >= 2:
                 break
-        time.sleep(0.2)
+        time.sleep(0.01)  # a row takes tens of ms here: poll faster than that
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with sqlite3.connect(path) as db:
         kept = db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]  # what the killed run had committed
-    assert 2 <= kept < 6, "the run finished or never wrote before it was killed"
+    assert 2 <= kept < N_KILLED, "the run finished or never wrote before it was killed"
     calls = []
     real = runner._run_chunk
     runner._run_chunk = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
-        result = benchmark(ul.load_model(), "pie-shapes", methods=["unsampler"], steps=2, edit_cfg=2.0, limit=6,
+        result = benchmark(ul.load_model(), "pie-shapes", methods=["unsampler"], steps=2, edit_cfg=2.0, limit=N_KILLED,
                            networks=(), progress=False, batch_size=1, path=path)
     finally:
         runner._run_chunk = real
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 6
-    assert len(result.rows) == 6 and len(calls) == 6 - kept  # one chunk per missing case, none computed twice
+        assert db.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == N_KILLED
+    assert len(result.rows) == N_KILLED and len(calls) == N_KILLED - kept  # one chunk per missing case, none computed twice
 
 
 def test_bench_command_writes_the_table_store_and_run_record(tmp_path, capsys):
