@@ -179,6 +179,11 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("None latent", lambda e: ul.unsample(e.model, None, **FAST), ("latent must be a LATENT dict", "NoneType")),
     ("None model", lambda e: ul.unsample(None, e.latent, **FAST), ("model must be a loaded model", "ul.load_model()")),
     ("raw pipeline as model", lambda e: ul.unsample(tiny_sd_pipeline(), e.latent, **FAST), ("wrap it first", "ul.load_model(pipe)")),
+    # callbacks (issue 19: `unsample(callback=5)` was a raw "int is not callable" at the first step)
+    ("unsample callback 5", lambda e: ul.unsample(e.model, e.latent, callback=5, **FAST),
+     ("callback must be a function called with each Step", "got int 5")),
+    ("resample callback 'x'", lambda e: ul.resample(e.model, e.latent, callback="x", **FAST),
+     ("callback must be a function", "got str 'x'")),
     # numbers
     ("float steps", lambda e: ul.unsample(e.model, e.latent, steps=4.0, progress=False), ("steps must be a whole number, got 4.0; use 4",)),
     ("bool steps", lambda e: ul.unsample(e.model, e.latent, steps=True, progress=False), ("steps must be a whole number, got True",)),

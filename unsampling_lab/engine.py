@@ -24,7 +24,7 @@ from torch import Tensor
 from .errors import UnsamplingError, UnsamplingWarning, check_int
 from .guidance import EvalCounter, GuidedDenoiser, Prompt, to_conditioning
 from .inputs import (  # noqa: F401 (MAX_SEED, prepare_mask: re-exported, engine.prepare_mask)
-    MAX_SEED, NORMALIZE_MODES, Latent, Normalize, check_cfg, check_model, check_seed, describe_prompt,
+    MAX_SEED, NORMALIZE_MODES, Latent, Normalize, check_callback, check_cfg, check_model, check_seed, describe_prompt,
     normalize_mode, on_off, prepare_mask, read_latent, unguided,
 )
 from .models.base import DiffusionModel
@@ -129,6 +129,7 @@ def resample(
     this call's model evaluations are added to. `latent` is a LATENT dict or tensor; `ul.resample` also
     takes an `Inversion` (from `ul.invert`) and applies its method's resampling side.
     """
+    check_callback(callback)
     add_noise = on_off("add_noise", add_noise)
     leftover = on_off("return_with_leftover_noise", return_with_leftover_noise)
     samples, mask = read_latent(latent, model)
@@ -210,6 +211,7 @@ def run_unsample(
 
     Returns (the LATENT `unsample` returns, the Trajectory when `record`); evaluations are added to `counter`.
     """
+    check_callback(callback)
     spec = get_sampler(sampler_name, invertible=True, family=model.model_sampling.family)
     if model.model_sampling.family in spec.inversion_caveats:
         warnings.warn(spec.inversion_caveats[model.model_sampling.family], UnsamplingWarning, stacklevel=3)

@@ -116,6 +116,13 @@ def prepare_mask(mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
 
 
 # -- numbers and switches ---------------------------------------------------------------------------
+def check_callback(callback: Any) -> None:
+    """A step callback is None or callable (it is called with each `Step`)."""
+    if callback is not None and not callable(callback):
+        raise UnsamplingError(f"callback must be a function called with each Step (or None), got "
+                              f"{type(callback).__name__} {callback!r}")
+
+
 def check_seed(name: str, seed: Any) -> int:
     """A seed in ComfyUI's range 0..2**64-1, used as ComfyUI's prepare_noise uses it (torch.manual_seed(seed)).
 
