@@ -605,3 +605,16 @@ def test_a_sweep_grid_cfg_that_is_no_number_is_a_one_line_error():
                            ({"cfg": [[1, 2]]}, "each grid value of cfg is one number")):
         with pytest.raises(ul.UnsamplingError, match=fragment):
             grid_values(grid, {})
+
+
+def test_sweep_images_take_what_encode_takes_and_must_match_the_latents(env):
+    """Issue 19 (poor): numpy images crashed in a metric (`.detach`), and a batch or size mismatch was a raw tensor
+    error; the sweep's images go through the same converter as `model.encode` and are checked against the latents."""
+    latent = env.model.encode(env.images)
+    rows = ul.sweep(env.model, latent, {"cfg": [1.0]}, steps=2, images=env.images.numpy(), metrics=["pixel"],
+                    progress=False)
+    assert len(rows) == 1 and math.isfinite(rows["psnr"].iloc[0])
+    with pytest.raises(ul.UnsamplingError, match="images holds 2 images for 1 latents"):
+        ul.sweep(env.model, latent, {"cfg": [1.0]}, steps=2, images=torch.cat([env.images] * 2), progress=False)
+    with pytest.raises(ul.UnsamplingError, match="images are 8x8 pixels but the latents decode to 16x16"):
+        ul.sweep(env.model, latent, {"cfg": [1.0]}, steps=2, images=env.images[:, :8, :8], progress=False)

@@ -87,6 +87,8 @@ def sweep(
     chosen = metric_sets(metrics)
     samples = samples_of(latents)
     batch = int(samples.shape[0])
+    if images is not None:
+        images = _check_images(images, samples, model)
     groups = plan(grid, fixed, batch=batch, method_options=method_options)
     store_path, export_path = store_paths(path)
     if max_batch is not None:
@@ -211,3 +213,21 @@ __all__ = [
     "SweepOutputs", "evaluate_setting", "grid_values", "inversion_group", "pack", "pack_cost", "plan",
     "prefix_consistent", "run_groups", "store_paths", "sweep",
 ]
+
+
+def _check_images(images: Any, samples: Tensor, model: Any) -> Tensor:
+    """The sweep's reference images in any form `model.encode` takes, as float [B, H, W, 3], with one image per
+    latent and the latents' pixel size (a mismatch was a raw tensor-size error deep in a metric)."""
+    from ..pixels import as_image_batch
+
+    out = as_image_batch(images, name="images")
+    if out.shape[0] != samples.shape[0]:
+        raise UnsamplingError(f"images holds {out.shape[0]} images for {samples.shape[0]} latents; pass the images the "
+                              "latents were encoded from, one per latent")
+    factor = getattr(model, "vae_scale_factor", None)
+    if isinstance(factor, int):
+        want = (samples.shape[-2] * factor, samples.shape[-1] * factor)
+        if tuple(out.shape[1:3]) != want:
+            raise UnsamplingError(f"images are {out.shape[1]}x{out.shape[2]} pixels but the latents decode to "
+                                  f"{want[0]}x{want[1]}; pass the images the latents were encoded from")
+    return out
