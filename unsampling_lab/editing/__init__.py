@@ -4,7 +4,7 @@ control (prompt-to-prompt, plug-and-play), with Direct Inversion and the standar
     res = ul.edit(model, inversion, source="red circle", target="blue circle", control="p2p", cfg=3.0)
     res = ul.edit_image(model, latent, source="red circle", target="blue circle", method="unsampler", direct=True)
 
-Controls are data (`CONTROLS`, `CONTROL_SPECS[name].options`); /shared/METHODS.md "Editing controls".
+Controls are data (`CONTROLS`, `CONTROL_SPECS[name].options`); what each does is stated in `editing/controls.py`.
 """
 from __future__ import annotations
 

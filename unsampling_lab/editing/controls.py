@@ -1,6 +1,6 @@
 """Editing controls as data: what each does to the target branch, its options and defaults, the families it serves.
 
-Notation (/shared/METHODS.md, "Editing controls"): the source and target branches run in one network
+Notation (sigma space, as in `inversion/`): the source and target branches run in one network
 batch; M = softmax(Q Kᵀ/√d) an attention map (queries x keys); n the number of sampling steps, step i
 in 0..n-1; a fraction τ of the steps means steps i < int(τ n) (prompt-to-prompt's `int(num_steps * τ)`).
 
