@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import os
 import shutil
 import subprocess
@@ -618,3 +619,23 @@ def test_sweep_images_take_what_encode_takes_and_must_match_the_latents(env):
         ul.sweep(env.model, latent, {"cfg": [1.0]}, steps=2, images=torch.cat([env.images] * 2), progress=False)
     with pytest.raises(ul.UnsamplingError, match="images are 8x8 pixels but the latents decode to 16x16"):
         ul.sweep(env.model, latent, {"cfg": [1.0]}, steps=2, images=env.images[:, :8, :8], progress=False)
+
+
+def test_every_control_option_is_a_declared_option_checked_by_the_one_checker():
+    """Issue 19: 'every method's and control's option declares its type and valid range'; the editing controls'
+    options are Option records checked by the same function as the inversion methods'."""
+    from unsampling_lab.editing import CONTROL_SPECS
+    from unsampling_lab.editing.controls import ControlSpec, control_options
+    from unsampling_lab.inversion import Option
+
+    for spec in CONTROL_SPECS.values():
+        for name, opt in spec.options.items():
+            assert isinstance(opt, Option) and opt.admits(opt.default), (spec.name, name)
+    assert control_options("p2p", {"blend_words": "circle"})["blend_words"] == ("circle",)  # one word is a str
+    for bad, fragment in (({"cross_steps": math.nan}, "option cross_steps must be in [0, 1]"),
+                          ({"scale": -1.0}, "option scale must be >= 0"),
+                          ({"blend_words": [1]}, "option blend_words must be words")):
+        with pytest.raises(ul.UnsamplingError, match=re.escape(fragment)):
+            control_options("p2p_reweight", bad)
+    with pytest.raises(TypeError, match="must be declared as Option"):
+        ControlSpec("x", "none", {"k": 3}, ("eps",), "")

@@ -23,22 +23,26 @@ source's there.
 """
 from __future__ import annotations
 
-import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnsamplingError, check_choice
+from ..inversion.base import Option, check_option_values
 
-_P2P_TIMES = dict(cross_steps=0.8, self_steps=0.4)
-_BLEND = dict(blend_words=(), blend_threshold=0.3, blend_start=0.2)
+_FRACTION = dict(low=0.0, high=1.0)  # of the steps (or of the map's maximum)
+_P2P_TIMES = dict(cross_steps=Option(0.8, float, **_FRACTION), self_steps=Option(0.4, float, **_FRACTION))
+_BLEND = dict(blend_words=Option((), tuple), blend_threshold=Option(0.3, float, **_FRACTION),
+              blend_start=Option(0.2, float, **_FRACTION))
 
 
 @dataclass(frozen=True)
 class ControlSpec:
     """A control's registry entry.
 
-    injects: "none", "maps" (P2P) or "features" (PnP). cond_only: P2P controls the cond rows only (as its
+    injects: "none", "maps" (P2P) or "features" (PnP). options: name -> `Option` (type and range, checked in
+    one place with the inversion methods' options). cond_only: P2P controls the cond rows only (as its
     reference code); PnP both uncond and cond. families: the model predictions it serves (UNets with
     cross-attention; flow transformers are not served yet).
     """
@@ -50,15 +54,28 @@ class ControlSpec:
     paper: str
     cond_only: bool = True
 
+    def __post_init__(self) -> None:
+        plain = [k for k, v in self.options.items() if not isinstance(v, Option)]
+        if plain:
+            raise TypeError(f"control {self.name!r}: options {plain} must be declared as Option(default, kind, ...)")
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Each option's default value."""
+        return {k: o.default for k, o in self.options.items()}
+
 
 _SPECS = [
     ControlSpec("prompt_swap", "none", {}, ("eps", "v", "flow"), "a new prompt resampled from the inverted noise"),
     ControlSpec("p2p", "maps", {**_P2P_TIMES, **_BLEND}, ("eps", "v"), "Hertz et al. 2022 (arXiv 2208.01626), word swap"),
     ControlSpec("p2p_refine", "maps", {**_P2P_TIMES, **_BLEND}, ("eps", "v"), "Hertz et al. 2022, refinement"),
-    ControlSpec("p2p_reweight", "maps", {**_P2P_TIMES, **_BLEND, "words": (), "scale": 1.0}, ("eps", "v"),
+    ControlSpec("p2p_reweight", "maps", {**_P2P_TIMES, **_BLEND, "words": Option((), tuple),
+                                         "scale": Option(1.0, float, low=0.0, high=math.inf)}, ("eps", "v"),
                 "Hertz et al. 2022, attention re-weighting"),
-    ControlSpec("pnp", "features", dict(feature_steps=0.8, qk_steps=0.5, feature_layer="up_blocks.0.resnets.1",
-                                        qk_layers=("up_blocks.0.attentions.1", "up_blocks.1")),
+    ControlSpec("pnp", "features", dict(feature_steps=Option(0.8, float, **_FRACTION),
+                                        qk_steps=Option(0.5, float, **_FRACTION),
+                                        feature_layer=Option("up_blocks.0.resnets.1", str),
+                                        qk_layers=Option(("up_blocks.0.attentions.1", "up_blocks.1"), tuple)),
                 ("eps", "v"), "Tumanyan et al. CVPR 2023 (arXiv 2211.12572)", cond_only=False),
 ]
 
@@ -73,31 +90,10 @@ def get_control(name: str) -> ControlSpec:
 
 
 def control_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults filled in; unknown options refused (with the nearest name) and values checked."""
+    """Defaults filled in; unknown options refused (with the nearest name), types and ranges checked by the
+    one option checker (`inversion.base.check_option_values`)."""
     spec = get_control(name)
-    defaults = spec.options
-    for key in options:
-        if key not in defaults:
-            near = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.5)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
-            raise UnsamplingError(f"control {name!r} takes no option {key!r}{hint}; its options are: {accepted}")
-    out = dict(defaults)
-    for key, value in options.items():
-        d = defaults[key]
-        if isinstance(d, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UnsamplingError(f"control {name!r}: {key} must be a number like {d!r}, got {value!r}")
-            value = float(value)
-            if key.endswith(("_steps", "_start", "_threshold")) and not 0.0 <= value <= 1.0:
-                raise UnsamplingError(f"control {name!r}: {key} is a fraction in 0..1, got {value}")
-        elif isinstance(d, tuple):
-            value = (value,) if isinstance(value, str) else tuple(value)
-            if not all(isinstance(v, str) for v in value):
-                raise UnsamplingError(f"control {name!r}: {key} must be words (strings), got {value!r}")
-        elif isinstance(d, str) and not isinstance(value, str):
-            raise UnsamplingError(f"control {name!r}: {key} must be a module name like {d!r}, got {value!r}")
-        out[key] = value
+    out = check_option_values(name, options, spec.options, what="control")
     if name == "p2p_reweight" and out["scale"] != 1.0 and not out["words"]:
         raise UnsamplingError("control 'p2p_reweight': give the words to reweight, e.g. words=('red',), scale=2.0")
     return out

@@ -184,9 +184,10 @@ ResampleFn = Callable[..., Latent]  # (call: ResampleCall) -> LATENT
 class Option:
     """One keyword option of a method, as data: its default, its type and its valid range.
 
-    kind: bool, int, float or str. low, high: the range (required for int and float; math.inf for no bound),
-    each end included unless low_open / high_open. A float option never takes NaN. A str option names its
-    `choices`. Every option of every method is checked by `check_option_values` against this record, so no
+    kind: bool, int, float, str or tuple. low, high: the range (required for int and float; math.inf for no
+    bound), each end included unless low_open / high_open. A float option never takes NaN. A str option names its
+    `choices` (none: any non-empty text, e.g. a module name); a tuple option holds words (a str is one word). Every
+    option of every method and editing control is checked by `check_option_values` against this record, so no
     option runs unchecked.
     """
 
@@ -199,11 +200,11 @@ class Option:
     choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in (bool, int, float, str):
-            raise TypeError(f"Option kind must be bool, int, float or str, got {self.kind!r}")
-        if self.kind is str:
-            if self.default not in self.choices:
-                raise TypeError(f"a str Option names its choices, and its default {self.default!r} is one of them")
+        if self.kind not in (bool, int, float, str, tuple):
+            raise TypeError(f"Option kind must be bool, int, float, str or tuple, got {self.kind!r}")
+        if self.kind in (str, tuple):
+            if not self.admits(self.default):
+                raise TypeError(f"Option default {self.default!r} is not {self.range_text()}")
             return
         if self.kind is not bool and (self.low is None or self.high is None):
             raise TypeError(f"an {self.kind.__name__} Option must declare its range: Option({self.default!r}, "
@@ -216,7 +217,9 @@ class Option:
         if self.kind is bool:
             return "True or False"
         if self.kind is str:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
+            return "one of " + ", ".join(repr(c) for c in self.choices) if self.choices else "a non-empty text"
+        if self.kind is tuple:
+            return "words (a str, or a list of str)"
         lo, hi = (f"{v:g}" if self.kind is float or abs(v) == math.inf else str(int(v)) for v in (self.low, self.high))
         whole = "a whole number " if self.kind is int else ""
         if self.high == math.inf:
@@ -230,7 +233,9 @@ class Option:
         if self.kind is bool:
             return True
         if self.kind is str:
-            return value in self.choices
+            return value in self.choices if self.choices else isinstance(value, str) and bool(value)
+        if self.kind is tuple:
+            return isinstance(value, tuple) and all(isinstance(w, str) for w in value)
         v = float(value) if self.kind is float else value
         if self.kind is float and not math.isfinite(v) and not (v in (self.low, self.high)):
             return False
@@ -281,9 +286,10 @@ class MethodSpec:
         return {k: o.default for k, o in self.options.items()}
 
 
-def check_option_values(method: str, options: Mapping[str, Any], declared: Mapping[str, Option]) -> dict[str, Any]:
+def check_option_values(method: str, options: Mapping[str, Any], declared: Mapping[str, Option], *,
+                        what: str = "method") -> dict[str, Any]:
     """Fill defaults; refuse unknown names (naming the accepted ones), values of the wrong type and values
-    outside the declared range. The one place method options are checked."""
+    outside the declared range. The one place method (and editing control, `what="control"`) options are checked."""
     unknown = [k for k in options if k not in declared]
     if unknown:
         import difflib
@@ -291,22 +297,25 @@ def check_option_values(method: str, options: Mapping[str, Any], declared: Mappi
         hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, list(declared), n=1, cutoff=0.5)[0]!r}?)"
                  if difflib.get_close_matches(k, list(declared), n=1, cutoff=0.5) else repr(k) for k in unknown]
         accepted = ", ".join(f"{k}={o.default!r}" for k, o in declared.items()) or "none"
-        raise UnsamplingError(f"method {method!r} takes no option {', '.join(hints)}; its options are: {accepted}")
+        raise UnsamplingError(f"{what} {method!r} takes no option {', '.join(hints)}; its options are: {accepted}")
     out = {k: o.default for k, o in declared.items()}
     for k, v in options.items():
         opt = declared[k]
         if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:  # numpy / torch scalars
             v = v.item()
+        if opt.kind is tuple and isinstance(v, (str, list, tuple)):
+            v = (v,) if isinstance(v, str) else tuple(v)
         ok = (isinstance(v, bool) if opt.kind is bool
+              else isinstance(v, tuple) if opt.kind is tuple
               else isinstance(v, str) if opt.kind is str
               else isinstance(v, int) and not isinstance(v, bool) if opt.kind is int
               else isinstance(v, (int, float)) and not isinstance(v, bool))
         if not ok:
-            raise UnsamplingError(f"method {method!r}: option {k} must be a {opt.kind.__name__} like {opt.default!r}, "
+            raise UnsamplingError(f"{what} {method!r}: option {k} must be a {opt.kind.__name__} like {opt.default!r}, "
                                   f"got {v!r}")
         v = float(v) if opt.kind is float else v
         if not opt.admits(v):
-            raise UnsamplingError(f"method {method!r}: option {k} must be {opt.range_text()}, got {v!r}; "
+            raise UnsamplingError(f"{what} {method!r}: option {k} must be {opt.range_text()}, got {v!r}; "
                                   f"the default is {opt.default!r}")
         out[k] = v
     return out
