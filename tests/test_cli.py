@@ -6,6 +6,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 import unsampling_lab as ul
 from unsampling_lab.lab import cli
@@ -161,3 +162,13 @@ def test_write_report_from_a_notebook(tiny_model, tiny_latent, tmp_path):
     assert all(f.stat().st_size > 0 for f in files)
     summary = files[-1].read_text()
     assert "end_at_step [0, 1]" in summary and "resumed from the store" in summary and "![noise](noise.png)" in summary
+
+
+def test_a_latent_file_with_nan_is_blamed_on_the_file(tmp_path, capsys):
+    """Issue 19 (poor): a NaN .latent was reported as 'images contain NaN ... pixels'; the file is named now."""
+    bad = tmp_path / "nan.latent"
+    ul.save_latent({"samples": torch.full((1, 4, 8, 8), float("nan"))}, bad)
+    assert cli.main(["sweep", "--images", str(bad), "--out", str(tmp_path / "out"), "--no-progress", "--steps", "3",
+                     "--end-at-step", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "nan.latent (latent 0) holds NaN or Inf values" in err and "pixels" not in err

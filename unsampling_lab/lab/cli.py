@@ -401,6 +401,10 @@ class _Source:
             from ..latent_files import load_latent
 
             parts = [load_latent(f)["samples"][k:k + 1] for f, k in self.items[start:stop]]
+            for (f, k), p in zip(self.items[start:stop], parts):
+                if not torch.isfinite(p).all():
+                    raise UsageError(f"{f} (latent {k}) holds NaN or Inf values; a latent to unsample must be finite: "
+                                     "save it again from ComfyUI or pass another file")
             shapes = {tuple(p.shape[1:]) for p in parts}
             if len(shapes) > 1:
                 raise UsageError(f".latent files have different shapes {sorted(shapes)}; one run needs one size")
