@@ -176,10 +176,24 @@ def _assert_inside_output_area(page, shots: Path) -> None:
     assert size[0] > 0 and abs(size[2] - size[0]) <= 1, f"statistics plot drawn {size[0]} px wide, shown {size[2]:.0f} px"
 
 
-def _run_all(page) -> None:
-    """Run > Run All Cells from the menu bar."""
-    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+#: The code cell's prompt once it ran or runs: "[*]" or "[1]".
+_STARTED = r"() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].some(e => /\[(\*|\d+)\]/.test(e.textContent))"
+
+
+def _run_all(page, tries: int = 5) -> None:
+    """Run > Run All Cells from the menu bar, until the code cell's prompt shows it started: a request made
+    before the new kernel is ready can be dropped (seen once in a clean CI run: the notebook was saved unrun)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(tries):
+        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        try:
+            page.wait_for_function(_STARTED, timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"Run All Cells did not start the code cell in {tries} tries")
 
 
 def _set_slider(page, description: str, value: int) -> None:
