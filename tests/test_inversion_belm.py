@@ -6,21 +6,12 @@ import pytest
 import torch
 
 import unsampling_lab as ul
+from exact_gaussian import DATA, F64, X0, denoise, rel
 from unsampling_lab.inversion.belm import belm_down, belm_up
 from unsampling_lab.models.analytic import gaussian_flow_model, gaussian_model
-from unsampling_lab.models.gaussian import GaussianData
-
-F64 = torch.float64
-DATA = GaussianData(torch.tensor([0.3, -0.5, 1.0, 0.0], dtype=F64), torch.tensor([0.5, 1.0, 0.8, 1.5], dtype=F64))
-X0 = torch.tensor([[0.1, 0.4, -1.2, 2.0], [1.0, -2.0, 0.5, 0.3]], dtype=F64)[:, :, None, None]
 
 
-def denoise(x: torch.Tensor, sigma) -> torch.Tensor:
-    return DATA.denoise(x.flatten(1), sigma).reshape(x.shape)
 
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.parametrize("family", ["vp", "flow"])

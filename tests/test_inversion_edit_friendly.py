@@ -7,24 +7,14 @@ import torch
 from kdiffusion_ref import kdiffusion_sampling
 
 import unsampling_lab as ul
+from exact_gaussian import DATA, X0, denoise, rel
 from unsampling_lab.inversion.edit_friendly import EDIT_FRIENDLY_SAMPLERS, replay_noise
 from unsampling_lab.models.analytic import gaussian_flow_model, gaussian_model
-from unsampling_lab.models.gaussian import GaussianData
 from unsampling_lab.samplers import get_sampler
 
-F64 = torch.float64
-DATA = GaussianData(torch.tensor([0.3, -0.5, 1.0, 0.0], dtype=F64), torch.tensor([0.5, 1.0, 0.8, 1.5], dtype=F64))
-X0 = torch.tensor([[0.1, 0.4, -1.2, 2.0], [1.0, -2.0, 0.5, 0.3]], dtype=F64)[:, :, None, None]
 KW = dict(steps=6, progress=False)
 
 
-def denoise(x: torch.Tensor, sigma) -> torch.Tensor:
-    """The exact posterior mean on [B, 4, 1, 1] states (GaussianData works on [B, 4])."""
-    return DATA.denoise(x.flatten(1), sigma).reshape(x.shape)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def passes(m, inv, sampler: str, **kw) -> tuple[float, list[torch.Tensor]]:

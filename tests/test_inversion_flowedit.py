@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import unsampling_lab as ul
+from exact_gaussian import rel
 from unsampling_lab.inversion.flowedit import closed_form_edit
 from unsampling_lab.models.analytic import AnalyticModel
 from unsampling_lab.models.gaussian import GaussianData
@@ -28,9 +29,6 @@ def flow_classes() -> AnalyticModel:
 
     return AnalyticModel(denoise, dim=4, labels=("src", "tar"), prediction="flow")
 
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def test_target_equal_to_source_returns_the_source_unchanged():

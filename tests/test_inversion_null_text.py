@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import unsampling_lab as ul
+from exact_gaussian import rel
 from unsampling_lab.inversion import InversionWarning
 from unsampling_lab.model_sampling import ModelSampling
 from unsampling_lab.models.base import Conditioning
@@ -54,9 +55,6 @@ def gaussian_setup():
 def setup():
     return gaussian_setup()
 
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def test_null_text_round_trip_is_10x_better_than_the_unsampler_at_cfg_5(setup):

@@ -6,15 +6,13 @@ import pytest
 import torch
 
 import unsampling_lab as ul
+from exact_gaussian import rel
 from unsampling_lab.inversion.proxedit import proxedit_step
 from unsampling_lab.models.analytic import AnalyticModel
 from unsampling_lab.models.gaussian import GaussianData
 
 F64 = torch.float64
 
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.parametrize("prox", ["l0", "l1"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import unsampling_lab as ul
+from exact_gaussian import rel
 from unsampling_lab.inversion.uni_inv import sample_uni_inv
 from unsampling_lab.models.analytic import gaussian_flow_model, gaussian_model
 from unsampling_lab.models.gaussian import GaussianData
@@ -13,9 +14,6 @@ F64 = torch.float64
 DATA = GaussianData(torch.tensor([0.3, -0.5, 1.0, 0.0], dtype=F64), torch.tensor([0.5, 1.0, 0.8, 1.5], dtype=F64))
 X0 = torch.tensor([[0.1, 0.4, -1.2, 2.0], [1.0, -2.0, 0.5, 0.3]], dtype=F64)
 
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def test_loop_matches_the_authors_denoise_uniinv():
