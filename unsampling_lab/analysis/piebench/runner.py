@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ...errors import UnsamplingError
+from ...errors import UnsamplingError, check_int
 from .data import PieCase, load_pie_bench
 from .metrics import PIE_METRICS, RATE_METRICS, summarise
 from .scoring import RECONSTRUCTION_METRICS, PieScorer, shapes_scores
@@ -106,9 +106,7 @@ def _suite(suite: str | Path | Sequence[PieCase], limit: int | None, keys: Seque
             raise UnsamplingError(f"the suite {name!r} has no case {unknown[:3]} (its keys: {sorted(known)[:3]} ...)")
         cases = [c for c in cases if c.key in set(wanted)]
     if limit is not None:
-        if limit < 1:
-            raise UnsamplingError(f"limit must be a whole number >= 1, got {limit}")
-        cases = cases[:limit]
+        cases = cases[:check_int("limit", limit, minimum=1)]
     if not cases:
         raise UnsamplingError(f"the suite {name!r} has no case (check the folder or the categories)")
     return name, cases, targets
@@ -170,8 +168,7 @@ def benchmark(
 
     from ..store import ResultStore, StoredRow, digest, model_fingerprint, tensor_digest
 
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise UnsamplingError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     name, cases, targets = _suite(suite, limit, keys)
     common = dict(steps=int(steps), inversion_cfg=float(inversion_cfg), edit_cfg=float(edit_cfg),
                   sampler_name=sampler_name, scheduler=scheduler)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...errors import check_int
 from ...bundled.shapes import COLOURS, SHAPES, make_shapes, shape_masks
 from .data import PieCase, load_pie_bench, write_pie_bench
 
@@ -65,8 +66,8 @@ def _cases(n_colour: int, n_shape: int, seed: int) -> list[tuple]:
 
 def write_pie_shapes(folder: str | Path, *, n_colour: int = 40, n_shape: int = 24, seed: int = PIE_SHAPES_SEED) -> Path:
     """Write the suite to `folder` in PIE-Bench's layout (mapping_file.json + annotation_images/)."""
-    if n_colour < 0 or n_shape < 0:
-        raise ValueError(f"PIE-shapes needs whole numbers of cases >= 0, got n_colour={n_colour}, n_shape={n_shape}")
+    check_int("n_colour", n_colour, minimum=0)
+    check_int("n_shape", n_shape, minimum=0)
     return write_pie_bench(folder, [c[:7] for c in _cases(n_colour, n_shape, seed)])
 
 
