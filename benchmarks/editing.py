@@ -46,7 +46,9 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
 
 def scores(images: torch.Tensor, batch: shapes.ShapesBatch, coverage: torch.Tensor, targets: list[str]) -> dict:
-    """Background PSNR/SSIM against the source images, IoU with the exact object, edit success."""
+    """Background PSNR/SSIM against the source images (the mean over background pixels only; PIE-Bench's
+    convention, `analysis.piebench`, averages the masked images over the whole image), IoU with the exact object,
+    edit success."""
     bg = (coverage == 0).float()[..., None]  # [B, H, W, 1]
     err = ((images - batch.images) ** 2 * bg).flatten(1).sum(1) / (bg.flatten(1).sum(1) * 3)
     psnr = metrics.psnr_from_mse(err.clamp_min(1e-10))
