@@ -45,10 +45,11 @@ _BLEND = dict(blend_words=Option((), tuple), blend_threshold=Option(0.3, float, 
 class ControlSpec:
     """A control's registry entry.
 
-    injects: "none", "maps" (P2P), "features" (PnP) or "values" (flow value injection). options: name -> `Option` (type and range, checked in
-    one place with the inversion methods' options). cond_only: P2P controls the cond rows only (as its
-    reference code); PnP and value injection both uncond and cond. families: the model predictions it serves
-    ("eps"/"v": UNets with cross-attention; "flow": SD3/Flux transformers).
+    injects: "none", "maps" (P2P), "features" (PnP) or "values" (flow value injection). options: name ->
+    `Option` (type and range, checked in one place with the inversion methods' options). cond_only: P2P
+    controls the cond rows only (as its reference code); PnP and value injection both uncond and cond.
+    families: the model predictions it serves ("eps"/"v": UNets with cross-attention; "flow": SD3/Flux
+    transformers).
     """
 
     name: str

@@ -6,8 +6,9 @@
 
 The batch is [source B, target B] (2B items; cond and uncond rows as the engine packs them). The inversion's
 own resampling side runs on it (null-text's per-step embeddings, NPI's negative, EDICT's pair, ...), so
-every control composes with every inversion method; the controls act inside the network (editing.attention)
-and Direct Inversion and local blend at its input and output (editing.model).
+every control composes with every inversion method; the controls act inside the network (editing.attention;
+on flow transformers editing.flow_attention) and Direct Inversion and local blend at its input and output
+(editing.model).
 """
 from __future__ import annotations
 
