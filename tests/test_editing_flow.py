@@ -155,6 +155,28 @@ def test_injecting_the_targets_own_values_changes_nothing(setup, monkeypatch):
     assert used == [groups] * (STEPS * hooked)  # every hooked projection, every step, both cfg groups (PnP-like)
 
 
+def test_image_tokens_only_leave_each_branch_its_text_values(setup, monkeypatch):
+    """tokens="image": the target rows take the source's V on the image tokens and keep their own on the text
+    tokens (Flux: the first 5 rows of the single stream, the encoder's length; SD3: add_v_proj is not hooked)."""
+    model, _, noise = setup
+    real, seen = flow_attention.inject_values, []
+    monkeypatch.setattr(flow_attention, "inject_values",
+                        lambda v, groups, b, tokens=slice(None): seen.append((v, out := real(v, groups, b, tokens))) or out)
+    edit(model, noise, steps=STEPS, source=SRC, target=TGT, control="value_injection", cfg=_cfg(model),
+         tokens="image", **ALL)
+    text = 5 if model.kind == "flux" else 0  # SD3's to_v sees the image tokens only
+    image = 16  # 8x8 latents in 2x2 patches (Flux packs them, SD3 has patch_size 2)
+    assert seen and all(v.shape[1] == text + image for v, _ in seen)
+    b = 2
+    for v, out in seen:
+        for g in range(v.shape[0] // (2 * b)):
+            src, tgt = slice(2 * b * g, 2 * b * g + b), slice(2 * b * g + b, 2 * b * (g + 1))
+            assert torch.equal(out[tgt, text:], v[src, text:]) and torch.equal(out[tgt, :text], v[tgt, :text])
+            assert torch.equal(out[src], v[src])
+    if model.kind == "flux":  # the text values do differ between the prompts, so keeping them is a choice
+        assert not torch.equal(seen[0][0][b: 2 * b, :text], seen[0][0][:b, :text])
+
+
 def test_blocks_and_tokens_pick_the_projections(setup):
     model, _, _ = setup
     t = model.transformer
