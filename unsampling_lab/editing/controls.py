@@ -14,6 +14,10 @@ in 0..n-1; a fraction τ of the steps means steps i < int(τ n) (prompt-to-promp
     pnp           plug-and-play (Tumanyan et al. 2023): the residual branch of one decoder ResNet block
                   (its conv2 output) := the source's for i < τ_f n; self-attention Q and K of the later
                   decoder layers := the source's for i < τ_qk n, in both the uncond and the cond rows.
+    value_injection  RF-Solver-Edit (Wang et al. 2024) / FireFlow (Deng et al. 2024), flow transformers:
+                  self-attention V of the target := V_src in blocks first_block..last_block (Flux: single-stream;
+                  SD3: joint, our extension) for i < τ_v n, in both the uncond and the cond rows; tokens "all"
+                  (text and image, as the papers) or "image" (editing/flow_attention.py).
 
 Local blend (p2p family, `blend_words`): a mask from the blend words' cross-attention, averaged over the
 steps so far and the layers, max-pooled 3x3, divided by its maximum and thresholded; outside it the
@@ -41,10 +45,11 @@ _BLEND = dict(blend_words=Option((), tuple), blend_threshold=Option(0.3, float, 
 class ControlSpec:
     """A control's registry entry.
 
-    injects: "none", "maps" (P2P) or "features" (PnP). options: name -> `Option` (type and range, checked in
-    one place with the inversion methods' options). cond_only: P2P controls the cond rows only (as its
-    reference code); PnP both uncond and cond. families: the model predictions it serves (UNets with
-    cross-attention; flow transformers are not served yet).
+    injects: "none", "maps" (P2P), "features" (PnP) or "values" (flow value injection). options: name ->
+    `Option` (type and range, checked in one place with the inversion methods' options). cond_only: P2P
+    controls the cond rows only (as its reference code); PnP and value injection both uncond and cond.
+    families: the model predictions it serves ("eps"/"v": UNets with cross-attention; "flow": SD3/Flux
+    transformers).
     """
 
     name: str
@@ -77,6 +82,13 @@ _SPECS = [
                                         feature_layer=Option("up_blocks.0.resnets.1", str),
                                         qk_layers=Option(("up_blocks.0.attentions.1", "up_blocks.1"), tuple)),
                 ("eps", "v"), "Tumanyan et al. CVPR 2023 (arXiv 2211.12572)", cond_only=False),
+    # both papers' code defaults: --inject 20 of --num_steps 25, Flux single-stream blocks 20..37 (the last)
+    ControlSpec("value_injection", "values", dict(value_steps=Option(0.8, float, **_FRACTION),
+                                                  first_block=Option(20, int, low=0, high=math.inf),
+                                                  last_block=Option(-1, int, low=-1, high=math.inf),
+                                                  tokens=Option("all", str, choices=("all", "image"))),
+                ("flow",), "Wang et al. 2024 RF-Solver-Edit (arXiv 2411.04746); Deng et al. 2024 FireFlow "
+                "(arXiv 2412.07517)", cond_only=False),
 ]
 
 CONTROL_SPECS: dict[str, ControlSpec] = {s.name: s for s in _SPECS}

@@ -6,8 +6,9 @@
 
 The batch is [source B, target B] (2B items; cond and uncond rows as the engine packs them). The inversion's
 own resampling side runs on it (null-text's per-step embeddings, NPI's negative, EDICT's pair, ...), so
-every control composes with every inversion method; the controls act inside the network (editing.attention)
-and Direct Inversion and local blend at its input and output (editing.model).
+every control composes with every inversion method; the controls act inside the network (editing.attention;
+on flow transformers editing.flow_attention) and Direct Inversion and local blend at its input and output
+(editing.model).
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from torch import Tensor
 from ..errors import UnsamplingError
 from ..guidance import EvalCounter
 from ..trajectory import Trajectory, stop_step
-from . import _engine
+from . import _engine, flow_attention
 from .attention import EditState, install
-from .controls import control_options, get_control
+from .controls import CONTROL_SPECS, control_options, get_control
 from .model import EditedModel
 from .tokens import refine_mapper, token_strings, word_positions
 
@@ -106,8 +107,11 @@ def edit(
     opts = control_options(control, options)
     family = model.model_sampling.prediction
     if family not in spec.families:
-        raise UnsamplingError(f"control {control!r} serves {'/'.join(spec.families)} models (UNets with cross-attention), "
-                              f"not this {family!r} model; use control='prompt_swap'")
+        others = [c for c, sp in CONTROL_SPECS.items() if family in sp.families and sp.injects != "none"]
+        served = "flow models (SD3/Flux transformers)" if spec.families == ("flow",) else \
+            f"{'/'.join(spec.families)} models (UNets with cross-attention)"
+        raise UnsamplingError(f"control {control!r} serves {served}, not this {family!r} model; use control="
+                              f"{' or '.join(repr(c) for c in others + ['prompt_swap'])}")
     cfg = _engine.check_cfg(cfg)
     if not isinstance(cfg, float):
         raise UnsamplingError("edit: give one cfg for both branches")
@@ -131,10 +135,18 @@ def edit(
     path = _path(model, inversion_or_noise, direct, n, b)
     proxy = EditedModel(model, state, sigmas, path=path, blend=blend)
     hooks = spec.injects != "none" or record_attention or blend is not None
-    if hooks and getattr(model, "unet", None) is None:
-        raise UnsamplingError(f"control {control!r} and record_attention need a UNet with attention processors")
+    on_transformer = spec.injects == "values"
+    if record_attention and getattr(model, "unet", None) is None:
+        raise UnsamplingError("record_attention records a UNet's cross-attention maps; this model has none (flow "
+                              "transformers' joint attention is not recorded): leave record_attention off")
+    if hooks and not on_transformer and getattr(model, "unet", None) is None:
+        raise UnsamplingError(f"control {control!r} needs a UNet with attention processors")
     counter = EvalCounter()
-    restore = install(model.unet, state) if hooks else (lambda: None)
+    restore: Any = lambda: None
+    if hooks and on_transformer:
+        restore = flow_attention.install(model.transformer, model.kind, state)
+    elif hooks:
+        restore = install(model.unet, state)
     t0 = time.perf_counter()
     try:
         run_on = noise if callable(getattr(noise, "resample_side", None)) else like
