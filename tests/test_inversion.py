@@ -159,6 +159,27 @@ def test_fixed_point_other_one_step_samplers_and_end_at_step():
         assert rel(back, X4) < 1e-12, name
 
 
+def test_resample_of_an_inversion_continues_it_and_refuses_another_start_sigma():
+    """ul.resample(model, inversion) with the schedule left unset continues the inversion (its steps, sampler,
+    scheduler, from the step it stopped at); a plain method's noise resampled from another sigma was silently
+    wrong (relative error ~1 here) and is refused, unless add_noise re-noises it."""
+    m = gaussian_model(DATA4)
+    for method in ("unsampler", "fixed_point"):
+        opts = dict(iterations=100, tol=1e-14) if method == "fixed_point" else {}
+        inv = ul.invert(m, X4, method=method, steps=8, end_at_step=3, sampler_name="heun", scheduler="karras",
+                        progress=False, **opts)
+        cont = ul.resample(m, inv, progress=False)
+        same = ul.resample(m, inv, steps=8, start_at_step=3, sampler_name="heun", scheduler="karras", progress=False)
+        assert torch.equal(cont, same), method
+        wrong = ul.resample(m, inv.noise, progress=False)  # a LATENT: KSamplerAdvanced's defaults, from sigma_max
+        assert rel(wrong, X4) > 0.1, method
+        with pytest.raises(ul.UnsamplingError, match=r"noise is at sigma .*\(step 3 of 8\).*starts at .*leave steps"):
+            ul.resample(m, inv, steps=20, start_at_step=0, progress=False)
+        ul.resample(m, inv, steps=20, add_noise=True, progress=False)  # re-noised on purpose: allowed
+    full = ul.invert(m, X4, steps=8, progress=False)
+    ul.resample(m, full, steps=30, progress=False)  # a full inversion's noise is at sigma_max for any step count
+
+
 # -- negative-prompt inversion ------------------------------------------------------------------------------
 def test_negative_prompt_denoiser_is_the_conditional_one():
     mixture = GaussianMixture.two_class_2d()

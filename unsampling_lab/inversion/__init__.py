@@ -19,9 +19,10 @@ from .. import engine
 from ..engine import state_dtype
 from ..errors import UnsamplingError, check_int
 from ..guidance import EvalCounter, Prompt
-from ..inputs import Latent, check_cfg, check_model, describe_prompt, read_latent, unguided
+from ..inputs import Latent, check_cfg, check_model, describe_prompt, on_off, read_latent, unguided
 from ..models.base import DiffusionModel
 from ..samplers import Step, get_sampler
+from ..trajectory import stop_step
 from .base import Inversion, InversionWarning, MethodSpec, Option, Problem, ResampleCall, check_option_values, redo_hint
 from .registry import INVERSION_METHODS, METHOD_SPECS, get_method
 
@@ -99,10 +100,18 @@ def check_applicable(spec: MethodSpec, model: DiffusionModel, sampler_name: str,
 
 
 def resample_inversion(model: DiffusionModel, inversion: Inversion, **kwargs: Any) -> Any:
-    """`ul.resample` given an `Inversion`: the method's resampling side (plain resample of `.noise` for most)."""
+    """`ul.resample` given an `Inversion`: the method's resampling side (plain resample of `.noise` for most).
+
+    steps, start_at_step, sampler_name and scheduler left None continue the inversion (its steps, sampler and
+    scheduler; the step it stopped at). A plain resample must start at the sigma its noise is at (unless
+    add_noise re-noises it): `.noise` of an inversion stopped at end_at_step is refused from another sigma.
+    """
     spec = get_method(inversion.method)
+    kwargs = continue_inversion(inversion, kwargs)
     call = ResampleCall(model, inversion, **kwargs)
     if spec.resample is None:
+        if not on_off("add_noise", call.add_noise):
+            check_start_sigma(model, inversion, call)
         return call.plain()
     if spec.samplers is not None and call.sampler_name not in spec.samplers:  # its own step, not the sampler named
         raise UnsamplingError(f"method {spec.name!r} resamples with its own step, for sampler_name in "
@@ -113,12 +122,12 @@ def resample_inversion(model: DiffusionModel, inversion: Inversion, **kwargs: An
 def resample(
     model: DiffusionModel,
     latent: Latent | Inversion,
-    steps: int = 20,
-    start_at_step: int = 0,
+    steps: int | None = None,
+    start_at_step: int | None = None,
     end_at_step: int = 10000,
     cfg: float | Sequence[float] = 1.0,
-    sampler_name: str = "euler",
-    scheduler: str = "normal",
+    sampler_name: str | None = None,
+    scheduler: str | None = None,
     positive: Prompt = "",
     negative: Prompt = "",
     add_noise: bool | Literal["enable", "disable"] = False,
@@ -132,7 +141,9 @@ def resample(
     """Sample forward from `latent` (ComfyUI's KSamplerAdvanced; `engine.resample`), seeded by `noise_seed`.
 
     `latent` may be an `Inversion` (from `ul.invert`): its method's resampling side is applied (per-step
-    null embeddings, the second latent of an exact pair, ...); for a plain LATENT nothing changes.
+    null embeddings, the second latent of an exact pair, ...), and steps, start_at_step, sampler_name and
+    scheduler default to continuing it (its own steps, sampler and scheduler, from the step it stopped at).
+    For a plain LATENT they default to KSamplerAdvanced's 20, 0, "euler", "normal".
     cfg: one value, or one per batch item. counter: an EvalCounter this call's evaluations are added to.
     """
     kw = dict(steps=steps, start_at_step=start_at_step, end_at_step=end_at_step, cfg=cfg, sampler_name=sampler_name,
@@ -141,7 +152,47 @@ def resample(
               counter=counter)
     if isinstance(latent, Inversion):
         return resample_inversion(model, latent, **kw)
+    for name, default in _LATENT_DEFAULTS.items():
+        if kw[name] is None:
+            kw[name] = default
     return engine.resample(model, latent, **kw)
+
+
+#: resample's defaults for a plain LATENT (ComfyUI's KSamplerAdvanced); an Inversion continues its own
+_LATENT_DEFAULTS: dict[str, Any] = {"steps": 20, "start_at_step": 0, "sampler_name": "euler", "scheduler": "normal"}
+
+
+def continue_inversion(inversion: Inversion, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """resample's arguments with the unset (None) schedule ones taken from the inversion: its steps, sampler_name
+    and scheduler, and start_at_step = the step it stopped at (`stop_step`)."""
+    p, out = inversion.params, dict(kwargs)
+    for name in ("steps", "sampler_name", "scheduler"):
+        if out.get(name) is None:
+            out[name] = p.get(name, _LATENT_DEFAULTS[name])
+    if out.get("start_at_step") is None:
+        out["start_at_step"] = stop_step(int(p["steps"]), int(p["end_at_step"])) if "steps" in p else 0
+    return out
+
+
+def check_start_sigma(model: DiffusionModel, inversion: Inversion, call: ResampleCall) -> None:
+    """A plain resample of `inversion.noise` starts at the sigma that noise is at (where the inversion stopped)."""
+    p = inversion.params
+    if "steps" not in p:
+        return
+    stopped = stop_step(int(p["steps"]), int(p["end_at_step"]))
+    have = engine.resample_sigmas(model, steps=int(p["steps"]), start_at_step=stopped, sampler_name=p["sampler_name"],
+                                  scheduler=p["scheduler"])
+    got = engine.resample_sigmas(model, steps=call.steps, start_at_step=call.start_at_step, end_at_step=call.end_at_step,
+                                 sampler_name=call.sampler_name, scheduler=call.scheduler)
+    top = float(have[0])
+    if len(got) and abs(float(got[0]) - top) <= 1e-6 * max(1.0, abs(top)):
+        return
+    start = f"{float(got[0]):.4g}" if len(got) else "nothing"
+    raise UnsamplingError(
+        f"the {inversion.method!r} inversion's noise is at sigma {top:.4g} (step {stopped} of {p['steps']}), but this "
+        f"resample starts at {start}: leave steps, start_at_step and scheduler unset to continue it "
+        f"({redo_hint(inversion)}), or pass add_noise=True to re-noise it")
+
 
 
 def explicit_options(method: str, options: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
