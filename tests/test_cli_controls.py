@@ -29,6 +29,8 @@ def test_control_and_direct_are_swept_and_written_to_the_table_then_resume(tmp_p
     assert set(df.loc[df["control"] == "p2p", "control_options"]) == {'{"self_steps": 0.2}'}
     assert df.loc[df["control"] == "prompt_swap", "control_options"].isna().all()
     assert "6 rows computed, 0 resumed" in capsys.readouterr().out
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| control |" in summary and "p2p" in summary, "the summary keeps swept controls apart"
     assert cli.main(argv) == 0
     assert "0 rows computed, 6 resumed" in capsys.readouterr().out
 
