@@ -157,19 +157,25 @@ def plan(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], *, batch: 
         if setting.method != "unsampler" and setting.normalize != "disable":
             raise UnsamplingError(f"normalize={setting.normalize!r} is the Unsampler's; method {setting.method!r} returns "
                                   "its own noise: sweep it with normalize='disable'")
-        why = _why_not_direct(setting)
-        if why is not None:
-            if skip_direct:
-                continue
-            raise UnsamplingError(why)
-        if setting.controlled and setting.end_at_step >= setting.steps:
-            raise UnsamplingError(f"control {setting.control!r} edits from end_at_step={setting.end_at_step}, but "
-                                  f"{setting.steps} steps leave nothing to resample there; use end_at_step < steps")
+        if skip_direct and why_not_direct(setting) is not None:
+            continue
+        check_controlled(setting)
         groups.setdefault(inversion_group(setting), []).append(setting)
     return [replace(g, settings=tuple(s)) for g, s in groups.items()]
 
 
-def _why_not_direct(setting: Setting) -> str | None:
+def check_controlled(setting: Setting) -> None:
+    """Refuse, in one line, a setting whose control or direct cannot run as asked (the explorer checks its
+    setting with this; `plan` every setting of the grid)."""
+    why = why_not_direct(setting)
+    if why is not None:
+        raise UnsamplingError(why)
+    if setting.controlled and setting.end_at_step >= setting.steps:
+        raise UnsamplingError(f"control {setting.control!r} edits from end_at_step={setting.end_at_step}, but "
+                              f"{setting.steps} steps leave nothing to resample there; use end_at_step < steps")
+
+
+def why_not_direct(setting: Setting) -> str | None:
     """Why Direct Inversion cannot serve `setting` (None: it can, or direct is off)."""
     if not setting.direct:
         return None
