@@ -167,3 +167,37 @@ def test_evaluate_setting_records_the_targets_attention(setup):
     with pytest.raises(UnsamplingError, match="edited alone"):
         running.evaluate_setting(model, [(running.Inverted(traj), group.settings[0])] * 2,
                                  references(model, latent["samples"], None), metrics=("latent",), like=latent)
+
+
+def test_the_readme_controls_sweep_prints_the_readme_table(setup, tmp_path, monkeypatch, capsys):
+    """The README's "Editing controls in a sweep" block, run as written: it prints the table shown under it."""
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("**Editing controls in a sweep.**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    after = section[section.index(code) + len(code) + 3:]  # past the code block's closing fence
+    shown = re.search(r"```\n(.*?)```", after, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), dict(ul=ul, model=setup[0]))
+    printed = capsys.readouterr().out
+
+    def numbers(table: str) -> list[float]:
+        return [float(v) for v in re.findall(r"-?\d+\.\d+|\b\d+\b", table)]
+
+    assert numbers(printed) == pytest.approx(numbers(shown), abs=2e-3)
+    assert [w for w in printed.split() if w.isalpha()] == [w for w in shown.split() if w.isalpha()]
+
+
+def test_packed_groups_edit_their_controlled_settings_alone(setup):
+    """max_batch packs the two cfg groups' inversions; each controlled setting is still edited alone, from its
+    own group's slice of the packed trajectory (rows equal the unpacked ones to float rounding)."""
+    model, latent, images, captions, targets = setup
+    grid = {"cfg": [1.0, 2.0], "control": ["prompt_swap", "p2p"], "direct": [False, True]}
+    common = dict(steps=STEPS, end_at_step=1, resample_cfg=3.0, positive=captions, edit=targets, metrics=["latent"],
+                  progress=False)
+    alone = ul.sweep(model, latent, grid, **common)
+    packed = ul.sweep(model, latent, grid, max_batch=4, **common)
+    assert len(packed) == 2 * 3 * 2 and list(packed["control"]) == list(alone["control"])
+    assert packed["latent_mse"].tolist() == pytest.approx(alone["latent_mse"].tolist(), rel=1e-3)
+    assert packed["nfe"].sum() < alone["nfe"].sum(), "one packed inversion for both groups"
