@@ -201,3 +201,14 @@ def test_packed_groups_edit_their_controlled_settings_alone(setup):
     assert len(packed) == 2 * 3 * 2 and list(packed["control"]) == list(alone["control"])
     assert packed["latent_mse"].tolist() == pytest.approx(alone["latent_mse"].tolist(), rel=1e-3)
     assert packed["nfe"].sum() < alone["nfe"].sum(), "one packed inversion for both groups"
+
+
+def test_a_controlled_row_is_not_exported_as_a_comfyui_workflow(tmp_path):
+    from unsampling_lab.analysis.grid import Setting
+    from unsampling_lab.lab.comfy import workflow_for_row
+
+    row = Setting(steps=4, positive="red circle", edit="blue circle", control="p2p", direct=True).row(0)
+    with pytest.raises(UnsamplingError, match="control 'p2p' and Direct Inversion .* no ComfyUI node"):
+        workflow_for_row(row, tmp_path / "w.json")
+    plain = workflow_for_row(Setting(steps=4, positive="red circle", edit="blue circle").row(0), tmp_path / "p.json")
+    assert plain.ui_path.exists()
