@@ -212,3 +212,19 @@ def test_a_controlled_row_is_not_exported_as_a_comfyui_workflow(tmp_path):
         workflow_for_row(row, tmp_path / "w.json")
     plain = workflow_for_row(Setting(steps=4, positive="red circle", edit="blue circle").row(0), tmp_path / "p.json")
     assert plain.ui_path.exists()
+
+
+def test_controlled_settings_run_on_an_executor_as_here(tiny_model, tiny_latent, tiny_pipeline_dir, one_thread):
+    """The controlled settings travel to a worker (here a thread that loads the model from its source) and come
+    back equal to the in-process rows (a tiny SD pipeline with a character tokenizer)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    latent, images = tiny_latent
+    grid = {"control": ["prompt_swap", "pnp"], "direct": [False, True]}
+    common = dict(steps=3, end_at_step=1, resample_cfg=2.0, positive="red circle", edit="blue circle", images=images,
+                  progress=False)
+    here = ul.sweep(tiny_model, latent, grid, **common)
+    with ThreadPoolExecutor(1) as pool:
+        there = ul.sweep(ul.ModelSource(tiny_pipeline_dir, device="cpu", threads=1), latent, grid, executor=pool, **common)
+    assert list(zip(there["control"], there["direct"])) == list(zip(here["control"], here["direct"]))
+    assert there.drop(columns=["seconds"]).equals(here.drop(columns=["seconds"]))
