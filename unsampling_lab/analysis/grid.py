@@ -170,7 +170,8 @@ def check_controlled(setting: Setting) -> None:
     why = why_not_direct(setting)
     if why is not None:
         raise UnsamplingError(why)
-    if setting.controlled and setting.end_at_step >= setting.steps:
+    if setting.controlled and setting.method == "unsampler" and setting.end_at_step >= setting.steps:
+        # (a method's inversion stops at step steps - 1 and leaves one step: `trajectory.stop_step`)
         raise UnsamplingError(f"control {setting.control!r} edits from end_at_step={setting.end_at_step}, but "
                               f"{setting.steps} steps leave nothing to resample there; use end_at_step < steps")
 
