@@ -73,3 +73,8 @@ def test_with_the_edit_equal_to_the_source_a_controlled_edit_is_the_reconstructi
     assert edit["control"] == "p2p"
     for c in ("latent_mse", "psnr", "ssim"):
         assert edit[c] == pytest.approx(recon[c], rel=1e-4), c
+
+
+def test_an_unknown_control_is_refused_with_the_nearest_name(bundled, image):
+    with pytest.raises(ul.UnsamplingError, match="did you mean 'pnp'"):
+        ul.widgets.explorer(bundled, image, steps=3, control="pnpp")

@@ -29,7 +29,7 @@ from ..analysis.evaluate import METRIC_SETS, References, inversion_endpoints, re
 from ..analysis.grid import PROMPT_SWAP, Setting, check_controlled
 from ..analysis import running
 from ..analysis.running import Inverted
-from ..editing import CONTROLS
+from ..editing import CONTROLS, get_control
 from ..engine import NORMALIZE_MODES
 from ..errors import UnsamplingError
 from ..inversion import methods_for
@@ -131,6 +131,7 @@ class Explorer:
             raise UnsamplingError(f"method {method!r} does not run on this model; use one of {', '.join(methods)}")
         self.method = W.Dropdown(options=methods, value=method, description="method")
         # the edit's control (ul.edit) and Direct Inversion; the reconstruction row stays a plain resample
+        get_control(control)  # an unknown name: did you mean ...?
         self.control = W.Dropdown(options=list(CONTROLS), value=control, description="control")
         self.direct = W.Checkbox(value=direct, description="direct inversion", indent=False)
         self.show_attention = W.Checkbox(value=show_attention, description="show attention", indent=False)
