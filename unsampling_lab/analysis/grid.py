@@ -5,6 +5,14 @@ The settings of one *inversion group* (same sampler_name, scheduler, steps, cfg,
 method; and end_at_step for samplers that are not prefix-consistent, or methods other than the
 Unsampler) read their noise off ONE inversion. Groups that integrate the same sigmas can share network
 batches: `pack` puts them in packs of up to max_batch images, `pack_cost` orders packs for executors.
+
+`control` (an editing control of `ul.edit`, options from control_options[control]) and `direct` (Direct
+Inversion) are grid keys that change only how a setting resamples, never its inversion: a *controlled*
+setting (control != "prompt_swap", or direct) resamples its source and target branch together through
+`ul.edit`. A prompt_swap setting without direct keeps the identity (store key) it had before these keys
+existed, so older stores resume. Meaningless combinations are refused at plan time, or skipped where the
+grid sweeps direct over both values (direct=True needs an attention control and an inversion that records
+its path: `DIRECT_METHODS`).
 """
 from __future__ import annotations
 
@@ -23,12 +31,20 @@ Prompts = Union[str, tuple[str, ...]]
 DEFAULTS: dict[str, Any] = {
     "sampler_name": "euler", "scheduler": "normal", "steps": 20, "cfg": 1.0, "positive": "", "negative": "",
     "end_at_step": 0, "normalize": "disable", "edit": None, "seed": 0, "resample_cfg": None, "method": "unsampler",
+    "control": "prompt_swap", "direct": False,
 }
 #: Column order; the first six fix one inversion (one trajectory), the rest vary only what is read off it.
 PARAMETERS: tuple[str, ...] = tuple(DEFAULTS)
 INVERSION_KEY: tuple[str, ...] = ("sampler_name", "scheduler", "steps", "cfg", "positive", "negative", "method")
 _INTEGERS = ("steps", "end_at_step", "seed")
 _PROMPTS = ("positive", "negative", "edit")
+#: The plain resample: no editing control (the identity every setting had before controls were grid keys).
+PROMPT_SWAP = "prompt_swap"
+#: Inversion methods whose sweep inversion records the path Direct Inversion pins the source branch to (the
+#: Unsampler's trajectory; fixed_point's and null_text's `resampling["path"]`); why the others cannot.
+DIRECT_METHODS: tuple[str, ...] = ("unsampler", "fixed_point", "null_text")
+_NO_PATH = {"edict": "EDICT's resampling is exact, so its source branch is its inversion path already (and it evaluates "
+                     "the network at its coupled latents, not at the path)"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,14 @@ class Setting:
     resample_cfg: float | None = None
     method: str = "unsampler"  # `ul.invert`'s method; its options (method_options) ride along as sorted pairs
     method_options: tuple[tuple[str, Any], ...] = ()
+    control: str = PROMPT_SWAP  # `ul.edit`'s control; its options (control_options) ride along as sorted pairs
+    direct: bool = False  # Direct Inversion: the source branch pinned to the inversion path
+    control_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def controlled(self) -> bool:
+        """Resampled through `ul.edit` (source and target branch together), not a plain resample."""
+        return self.control != PROMPT_SWAP or self.direct
 
     @property
     def resample_prompt(self) -> Prompts:
@@ -64,12 +88,17 @@ class Setting:
         row.update(positive=item_text(self.positive, item), negative=item_text(self.negative, item),
                    edit=item_text(self.resample_prompt, item), resample_cfg=self.effective_resample_cfg, item=item)
         _options_column(row, self.method_options)
+        _options_column(row, self.control_options, name="control_options")
         return row
 
     def identity(self) -> dict[str, Any]:
-        """Everything that changes this setting's numbers (edit and resample_cfg resolved)."""
+        """Everything that changes this setting's numbers (edit and resample_cfg resolved). A setting that is
+        not controlled leaves control and direct out, so its identity is the one it had before they existed."""
         out = {**asdict(self), "edit": self.resample_prompt, "resample_cfg": self.effective_resample_cfg}
         _options_column(out, self.method_options)
+        _options_column(out, self.control_options, name="control_options")
+        if not self.controlled:
+            del out["control"], out["direct"]
         return out
 
 
@@ -106,22 +135,59 @@ class InversionGroup:
 
 # -- the grid -------------------------------------------------------------------------------------
 def plan(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], *, batch: int,
-         method_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[InversionGroup]:
-    """Every combination of `grid` x `fixed` as Settings, grouped into inversion groups (in grid order)."""
+         method_options: Mapping[str, Mapping[str, Any]] | None = None,
+         control_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[InversionGroup]:
+    """Every combination of `grid` x `fixed` as Settings, grouped into inversion groups (in grid order).
+
+    A combination with direct=True that Direct Inversion cannot serve (control prompt_swap, or a method whose
+    inversion records no path) is an error, unless the grid sweeps direct over both values: then it is
+    skipped (its direct=False twin is in the grid)."""
     values = grid_values(grid, fixed)
     options = _method_options(method_options, values["method"])
+    controls = _control_options(control_options, values["control"])
     for name in _PROMPTS:
         for v in values[name]:
             _check_prompt(name, v, batch)
+    skip_direct = False in values["direct"]
     groups: dict[InversionGroup, list[Setting]] = {}
     for combo in itertools.product(*(values[p] for p in PARAMETERS)):
         setting = Setting(**dict(zip(PARAMETERS, combo)))
-        setting = replace(setting, method_options=options.get(setting.method, ()))
+        setting = replace(setting, method_options=options.get(setting.method, ()),
+                          control_options=controls.get(setting.control, ()))
         if setting.method != "unsampler" and setting.normalize != "disable":
             raise UnsamplingError(f"normalize={setting.normalize!r} is the Unsampler's; method {setting.method!r} returns "
                                   "its own noise: sweep it with normalize='disable'")
+        if skip_direct and why_not_direct(setting) is not None:
+            continue
+        check_controlled(setting)
         groups.setdefault(inversion_group(setting), []).append(setting)
     return [replace(g, settings=tuple(s)) for g, s in groups.items()]
+
+
+def check_controlled(setting: Setting) -> None:
+    """Refuse, in one line, a setting whose control or direct cannot run as asked (the explorer checks its
+    setting with this; `plan` every setting of the grid)."""
+    why = why_not_direct(setting)
+    if why is not None:
+        raise UnsamplingError(why)
+    if setting.controlled and setting.method == "unsampler" and setting.end_at_step >= setting.steps:
+        # (a method's inversion stops at step steps - 1 and leaves one step: `trajectory.stop_step`)
+        raise UnsamplingError(f"control {setting.control!r} edits from end_at_step={setting.end_at_step}, but "
+                              f"{setting.steps} steps leave nothing to resample there; use end_at_step < steps")
+
+
+def why_not_direct(setting: Setting) -> str | None:
+    """Why Direct Inversion cannot serve `setting` (None: it can, or direct is off)."""
+    if not setting.direct:
+        return None
+    if setting.control == PROMPT_SWAP:
+        return ("direct=True with control='prompt_swap' is meaningless: Direct Inversion pins the source branch, and a "
+                "prompt swap runs no source branch; give an attention control (e.g. control='p2p') or direct=False")
+    if setting.method not in DIRECT_METHODS:
+        why = _NO_PATH.get(setting.method, "its inversion records no path to pin the source branch to")
+        return (f"direct=True with method {setting.method!r}: {why}; use one of {', '.join(DIRECT_METHODS)} "
+                "or direct=False")
+    return None
 
 
 def inversion_group(setting: Setting) -> InversionGroup:
@@ -166,6 +232,10 @@ def grid_values(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> 
 
     for v in values["method"]:
         check_choice(v, INVERSION_METHODS, what="inversion method")
+    from ..editing.controls import get_control
+
+    for v in values["control"]:
+        get_control(v)  # an unknown name: did you mean ...?
     for name in _INTEGERS:
         for v in values[name]:
             if v < (1 if name == "steps" else 0):
@@ -187,6 +257,12 @@ def _canonical(name: str, value: Any) -> Any:
         return None if value is None else check_cfg(value, name=name)
     if name == "normalize" and isinstance(value, bool):
         return "enable" if value else "disable"
+    if name == "direct":
+        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch booleans
+            value = value.item()
+        if not isinstance(value, bool):
+            raise UnsamplingError(f"direct is True or False (Direct Inversion on or off), got {value!r}")
+        return value
     if name in _PROMPTS:
         if isinstance(value, (list, tuple)):
             return tuple(str(p) for p in value) if len(value) != 1 else str(value[0])
@@ -238,7 +314,7 @@ def pack(groups: Sequence[InversionGroup], *, batch: int, max_batch: int) -> lis
 
 def pack_cost(groups: Sequence[InversionGroup]) -> float:
     """Network rows one pack needs, roughly (per image): the inversion's steps and each setting's
-    resample steps, doubled where cfg != 1 (the uncond pass). Methods other than the Unsampler
+    resample steps, doubled where cfg != 1 (the uncond pass) and for a controlled setting. Methods other than the Unsampler
     iterate, so they count 10x. Only the order of tasks uses it."""
     from ..engine import state_index
     from ..inputs import cfg_is_one
@@ -249,7 +325,8 @@ def pack_cost(groups: Sequence[InversionGroup]) -> float:
     rows = 0.0
     for g in groups:
         own = state_index(g.steps, g.end_at_step) * passes(g.cfg)
-        own += sum((s.steps - s.end_at_step) * passes(s.effective_resample_cfg) for s in g.settings)
+        own += sum((s.steps - s.end_at_step) * passes(s.effective_resample_cfg) * (2 if s.controlled else 1)
+                   for s in g.settings)  # a controlled setting resamples two branches
         rows += own if g.is_unsampler else 10 * own
     return rows
 
@@ -271,12 +348,35 @@ def _method_options(method_options: Mapping[str, Mapping[str, Any]] | None,
     return {name: explicit_options(name, opts) for name, opts in method_options.items()}  # checked; defaults dropped
 
 
-def _options_column(row: dict[str, Any], options: tuple[tuple[str, Any], ...]) -> None:
-    """The method options as one JSON text column, present only when a method has options (old keys unchanged)."""
+def _control_options(control_options: Mapping[str, Mapping[str, Any]] | None,
+                     controls: Sequence[str]) -> dict[str, tuple[tuple[str, Any], ...]]:
+    """control_options keyed by control name, checked by `editing.controls.control_options` (the one option
+    checker) and cut to the values that differ from the defaults, as sorted pairs (so p2p with cross_steps=0.8,
+    its default, is the same row as p2p alone); a key that is no swept control is an error."""
+    if control_options is None:
+        return {}
+    if not isinstance(control_options, Mapping) or not all(isinstance(v, Mapping) for v in control_options.values()):
+        raise UnsamplingError("control_options maps a control name to its options, e.g. "
+                              "{'p2p': {'cross_steps': 0.6}}; got " + repr(control_options))
+    from ..editing.controls import CONTROL_SPECS
+    from ..editing.controls import control_options as check
+
+    out = {}
+    for name, opts in control_options.items():
+        if name not in controls:
+            raise UnsamplingError(f"control_options names {name!r}, which this sweep does not run (controls: "
+                                  f"{', '.join(controls)}); add it to the grid's 'control' or drop its options")
+        checked, declared = check(name, opts), CONTROL_SPECS[name].options
+        out[name] = tuple(sorted((k, v) for k, v in checked.items() if k in opts and v != declared[k].default))
+    return out
+
+
+def _options_column(row: dict[str, Any], options: tuple[tuple[str, Any], ...], *, name: str = "method_options") -> None:
+    """Options as one JSON text column, present only when there are options (old keys unchanged)."""
     import json
 
     if options:
-        row["method_options"] = json.dumps(dict(options), sort_keys=True, default=str)
+        row[name] = json.dumps(dict(options), sort_keys=True, default=str)
     else:
-        row.pop("method_options", None)
+        row.pop(name, None)
 

@@ -7,6 +7,14 @@ is the one place "a setting -> its metric rows" is written: `run_groups` (the sw
 setting, the explorer (`lab.widgets`) for the setting its controls show. Several settings that share
 steps, sampler, scheduler, end_at_step and seed can go through it together, as one network batch in
 which each image carries its own noise, cfg and prompts (a packed batch, see `grid.pack`).
+
+A *controlled* setting (control != "prompt_swap", or direct) runs alone, through `ul.edit` instead of
+resample (`edit_setting`): source = the setting's positive, target = its resample prompt, cfg = its
+resample cfg; the Unsampler's input is the noise `unsampled(trajectory, end_at_step, normalize)` edited
+from start_at_step = end_at_step (with direct, the trajectory's states from there down to the input as the
+path), a method's is its Inversion (direct: the path it records). Its metrics are the target branch's,
+computed as for a plain setting; its nfe is the edit's (one evaluation per step and cfg pass, each over the
+2B rows of source and target).
 """
 from __future__ import annotations
 
@@ -66,9 +74,10 @@ class Evaluated:
 
     setting: Setting
     noise: Tensor  # raw latents, as unsample returns them
-    result: Tensor  # raw latents, as resample returns them
+    result: Tensor  # raw latents, as resample returns them (a controlled setting: the edit's target branch)
     decoded: Tensor | None
     metrics: list[dict[str, dict[str, float]]]
+    attention: Any = None  # a controlled setting's recorded cross-attention (`AttentionMaps`), when asked for
 
     def row(self, item: int) -> dict[str, float]:
         """The metric columns of one item, every metric set together."""
@@ -100,14 +109,16 @@ class SettingResult:
 
 
 def evaluate_setting(model: "DiffusionModel", members: Sequence[tuple[Inverted, Setting]], references: References,
-                     *, metrics: Sequence[str], like: dict[str, Any] | Tensor) -> tuple[list[Evaluated], int]:
+                     *, metrics: Sequence[str], like: dict[str, Any] | Tensor,
+                     record_attention: bool = False) -> tuple[list[Evaluated], int]:
     """Settings -> resample -> decode -> metric rows: (one Evaluated per member, the resample's network evaluations).
 
     members: (inverted, setting) pairs resampled in ONE call; they share steps, sampler_name,
     scheduler, end_at_step and seed, and each brings its own noise, cfg and prompts (one member: the
-    engine is called with that setting's own values). A method's Inversion is resampled alone.
-    like: the input LATENT (its batch size and noise_mask). metrics: the metric sets, each computed
-    on its own (the store keeps them per set).
+    engine is called with that setting's own values). A method's Inversion, and a controlled setting
+    (through `edit_setting`), are resampled alone. like: the input LATENT (its batch size and noise_mask).
+    metrics: the metric sets, each computed on its own (the store keeps them per set). record_attention: a
+    controlled setting's Evaluated carries the target's recorded cross-attention.
     """
     from ..guidance import EvalCounter
 
@@ -118,14 +129,23 @@ def evaluate_setting(model: "DiffusionModel", members: Sequence[tuple[Inverted, 
                               "and seed; call it once per setting for the others")
     if inverted.inversion is not None and len(members) > 1:
         raise UnsamplingError("a method's Inversion is resampled alone; call evaluate_setting once per setting")
+    if len(members) > 1 and any(s.controlled for _, s in members):
+        raise UnsamplingError("a controlled setting (control or direct) is edited alone through ul.edit; call "
+                              "evaluate_setting once per setting")
     batch = int(samples_of(like).shape[0])
-    noises = [inv.noise(model, s, like) for inv, s in members]
-    counter = EvalCounter()
-    result = samples_of(resample(
-        model, noises[0] if len(noises) == 1 else concat(noises), steps=first.steps,
-        start_at_step=inverted.start_at_step(first), sampler_name=first.sampler_name, scheduler=first.scheduler,
-        add_noise=False, noise_seed=first.seed, progress=False, counter=counter,
-        **packed_prompts([(s.effective_resample_cfg, s.resample_prompt, s.negative) for _, s in members], batch)))
+    attention = None
+    if first.controlled:
+        noise, res = edit_setting(model, inverted, first, like, record_attention=record_attention)
+        noises, result, nfe, attention = [noise], samples_of(res.target), res.nfe, res.attention
+    else:
+        noises = [inv.noise(model, s, like) for inv, s in members]
+        counter = EvalCounter()
+        result = samples_of(resample(
+            model, noises[0] if len(noises) == 1 else concat(noises), steps=first.steps,
+            start_at_step=inverted.start_at_step(first), sampler_name=first.sampler_name, scheduler=first.scheduler,
+            add_noise=False, noise_seed=first.seed, progress=False, counter=counter,
+            **packed_prompts([(s.effective_resample_cfg, s.resample_prompt, s.negative) for _, s in members], batch)))
+        nfe = counter.nfe
     decoded = model.decode(result) if references.decodes and ({"pixel", "detector"} & set(metrics)) else None
     out = []
     for j, (inv, s) in enumerate(members):
@@ -138,8 +158,32 @@ def evaluate_setting(model: "DiffusionModel", members: Sequence[tuple[Inverted, 
             for b in range(batch):
                 by_set[b][name] = cols[b]
         noise = noises[j].samples if inv.inversion is not None else samples_of(noises[j])
-        out.append(Evaluated(s, noise, res, dec, by_set))
-    return out, counter.nfe
+        out.append(Evaluated(s, noise, res, dec, by_set, attention=attention))
+    return out, nfe
+
+
+def edit_setting(model: "DiffusionModel", inverted: Inverted, setting: Setting, like: dict[str, Any] | Tensor, *,
+                 record_attention: bool = False) -> tuple[Any, Any]:
+    """A controlled setting through `ul.edit`: (what was edited, the EditResult).
+
+    The Unsampler: the noise `unsampled(trajectory, end_at_step, normalize)`, edited from start_at_step =
+    end_at_step; with direct, the trajectory's states from that step down to the input (descending sigma,
+    [n + 1, B, C, H, W]) are the path. A method: its Inversion (its own resampling side; direct: its path).
+    source = the positive prompt, target = the resample prompt, cfg = the resample cfg, the setting's negative.
+    """
+    from ..editing import edit
+
+    s = setting
+    noise = inverted.noise(model, s, like)
+    direct: Any = s.direct
+    if s.direct and inverted.inversion is None:
+        traj = inverted.trajectory
+        direct = traj.xs[: traj.index(s.end_at_step) + 1].flip(0)
+    res = edit(model, noise, source=engine_prompt(s.positive), target=engine_prompt(s.resample_prompt),
+               control=s.control, cfg=s.effective_resample_cfg, direct=direct, record_attention=record_attention,
+               steps=s.steps, sampler_name=s.sampler_name, scheduler=s.scheduler,
+               start_at_step=inverted.start_at_step(s), negative=engine_prompt(s.negative), **dict(s.control_options))
+    return noise, res
 
 
 def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: References,
@@ -151,7 +195,8 @@ def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: 
     engine is called with the setting's own cfg and prompts. Packed, each image of the network batch
     carries its own cfg and prompts; rows agree with unpacked ones to float rounding (a packed cfg-1 item
     gets no uncond rows, as alone; see benchmarks/sweep_scaling.py). A method other than the Unsampler
-    inverts once (`ul.invert`) and resamples each setting alone. Yields each setting as it finishes.
+    inverts once (`ul.invert`) and resamples each setting alone; a controlled setting is edited alone
+    (`edit_setting`), from the same inversion. Yields each setting as it finishes.
 
     nfe: the inversion is charged to the first setting that finishes, a packed resample to its first
     member; nfe_naive is what unsample + resample of the setting alone would cost.
@@ -163,8 +208,9 @@ def run_groups(model: "DiffusionModel", latents: dict[str, Any] | Tensor, refs: 
     per_chunk = max(1, max_batch // batch)
     if groups[0].is_unsampler and (len(groups) > 1 or per_chunk > 1):  # settings that can share one resample batch
         same = lambda w: (w[1].end_at_step, w[1].seed)  # noqa: E731
-        chunks = [c for _, part in itertools.groupby(sorted(work, key=same), key=same)
-                  for c in chunked(list(part), per_chunk)]
+        plain = [w for w in work if not w[1].controlled]
+        chunks = [c for _, part in itertools.groupby(sorted(plain, key=same), key=same)
+                  for c in chunked(list(part), per_chunk)] + [[w] for w in work if w[1].controlled]
     else:
         chunks = [[w] for w in work]
     charge = inversion_nfe

@@ -379,6 +379,7 @@ def load_results(path: str | Path) -> "pd.DataFrame":
 
 #: Columns of a results table that hold text, where an empty cell is the empty string (a prompt), not NaN.
 TEXT_COLUMNS = ("positive", "negative", "edit", "normalize", "sampler_name", "scheduler", "method", "method_options",
+                "control", "control_options",
                 "model", "inputs", "file")
 
 

@@ -59,6 +59,7 @@ def sweep(
     max_batch: int | None = None,
     retries: int = 2,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    control_options: Mapping[str, Mapping[str, Any]] | None = None,
     **fixed: Any,
 ) -> "pd.DataFrame":
     """Unsample + resample `latents` for every combination of `grid` (lists) and `fixed` (single values).
@@ -80,6 +81,13 @@ def sweep(
     method (a grid key like any other, default "unsampler"): the inversion of `ul.invert`; its options
     come from method_options[method] (e.g. {"fixed_point": {"anderson": 5}}) and are part of the row key.
     Methods other than the Unsampler invert once per end_at_step and read the noise off `ul.invert`.
+    control (a grid key, default "prompt_swap": a plain resample of the edit prompt) and direct (default
+    False): any other control, or direct=True, edits each setting through `ul.edit` (source = positive,
+    target = edit, both branches in one batch) from the same inversion; the control's options come from
+    control_options[control] (e.g. {"p2p": {"cross_steps": 0.6}}) and are part of the row key. A prompt_swap
+    setting without direct keeps its store key from before these keys existed (older stores resume).
+    direct=True needs an attention control and a method in grid.DIRECT_METHODS (with direct swept over
+    [False, True] the combinations it cannot serve are skipped). The metrics are the target branch's.
     callback(rows, outputs) runs here after each computed setting.
     """
     from tqdm.auto import tqdm
@@ -89,7 +97,8 @@ def sweep(
     batch = int(samples.shape[0])
     if images is not None:
         images = _check_images(images, samples, model)
-    groups = plan(grid, fixed, batch=batch, method_options=method_options)
+    groups = plan(grid, fixed, batch=batch, method_options=method_options, control_options=control_options)
+    _check_families(model, groups)
     store_path, export_path = store_paths(path)
     if max_batch is not None:
         check_int("max_batch", max_batch, minimum=1)
@@ -174,8 +183,9 @@ def _frame(stored: Mapping[str, StoredRow], keys: _Keys, groups: Sequence[Invers
     import pandas as pd
 
     planned = [stored[k] for g in groups for s in g.settings for k in keys.rows(g, s, batch) if k in stored]
-    df = pd.DataFrame([r.flat(chosen) for r in planned if set(chosen) <= set(r.metrics)])
-    order = Setting(method_options=(("", 0),)).row(0)  # the parameter columns in their order (stored rows: sorted)
+    plain = {"control": DEFAULTS["control"], "direct": DEFAULTS["direct"]}  # rows stored before these columns existed
+    df = pd.DataFrame([{**plain, **r.flat(chosen)} for r in planned if set(chosen) <= set(r.metrics)])
+    order = Setting(method_options=(("", 0),), control_options=(("", 0),)).row(0)  # the columns in order
     lead = [c for c in order if c in df.columns]
     tail = [c for c in ("nfe", "nfe_naive", "seconds") if c in df.columns]
     df = df[lead + [c for c in df.columns if c not in lead and c not in tail] + tail]
@@ -213,6 +223,22 @@ __all__ = [
     "SweepOutputs", "evaluate_setting", "grid_values", "inversion_group", "pack", "pack_cost", "plan",
     "prefix_consistent", "run_groups", "store_paths", "sweep",
 ]
+
+
+def _check_families(model: Any, groups: Sequence[InversionGroup]) -> None:
+    """A control the model's prediction family does not serve, refused before any work (a ModelSource is not
+    loaded here: `ul.edit` refuses it on the worker)."""
+    ms = getattr(model, "model_sampling", None)
+    family = getattr(ms, "prediction", None)
+    if family is None:
+        return
+    from ..editing.controls import get_control
+
+    for control in dict.fromkeys(s.control for g in groups for s in g.settings):
+        spec = get_control(control)
+        if family not in spec.families:
+            raise UnsamplingError(f"control {control!r} serves {'/'.join(spec.families)} models, not this {family!r} "
+                                  "model; sweep it with control='prompt_swap'")
 
 
 def _check_images(images: Any, samples: Tensor, model: Any) -> Tensor:

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-__all__ = ["OneLineParser", "UsageError", "cfg_value", "choice", "method_option", "non_negative_int", "positive_int",
-           "whole_number"]
+__all__ = ["OneLineParser", "UsageError", "cfg_value", "choice", "control_option", "method_option", "non_negative_int",
+           "positive_int", "whole_number", "yes_no"]
 
 
 class UsageError(Exception):
@@ -75,14 +75,34 @@ def choice(what: str, choices: Sequence[str], *, refused: dict[str, str] | None 
 def method_option(text: str) -> tuple[str, str, Any]:
     """METHOD.KEY=VALUE (e.g. fixed_point.anderson=5): one option of one inversion method; VALUE is a
     Python literal (number, True/False, string)."""
+    return _named_option(text, "METHOD.KEY=VALUE (e.g. fixed_point.anderson=5)")
+
+
+def control_option(text: str) -> tuple[str, str, Any]:
+    """CONTROL.KEY=VALUE (e.g. p2p.cross_steps=0.6; CONTROL:KEY=VALUE is read the same): one option of one
+    editing control; VALUE is a Python literal (number, True/False, string, a tuple of words like
+    "('red','blue')"; a bare word is one word). Checked with the control's other options by the sweep."""
+    return _named_option(text.replace(":", ".", 1) if ":" in text.partition("=")[0] else text,
+                         "CONTROL.KEY=VALUE (e.g. p2p.cross_steps=0.6)")
+
+
+def _named_option(text: str, form: str) -> tuple[str, str, Any]:
     import ast
 
     head, eq, value = text.partition("=")
-    method, dot, key = head.partition(".")
-    if not (eq and dot and method and key):
-        raise argparse.ArgumentTypeError(f"expected METHOD.KEY=VALUE (e.g. fixed_point.anderson=5), got {text!r}")
+    name, dot, key = head.partition(".")
+    if not (eq and dot and name and key):
+        raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}")
     try:
         parsed = ast.literal_eval(value)
     except (ValueError, SyntaxError):
         parsed = value
-    return method, key, parsed
+    return name, key, parsed
+
+
+def yes_no(text: str) -> bool:
+    """An argparse type: yes/no (also true/false, on/off, 1/0) as a bool."""
+    words = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return words[text.lower()]

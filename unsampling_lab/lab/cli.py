@@ -33,8 +33,8 @@ INVERSE_ONLY = {"ddim_inverse": "it only steps towards more noise, and the sweep
                                 "use 'ddim' (ComfyUI's ddim, i.e. euler) or compare the two with lab.teaching"}
 
 
-from .args import (OneLineParser, UsageError, cfg_value, choice, method_option, non_negative_int,  # noqa: F401
-                   positive_int, whole_number)
+from .args import (OneLineParser, UsageError, cfg_value, choice, control_option, method_option,  # noqa: F401
+                   non_negative_int, positive_int, whole_number, yes_no)
 SCHEDULER_TIMEOUT_S = 20  # --scheduler-address: seconds to wait for the scheduler before saying it cannot be reached
 
 
@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME", help=f"inversion methods (ul.invert): {', '.join(INVERSION_METHODS)} (default unsampler)")
     g.add_argument("--method-option", dest="method_option", type=method_option, action="append", default=None,
                    metavar="METHOD.KEY=VALUE", help="an option of a method, e.g. fixed_point.anderson=5 (repeatable)")
+    from ..editing import CONTROLS
+
+    g.add_argument("--control", nargs="+", type=choice("editing control", CONTROLS), default=None, metavar="NAME",
+                   help=f"editing controls (ul.edit: source = positive, target = edit, both branches in one batch): "
+                        f"{', '.join(CONTROLS)} (default prompt_swap: the edit prompt resampled from the noise)")
+    g.add_argument("--control-option", dest="control_option", type=control_option, action="append", default=None,
+                   metavar="CONTROL.KEY=VALUE", help="an option of a control, e.g. p2p.cross_steps=0.6 (repeatable)")
+    g.add_argument("--direct", nargs="*", type=yes_no, default=None, metavar="no|yes",
+                   help="Direct Inversion: the source branch pinned to the inversion path. --direct alone (or yes) turns "
+                        "it on, --direct no yes sweeps both (default no); needs a --control other than prompt_swap")
     g.add_argument("--resample-cfg", "--resample_cfg", dest="resample_cfg", type=cfg_value, nargs="+", default=None,
                    help="cfg values for resampling (default: the same as --cfg)")
     g.add_argument("--normalize", nargs="+", type=choice("normalize mode", NORMALIZE_MODES), metavar="MODE",
@@ -200,10 +210,15 @@ def run_sweep(args: argparse.Namespace) -> int:
         "edit": [None] + list(args.edit or []),
         **({"resample_cfg": args.resample_cfg} if args.resample_cfg else {}),
         **({"method": args.method} if args.method else {}),
+        **({"control": args.control} if args.control else {}),
+        **({"direct": args.direct or [True]} if args.direct is not None else {}),
     }
     method_options: dict[str, dict[str, Any]] = {}
     for method, key, value in args.method_option or ():
         method_options.setdefault(method, {})[key] = value
+    control_options: dict[str, dict[str, Any]] = {}
+    for control, key, value in args.control_option or ():
+        control_options.setdefault(control, {})[key] = value
     suffix = ".parquet" if args.format == "parquet" or (args.format == "auto" and _has_pyarrow()) else ".csv"
     table_path = out / f"results{suffix}"
     batches = source.batches()
@@ -230,7 +245,8 @@ def run_sweep(args: argparse.Namespace) -> int:
                 batch_paths[b].parent.mkdir(parents=True, exist_ok=True)
                 df = sweep(where, latents, grid, path=batch_paths[b], images=images, progress=args.progress,
                            callback=keep, steps=args.steps, positive=positive, negative=args.negative, seed=args.seed,
-                           executor=executor, method_options=method_options or None)
+                           executor=executor, method_options=method_options or None,
+                           control_options=control_options or None)
                 if "item" in df.columns:
                     df["item"] = df["item"] + start
                 frames.append(df)

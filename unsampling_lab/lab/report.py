@@ -54,6 +54,8 @@ def best_workflow(df: "pd.DataFrame", out: Path, *, checkpoint: str) -> Any:
     rows = df[df["edit"] == df["positive"]] if {"edit", "positive"} <= set(df.columns) else df.iloc[0:0]
     if "method" in rows:
         rows = rows[rows["method"] == "unsampler"]
+    if "control" in rows:  # an edit through ul.edit is no Unsampler node
+        rows = rows[(rows["control"] == "prompt_swap") & ~rows["direct"].astype(bool)]
     rows = rows[rows["normalize"].isin(["disable", "enable"])] if "normalize" in rows else rows
     if not len(rows) or "latent_mse" not in rows:
         return None
@@ -158,12 +160,14 @@ def summary(df: Any, *, model_name: str = "bundled shapes model", source: str = 
     metrics = [c for c in ("latent_mse", "relative_error", "psnr", "ssim", "psnr_vae", "ssim_vae", "noise_std",
                            "noise_ks", "noise_autocorr_1", "fg_iou") if c in df.columns]
     recon = df[df["edit"] == df["positive"]]
+    by = [c for c in ("control", "direct") if c in df and df[c].nunique() > 1]  # swept editing keys: kept apart
     if len(recon):
-        table = recon.groupby(["normalize", "cfg", "end_at_step"], as_index=False)[metrics].mean()
+        table = recon.groupby([*by, "normalize", "cfg", "end_at_step"], as_index=False)[metrics].mean()
         lines += ["## Reconstruction (mean over images)", "", markdown_table(table), ""]
         best = table.loc[table["latent_mse"].idxmin()] if "latent_mse" in table else None
         if best is not None:
-            lines += [f"Best reconstruction: normalize={best['normalize']}, cfg={best['cfg']:g}, "
+            lines += [f"Best reconstruction: {''.join(f'{c}={best[c]}, ' for c in by)}normalize={best['normalize']}, "
+                      f"cfg={best['cfg']:g}, "
                       f"end_at_step={int(best['end_at_step'])} (latent_mse {best['latent_mse']:.4g}).", ""]
         if "psnr_vae" in table:
             lines += [f"VAE-only reference (encode -> decode, not a bound): PSNR {recon['psnr_vae'].mean():.2f} dB, "
@@ -171,7 +175,7 @@ def summary(df: Any, *, model_name: str = "bundled shapes model", source: str = 
     edited = df[df["edit"] != df["positive"]]
     if len(edited):
         cols = [c for c in ("latent_mse", "fg_iou", "colour_match", "shape_match") if c in df.columns]
-        table = edited.groupby(["edit", "normalize", "cfg", "end_at_step"], as_index=False)[cols].mean()
+        table = edited.groupby(["edit", *by, "normalize", "cfg", "end_at_step"], as_index=False)[cols].mean()
         lines += ["## Edits (mean over images)", "", markdown_table(table), ""]
     if figures:
         lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]

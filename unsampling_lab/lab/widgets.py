@@ -9,31 +9,33 @@ does for one grid point: `unsampled(model, trajectory, end_at_step, normalize)`,
 `start_at_step = end_at_step` with the source prompt (reconstruction) and the edit prompt, then the
 sweep's own metric rows. The inversion (`unsample_trajectory`) reruns only when a parameter that
 changes it moves: steps, cfg, sampler, scheduler, source or negative prompt. end_at_step, normalize,
-the resampling cfg and the edit prompt read off the cached trajectory. ipywidgets and matplotlib load here only.
+the resampling cfg, the edit prompt, the editing control and direct read off the cached trajectory (a
+controlled edit runs `ul.edit` on it, as a sweep's controlled setting). ipywidgets and matplotlib load
+here and in `lab.views` (the pictures) only.
 """
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from .. import engine
 from ..analysis import sweeps
 from ..analysis.evaluate import METRIC_SETS, References, inversion_endpoints, references
-from ..analysis.grid import Setting
+from ..analysis.grid import PROMPT_SWAP, Setting, check_controlled
 from ..analysis import running
 from ..analysis.running import Inverted
+from ..editing import CONTROLS, get_control
 from ..engine import NORMALIZE_MODES
 from ..errors import UnsamplingError
 from ..inversion import methods_for
 from ..samplers import INVERTIBLE_SAMPLERS
 from ..schedulers import SCHEDULERS
+from .views import TILE, StatsFigure, attention_png, latent_preview, tile_png  # noqa: F401 (the explorer's pictures)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,15 +46,19 @@ if TYPE_CHECKING:
 #: Parameters whose change needs a new recorded Unsampler inversion (the sweep's INVERSION_KEY but the method:
 #: the Unsampler's trajectory is kept for the statistics plot whichever method the view shows).
 INVERSION_KEY: tuple[str, ...] = tuple(k for k in sweeps.INVERSION_KEY if k != "method")
-TILE = 128  # pixels per image in the strip
 CONTROLS_WIDTH = 330  # pixels: the explorer fits a 1000-px output area (controls + view)
 VIEW_WIDTH = 650
 
 
 class Explorer:
-    """Controls (attributes: steps, end_at_step, cfg, resample_cfg, normalize, sampler_name, scheduler, source,
-    edit, negative, sweep_button), outputs (strip, stats, table, warning, sweep_table, progress) and state
-    (trajectory, inversions, updates, last_update_s, rows).
+    """Controls (attributes: method, steps, end_at_step, cfg, resample_cfg, normalize, sampler_name, scheduler,
+    source, edit, negative, control, direct, show_attention, sweep_button), outputs (strip, stats, table,
+    attention, warning, sweep_table, progress) and state (trajectory, inversions, updates, last_update_s, rows,
+    attention_maps).
+
+    `control` and `direct` edit the edit row through `ul.edit` (the sweep's controlled setting); its target
+    cross-attention is then recorded and shown as a token x step image (`attention`) unless show_attention
+    is off. The reconstruction row stays a plain resample.
 
     `cfg` is the inversion's guidance, `resample_cfg` the resampling's (default: the same); only `cfg`
     reruns the inversion. The layout fits a 1000-px output area: controls CONTROLS_WIDTH px, view
@@ -78,6 +84,9 @@ class Explorer:
         sweep_path: str | None = None,
         samplers: Sequence[str] | None = None,
         method: str = "unsampler",
+        control: str = PROMPT_SWAP,
+        direct: bool = False,
+        show_attention: bool = True,
     ) -> None:
         import ipywidgets as W
 
@@ -94,6 +103,7 @@ class Explorer:
         self.last_update_s = math.nan
         self.last_update_cpu_s = math.nan  # this process's CPU time: what the update costs, whatever else runs
         self.rows: list[dict[str, Any]] = []  # the metric rows shown (reconstruction, edit)
+        self.attention_maps: Any = None  # the edit's recorded cross-attention (`AttentionMaps`), when controlled
         self.sweep_frame: pd.DataFrame | None = None
         self._reference = None
         self._stats_fig: Any = None
@@ -120,6 +130,11 @@ class Explorer:
         if method not in methods:
             raise UnsamplingError(f"method {method!r} does not run on this model; use one of {', '.join(methods)}")
         self.method = W.Dropdown(options=methods, value=method, description="method")
+        # the edit's control (ul.edit) and Direct Inversion; the reconstruction row stays a plain resample
+        get_control(control)  # an unknown name: did you mean ...?
+        self.control = W.Dropdown(options=list(CONTROLS), value=control, description="control")
+        self.direct = W.Checkbox(value=direct, description="direct inversion", indent=False)
+        self.show_attention = W.Checkbox(value=show_attention, description="show attention", indent=False)
 
         # -- outputs -----------------------------------------------------------------------------
         self.strip = W.Image(format="png", layout=W.Layout(max_width=f"{VIEW_WIDTH}px"))
@@ -131,12 +146,14 @@ class Explorer:
         self.status = W.HTML()
         self.progress = W.IntProgress(value=0, min=0, max=1, description="sweep", layout=W.Layout(visibility="hidden"))
         self.sweep_table = W.HTML()
+        self.attention = W.Image(format="png", layout=W.Layout(display="none"))  # token x step, for a controlled edit
 
         controls = W.VBox([self.method, self.steps, self.end_at_step, self.cfg, self.resample_cfg, self.normalize,
-                           self.sampler_name, self.scheduler, self.source, self.edit, self.negative,
-                           W.HBox([self.sweep_button, self.progress])],
+                           self.sampler_name, self.scheduler, self.source, self.edit, self.negative, self.control,
+                           W.HBox([self.direct, self.show_attention]), W.HBox([self.sweep_button, self.progress])],
                           layout=W.Layout(width=f"{CONTROLS_WIDTH}px", min_width=f"{CONTROLS_WIDTH}px"))
-        view = W.VBox([self.caption, self.strip, W.HBox([self.stats, self.table]), self.warning, self.status],
+        view = W.VBox([self.caption, self.strip, W.HBox([self.stats, self.table]), self.attention, self.warning,
+                       self.status],
                       layout=W.Layout(width=f"{VIEW_WIDTH}px", overflow="hidden"))
         self.widget = W.VBox([W.HBox([controls, view]), self.sweep_table],
                              layout=W.Layout(max_width=f"{CONTROLS_WIDTH + VIEW_WIDTH}px"))
@@ -150,7 +167,8 @@ class Explorer:
     @property
     def controls(self) -> list[Any]:
         return [self.method, self.steps, self.end_at_step, self.cfg, self.resample_cfg, self.normalize,
-                self.sampler_name, self.scheduler, self.source, self.edit, self.negative]
+                self.sampler_name, self.scheduler, self.source, self.edit, self.negative, self.control, self.direct,
+                self.show_attention]
 
     @property
     def params(self) -> dict[str, Any]:
@@ -159,7 +177,8 @@ class Explorer:
                     resample_cfg=float(self.resample_cfg.value),
                     normalize=self.normalize.value, sampler_name=self.sampler_name.value,
                     scheduler=self.scheduler.value, positive=self.source.value, negative=self.negative.value,
-                    edit=self.edit.value, method=self.method.value)
+                    edit=self.edit.value, method=self.method.value, control=self.control.value,
+                    direct=bool(self.direct.value))
 
     def update(self) -> None:
         """Recompute the view for the current controls (a new inversion only if its key changed)."""
@@ -200,7 +219,7 @@ class Explorer:
                           progress=False, callback=tick, **fixed)
         self.progress.value = self.progress.max
         self.sweep_frame = df
-        cols = [c for c in ("end_at_step", "cfg", "normalize", "sampler_name", "scheduler", "psnr", "ssim",
+        cols = [c for c in ("control", "direct", "end_at_step", "cfg", "normalize", "sampler_name", "scheduler", "psnr", "ssim",
                             "latent_mse", "noise_std", "noise_ks_z", "fg_iou", "colour_match", "shape_match", "nfe")
                 if c in df.columns]
         self.sweep_table.value = df[cols].to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0)
@@ -243,31 +262,41 @@ class Explorer:
         return self.trajectory
 
     def _show(self, traj: "Trajectory", p: Mapping[str, Any]) -> None:
-        """The current setting through the sweep's own `evaluate_setting`: the reconstruction and the edit."""
+        """The current setting through the sweep's own `evaluate_setting`: the reconstruction (a plain resample)
+        and the edit (under the chosen control and direct: `ul.edit`, its attention recorded when shown)."""
         model, refs = self.model, self.references()
-        settings = [self.setting(p, edit=None), self.setting(p, edit=p["edit"] or p["positive"])]
-        if p["method"] == "unsampler":  # both from one noise, in one network batch
+        settings = [self.setting(p, edit=None, plain=True), self.setting(p, edit=p["edit"] or p["positive"])]
+        check_controlled(settings[1])
+        if p["method"] == "unsampler" and not settings[1].controlled:  # both from one noise, in one network batch
             done, _ = running.evaluate_setting(model, [(Inverted(traj), s) for s in settings], refs,
                                                metrics=METRIC_SETS, like=self.latent)
-        else:  # the method's own inversion and resampling side (its noise is never normalized); one resample each
-            inv = self._method_inversion(p)
-            inverted = Inverted(inversion_endpoints(model, self.latent, inv), inv)
-            done = [running.evaluate_setting(model, [(inverted, s)], refs, metrics=METRIC_SETS,
-                                             like=self.latent)[0][0] for s in settings]
-        self.rows = [{**p, "edit": e.setting.resample_prompt, **e.row(0), "row": name}
-                     for name, e in zip(("reconstruction", "edit"), done)]
+        else:  # a method's own inversion and resampling side (its noise is never normalized), or an edit: one each
+            if p["method"] == "unsampler":
+                inverted = Inverted(traj)
+            else:
+                inv = self._method_inversion(p)
+                inverted = Inverted(inversion_endpoints(model, self.latent, inv), inv)
+            done = [running.evaluate_setting(model, [(inverted, s)], refs, metrics=METRIC_SETS, like=self.latent,
+                                             record_attention=bool(self.show_attention.value))[0][0] for s in settings]
+        self.rows = [{**p, "edit": e.setting.resample_prompt, "control": e.setting.control, "direct": e.setting.direct,
+                      **e.row(0), "row": name} for name, e in zip(("reconstruction", "edit"), done)]
+        self.attention_maps = done[1].attention
+        self._draw_attention()
         decoded = None if done[0].decoded is None else torch.cat([e.decoded for e in done])
         self._draw_strip(done[0].noise, decoded, p)
         self._draw_stats(traj, p["end_at_step"])
         self._draw_table()
 
     @staticmethod
-    def setting(p: Mapping[str, Any], *, edit: str | None) -> Setting:
-        """The sweep's Setting for the explorer's parameters `p` (seed 0, as a sweep's default)."""
+    def setting(p: Mapping[str, Any], *, edit: str | None, plain: bool = False) -> Setting:
+        """The sweep's Setting for the explorer's parameters `p` (seed 0, as a sweep's default); plain: a
+        prompt_swap resample whatever the control."""
         return Setting(sampler_name=p["sampler_name"], scheduler=p["scheduler"], steps=int(p["steps"]),
                        cfg=float(p["cfg"]), positive=p["positive"], negative=p["negative"],
                        end_at_step=int(p["end_at_step"]), normalize=p["normalize"], edit=edit,
-                       resample_cfg=float(p["resample_cfg"]), method=p["method"])
+                       resample_cfg=float(p["resample_cfg"]), method=p["method"],
+                       control=PROMPT_SWAP if plain else p.get("control", PROMPT_SWAP),
+                       direct=False if plain else bool(p.get("direct", False)))
 
     def _method_inversion(self, p: Mapping[str, Any]) -> Any:
         """`ul.invert` for the current setting (methods other than the Unsampler), cached per setting."""
@@ -298,9 +327,19 @@ class Explorer:
         names.append(f"noise (end_at_step {p['end_at_step']})")
         if decoded is not None:
             tiles += [decoded[0], decoded[1]]
-            names += [f"resampled: {p['positive'] or '(empty)'}", f"edit: {p['edit'] or p['positive'] or '(empty)'}"]
+            how = "" if p["control"] == PROMPT_SWAP and not p["direct"] else \
+                f" ({p['control']}{' + direct' if p['direct'] else ''})"
+            names += [f"resampled: {p['positive'] or '(empty)'}", f"edit{how}: {p['edit'] or p['positive'] or '(empty)'}"]
         self.strip.value = tile_png(tiles)
         self.caption.value = " | ".join(f"<b>{_escape(n)}</b>" for n in names)
+
+    def _draw_attention(self) -> None:
+        """The edit's target cross-attention, tokens x steps (`ul.plots.attention_by_step`); hidden without one."""
+        if self.attention_maps is None:
+            self.attention.layout.display = "none"
+            return
+        self.attention.value = attention_png(self.attention_maps, width=VIEW_WIDTH - 10, height=220)
+        self.attention.layout.display = ""
 
     def _draw_stats(self, traj: "Trajectory", k: int) -> None:
         if self._stats_fig is None:
@@ -325,50 +364,6 @@ def explorer(model: "DiffusionModel", image_or_latent: Tensor | dict[str, Any], 
     return Explorer(model, image_or_latent, **kwargs)
 
 
-class StatsFigure:
-    """`plots.latent_stats` of the trajectory with the current end_at_step marked; drawn once per
-    trajectory, an update only paints the marker."""
-
-    def __init__(self, traj: "Trajectory", model_sampling: Any) -> None:
-        from matplotlib.figure import Figure
-
-        from ..analysis.plots import latent_stats
-
-        self.steps = int(traj.params["steps"])
-        self.sigmas = [float(v) for v in traj.sigmas]
-        w, h = self.pixel_size()
-        self.fig = Figure(figsize=(w / self.DPI, h / self.DPI), dpi=self.DPI, layout="constrained")
-        ax = latent_stats(traj, model_sampling=model_sampling, ax=self.fig.add_subplot())
-        ax.set_title("latent std along the inversion", fontsize=9)
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from PIL import Image
-
-        canvas = FigureCanvasAgg(self.fig)
-        canvas.draw()  # drawn once: an update only paints the end_at_step marker on a copy (milliseconds)
-        self.base = Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
-        height = self.base.height
-        self.xs = [float(ax.transData.transform((s, 1.0))[0]) for s in self.sigmas]
-        self.y0, self.y1 = height - float(ax.bbox.y1), height - float(ax.bbox.y0)
-
-    DPI = 100
-    WIDTH, HEIGHT = 360, 260  # pixels, drawn and shown 1:1
-
-    @classmethod
-    def pixel_size(cls) -> tuple[int, int]:
-        return cls.WIDTH, cls.HEIGHT
-
-    def render(self, end_at_step: int) -> bytes:
-        from PIL import ImageDraw
-
-        index = min(engine.state_index(self.steps, end_at_step), len(self.sigmas) - 1)
-        im = self.base.copy()
-        x = self.xs[index]
-        ImageDraw.Draw(im).line([(x, self.y0), (x, self.y1)], fill=(214, 39, 40), width=2)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        return buf.getvalue()
-
-
 # -- small pure helpers (pictures, not maths) --------------------------------------------------------
 def _as_latent(model: Any, x: Tensor | dict[str, Any]) -> tuple[dict[str, Tensor], Tensor | None]:
     if isinstance(x, dict):
@@ -380,27 +375,6 @@ def _as_latent(model: Any, x: Tensor | dict[str, Any]) -> tuple[dict[str, Tensor
         return {"samples": x[:1]}, None
     raise UnsamplingError("the explorer takes one image float [1, H, W, 3] in 0..1, a LATENT dict or a latent "
                           f"tensor [1, C, H, W]; got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
-
-
-def latent_preview(latent: Tensor) -> Tensor:
-    """A latent [C, H, W] as an image [H, W, 3] in 0..1: channels 0-2 (or repeated), min-max scaled."""
-    x = latent.detach().float().cpu()
-    x = x[:3] if x.shape[0] >= 3 else x[:1].expand(3, *x.shape[1:])
-    x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-8)
-    return x.permute(1, 2, 0)
-
-
-def tile_png(images: Sequence[Tensor], *, tile: int = TILE, gap: int = 4) -> bytes:
-    """PNG bytes of images [H, W, 3] in 0..1 side by side, each scaled to `tile` pixels (nearest)."""
-    from PIL import Image
-
-    canvas = Image.new("RGB", (len(images) * (tile + gap) - gap, tile), (255, 255, 255))
-    for i, im in enumerate(images):
-        arr = (im.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        canvas.paste(Image.fromarray(arr).resize((tile, tile), Image.NEAREST), (i * (tile + gap), 0))
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def prompt_truncation(model: Any, prompt: Any) -> str | None:

@@ -55,6 +55,11 @@ def parameters(source: Any) -> tuple[dict[str, Any] | None, dict[str, Any], str 
     else:
         raise UnsamplingError(f"to_workflow takes a sweep row (dict), a Setting, an Inversion or a read workflow, "
                               f"not {type(source).__name__}")
+    control, direct = row.get("control") or "prompt_swap", str(row.get("direct", False)).lower() in ("true", "1")
+    if control != "prompt_swap" or direct:  # a sweep's controlled setting (ul.edit): nothing in ComfyUI edits so
+        raise UnsamplingError(f"this row edits with control {control!r}{' and Direct Inversion' if direct else ''} "
+                              "(ul.edit: source and target branch under attention control), which no ComfyUI node "
+                              "reproduces; export its control='prompt_swap' row instead")
     steps, k = int(row.get("steps", 20)), int(row.get("end_at_step", 0))
     cfg = float(row.get("cfg", 1.0))
     positive, negative = _text(row.get("positive", "")), _text(row.get("negative", ""))
