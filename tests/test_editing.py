@@ -119,11 +119,24 @@ def test_direct_source_rows_are_the_inversion_path(setup, how):
 
 def test_direct_refuses_what_it_cannot_pin(setup):
     model, latent, src, tgt, inv = setup
+    bdia = ul.invert(model, latent, method="bdia", steps=STEPS, positive=src, progress=False)
     with pytest.raises(ul.UnsamplingError, match="needs the inversion path"):
-        edit(model, inv, source=src, target=tgt, direct=True)
+        edit(model, bdia, source=src, target=tgt, direct=True)
     traj = ul.unsample_trajectory(model, latent, steps=STEPS, sampler_name="dpm_2", positive=src, progress=False)
     with pytest.raises(ul.UnsamplingError, match="between them"):
         edit(model, traj, source=src, target=tgt, direct=True)
+
+
+def test_an_unsampler_inversion_carries_its_path_for_direct(setup):
+    """ul.invert(method="unsampler") keeps the states ul.unsample_trajectory records, so direct=True on the
+    Inversion is direct=trajectory."""
+    model, latent, src, tgt, inv = setup
+    traj = ul.unsample_trajectory(model, latent, steps=STEPS, positive=src, progress=False)
+    assert torch.equal(inv.resampling["path"], traj.xs.flip(0))
+    a = edit(model, inv, source=src, target=tgt, control="p2p", cfg=CFG, direct=True)
+    b = edit(model, traj, source=src, target=tgt, control="p2p", cfg=CFG, direct=True)
+    samples = lambda r: r["samples"] if isinstance(r, dict) else r  # noqa: E731 (a Trajectory input gives tensors)
+    assert torch.equal(samples(a.target), samples(b.target)) and a.direct and b.direct
 
 
 def test_recorded_maps_are_distributions_over_the_tokens(setup):

@@ -13,7 +13,7 @@ import torch
 import unsampling_lab as ul
 from unsampling_lab.analysis import running
 from unsampling_lab.analysis.evaluate import references
-from unsampling_lab.analysis.grid import DIRECT_METHODS, plan
+from unsampling_lab.analysis.grid import direct_methods, plan
 from unsampling_lab.analysis.sweeps import _Keys
 from unsampling_lab.bundled import shapes
 from unsampling_lab.errors import UnsamplingError
@@ -104,11 +104,12 @@ def test_direct_swept_over_both_values_skips_what_it_cannot_serve_and_options_dr
 def test_direct_methods_are_the_ones_whose_inversion_records_a_path(setup):
     model, latent, _, captions, _ = setup
     options = {"fixed_point": {"iterations": 1}, "null_text": {"inner_steps": 1, "cfg": 3.0}}
-    for method in DIRECT_METHODS[1:]:
+    assert set(direct_methods()) == {"unsampler", "negative_prompt", "fixed_point", "null_text"}
+    for method in (*direct_methods(), "edict", "bdia"):
         inv = ul.invert(model, latent, method=method, steps=2, positive=captions, progress=False, **options.get(method, {}))
-        assert "path" in inv.resampling, method
-    inv = ul.invert(model, latent, method="edict", steps=2, positive=captions, progress=False)
-    assert "path" not in inv.resampling
+        assert ("path" in inv.resampling) == (method in direct_methods()), method
+        if method in direct_methods():  # the 3 states of 2 steps, descending sigma
+            assert inv.resampling["path"].shape[:2] == (3, len(captions)), method
 
 
 def test_a_control_the_model_family_does_not_serve_is_refused_before_any_work():

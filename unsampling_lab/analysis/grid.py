@@ -12,7 +12,7 @@ setting (control != "prompt_swap", or direct) resamples its source and target br
 `ul.edit`. A prompt_swap setting without direct keeps the identity (store key) it had before these keys
 existed, so older stores resume. Meaningless combinations are refused at plan time, or skipped where the
 grid sweeps direct over both values (direct=True needs an attention control and an inversion that records
-its path: `DIRECT_METHODS`).
+its path: `direct_methods()`, from the registry's `MethodSpec.records_path`).
 """
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ _INTEGERS = ("steps", "end_at_step", "seed")
 _PROMPTS = ("positive", "negative", "edit")
 #: The plain resample: no editing control (the identity every setting had before controls were grid keys).
 PROMPT_SWAP = "prompt_swap"
-#: Inversion methods whose sweep inversion records the path Direct Inversion pins the source branch to (the
-#: Unsampler's trajectory; fixed_point's and null_text's `resampling["path"]`); why the others cannot.
-DIRECT_METHODS: tuple[str, ...] = ("unsampler", "fixed_point", "null_text")
-_NO_PATH = {"edict": "EDICT's resampling is exact, so its source branch is its inversion path already (and it evaluates "
-                     "the network at its coupled latents, not at the path)"}
+def direct_methods() -> tuple[str, ...]:
+    """The inversion methods Direct Inversion can serve: those whose inversion records its path
+    (`MethodSpec.records_path`; the sweep's Unsampler reads it off its recorded trajectory)."""
+    from ..inversion import METHOD_SPECS
+
+    return tuple(name for name, spec in METHOD_SPECS.items() if spec.records_path)
 
 
 @dataclass(frozen=True)
@@ -183,9 +184,11 @@ def why_not_direct(setting: Setting) -> str | None:
     if setting.control == PROMPT_SWAP:
         return ("direct=True with control='prompt_swap' is meaningless: Direct Inversion pins the source branch, and a "
                 "prompt swap runs no source branch; give an attention control (e.g. control='p2p') or direct=False")
-    if setting.method not in DIRECT_METHODS:
-        why = _NO_PATH.get(setting.method, "its inversion records no path to pin the source branch to")
-        return (f"direct=True with method {setting.method!r}: {why}; use one of {', '.join(DIRECT_METHODS)} "
+    if setting.method not in direct_methods():
+        from ..inversion import get_method
+
+        why = get_method(setting.method).why_no_path
+        return (f"direct=True with method {setting.method!r}: {why}; use one of {', '.join(direct_methods())} "
                 "or direct=False")
     return None
 

@@ -86,7 +86,7 @@ def sweep(
     target = edit, both branches in one batch) from the same inversion; the control's options come from
     control_options[control] (e.g. {"p2p": {"cross_steps": 0.6}}) and are part of the row key. A prompt_swap
     setting without direct keeps its store key from before these keys existed (older stores resume).
-    direct=True needs an attention control and a method in grid.DIRECT_METHODS (with direct swept over
+    direct=True needs an attention control and a method whose inversion records its path (grid.direct_methods(); with direct swept over
     [False, True] the combinations it cannot serve are skipped). The metrics are the target branch's.
     callback(rows, outputs) runs here after each computed setting.
     """

@@ -255,6 +255,8 @@ class MethodSpec:
       error; a plain default is refused here, so every option declares its type and range).
     cost: the network evaluations it spends, in words; gradients: whether it backpropagates.
     resample: its resampling side (None: a plain `ul.resample` of `.noise`).
+    records_path: its Inversion keeps the states it passed (`resampling["path"]`, descending sigma), so
+      `ul.edit(direct=True)` can pin the source branch to them; `why_no_path` says why a method cannot.
     """
 
     name: str
@@ -268,6 +270,8 @@ class MethodSpec:
     gradients: bool = False
     why_samplers: str = ""
     why_predictions: str = ""
+    records_path: bool = False
+    why_no_path: str = "its inversion records no path to pin the source branch to"
 
     @property
     def families(self) -> tuple[str, ...]:

@@ -18,12 +18,14 @@ from .base import MethodResult, Problem, ResampleCall
 
 
 def _unsample(problem: Problem, *, cfg: float, negative: Any) -> MethodResult:
-    """The engine's Unsampler on the problem's checked inputs; its evaluations count into `problem.counter`."""
-    noise, _ = run_unsample(problem.model, problem.latent, problem.samples, problem.mask, steps=problem.steps,
-                            end_at_step=problem.end_at_step, cfg=cfg, sampler_name=problem.sampler_name,
-                            scheduler=problem.scheduler, normalize="disable", positive=problem.positive,
-                            negative=negative, progress=problem.progress, counter=problem.counter)
-    return MethodResult(noise)
+    """The engine's Unsampler on the problem's checked inputs; its evaluations count into `problem.counter`.
+    The recorded states are kept as the inversion path (descending sigma), which `ul.edit(direct=True)` pins
+    the source branch to."""
+    noise, traj = run_unsample(problem.model, problem.latent, problem.samples, problem.mask, steps=problem.steps,
+                               end_at_step=problem.end_at_step, cfg=cfg, sampler_name=problem.sampler_name,
+                               scheduler=problem.scheduler, normalize="disable", positive=problem.positive,
+                               negative=negative, progress=problem.progress, counter=problem.counter, record=True)
+    return MethodResult(noise, resampling={"path": traj.xs.flip(0).cpu()})
 
 
 def invert_unsampler(problem: Problem) -> MethodResult:

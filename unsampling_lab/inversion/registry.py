@@ -16,6 +16,7 @@ _SPECS: list[MethodSpec] = [
     MethodSpec(
         "unsampler", prompts.invert_unsampler, predictions=ALL_PREDICTIONS, samplers=None, options={},
         cost="the sampler's evaluations per step", paper="ComfyUI_Noise's Unsampler (ComfyUI's KSampler run on flipped sigmas)",
+        records_path=True,
     ),
     MethodSpec(
         "fixed_point", fixed_point.invert_fixed_point, predictions=ALL_PREDICTIONS, samplers=ONE_STEP_SAMPLERS,
@@ -23,17 +24,20 @@ _SPECS: list[MethodSpec] = [
         cost="up to `iterations` (+1 with averaging) sampler steps per step", paper="Meiri et al. 2023; Pan et al. ICCV 2023 (AIDI); Garibi et al. ECCV 2024 (ReNoise)",
         why_samplers="it solves one resampler step at a time, so the step must depend on the current state only "
                      "(multistep samplers such as lms or dpmpp_2m carry history)",
+        records_path=True,
     ),
     MethodSpec(
         "negative_prompt", prompts.invert_negative_prompt, predictions=ALL_PREDICTIONS, samplers=None, options={},
         cost="the Unsampler's at cfg 1 (no uncond pass)", paper="Miyake et al. 2023 (arXiv 2305.16807)",
-        resample=prompts.resample_negative_prompt,
+        resample=prompts.resample_negative_prompt, records_path=True,
     ),
     MethodSpec(
         "edict", exact_pair.invert_edict, predictions=ALL_PREDICTIONS, samplers=("euler", "ddim"),
         options=exact_pair.EDICT_OPTIONS, cost="2 evaluations per step, both ways", paper="Wallace et al. CVPR 2023 (arXiv 2211.12446)",
         resample=exact_pair.resample_edict,
         why_samplers="EDICT couples two latents through the DDIM/Euler step; its sampling side is its own",
+        why_no_path="EDICT's resampling is exact, so its source branch is its inversion path already (and it "
+                    "evaluates the network at its coupled latents, not at the path)",
     ),
     MethodSpec(
         "null_text", null_text.invert_null_text, predictions=ALL_PREDICTIONS, samplers=("euler", "ddim"),
@@ -42,17 +46,22 @@ _SPECS: list[MethodSpec] = [
              "(grad_steps) and 2 evaluations", paper="Mokady et al. CVPR 2023",
         resample=null_text.resample_null_text,
         why_samplers="its embeddings are optimised for the Euler/DDIM step, one per step",
+        records_path=True,
     ),
     MethodSpec(
         "rf_solver", flow.invert_rf_solver, predictions=("flow",), samplers=("euler",), options=flow.RF_SOLVER_OPTIONS,
         cost="2 evaluations per step, both ways", paper="Wang et al. ICML 2025", resample=flow.resample_rf_solver,
         why_samplers="RF-Solver is its own (midpoint) step; leave sampler_name='euler'",
+        why_no_path="its own midpoint step evaluates the network between the schedule's sigmas, where no "
+                    "inversion state exists to pin the source branch to",
         why_predictions=_FLOW_ONLY,
     ),
     MethodSpec(
         "fireflow", flow.invert_fireflow, predictions=("flow",), samplers=("euler",), options=flow.FIREFLOW_OPTIONS,
         cost="1 evaluation per step (+1), both ways", paper="Deng et al. ICML 2025", resample=flow.resample_fireflow,
         why_samplers="FireFlow is its own (midpoint) step; leave sampler_name='euler'",
+        why_no_path="its own midpoint step evaluates the network between the schedule's sigmas, where no "
+                    "inversion state exists to pin the source branch to",
         why_predictions=_FLOW_ONLY,
     ),
     MethodSpec(
