@@ -194,6 +194,20 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("cfg NaN", lambda e: ul.unsample(e.model, e.latent, cfg=math.nan, **FAST), ("cfg must be a finite number >= 0",)),
     ("cfg 1e30", lambda e: ul.unsample(e.model, e.latent, cfg=1e30, positive="red circle", **FAST),
      ("cfg=1e+30", "ComfyUI's range 0..100")),
+    # issue 19 (wrong blame): a huge cfg blows the state up; every entry point names the cfg, not the sampler
+    ("resample cfg 1e38", lambda e: ul.resample(e.model, e.latent, cfg=1e38, positive="red", add_noise=True, **FAST),
+     ("because cfg=1e+38 blew the sampler state up", "ComfyUI's range 0..100")),
+    ("sweep cfg 1e38", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1e38]}, positive="red", **FAST),
+     ("because cfg=1e+38 blew the sampler state up", "ComfyUI's range 0..100")),
+    ("sweep resample_cfg 1e38", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1.0], "resample_cfg": [1e38]}, positive="red",
+                                                   **FAST), ("cfg=1e+38", "ComfyUI's range 0..100")),
+    ("edit cfg 1e38", lambda e: ul.edit(e.model, e.latent, source="red", target="blue", steps=2, cfg=1e38),
+     ("cfg=1e+38", "ComfyUI's range 0..100")),
+    ("invert edict cfg 1e38", lambda e: ul.invert(e.model, e.latent, method="edict", cfg=1e38, positive="red", **FAST),
+     ("because cfg=1e+38 blew the sampler state up", "ComfyUI's range 0..100")),
+    ("invert null_text cfg 1e38", lambda e: ul.invert(e.model, e.latent, method="null_text", cfg=1e38, positive="red",
+                                                          inner_steps=1, **FAST),
+     ("because cfg=1e+38 blew the sampler state up", "ComfyUI's range 0..100")),
     ("NaN weight", lambda e: ul.unsample(_nan_weight_model(e), e.latent, **FAST),
      ("the model's own output is NaN/Inf at its first evaluation", "not the sampler", "unet.conv_in.weight")),
     # images into model.encode
@@ -524,13 +538,14 @@ _CLI_SMALL = ["--device", "cpu", "--steps", "2", "--end-at-step", "0", "--cfg", 
               "--no-progress", "--format", "csv", "--no-figures"]
 
 
-def test_cli_seed_range_and_scheduler_address_are_one_line_errors(env, capsys):
+def test_cli_seed_range_and_scheduler_address_are_one_line_errors(env, capsys, tmp_path):
     from unsampling_lab.lab import cli
 
     for flags, fragment in ((["--seed", str(2**64)], "expected a whole number in 0..18446744073709551615"),
-                            (["--scheduler-address", "not-an-address"], "--scheduler-address not-an-address: missing port")):
+                            (["--scheduler-address", "not-an-address"], "--scheduler-address not-an-address: missing port"),
+                            (["--cfg", "1e38", "--positive", "red"], "because cfg=1e+38 blew the sampler state up")):
         try:
-            code = cli.main(["sweep", "--model", str(env.pipe), *flags, "--out", "unused", *_CLI_SMALL])
+            code = cli.main(["sweep", "--model", str(env.pipe), "--out", str(tmp_path / "out"), *_CLI_SMALL, *flags])
         except SystemExit as e:
             code = e.code
         err = capsys.readouterr().err
