@@ -16,6 +16,26 @@ Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used
 """
 from __future__ import annotations
 
+import signal as _signal
+import sys as _sys
+
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Exit at once: an exception raised inside a half-imported library (numpy, scipy) can make it retry its own
+    import and end in an unrelated traceback; nothing has run yet, so there is nothing to clean up."""
+    import os
+
+    print("unsampling-lab: interrupted while starting; nothing was run", file=_sys.stderr, flush=True)
+    os._exit(130)
+
+
+# `python -m unsampling_lab ...` (argv[0] is "-m" while the package imports) or the `unsampling-lab` script: Ctrl-C
+# during the heavy imports below is one line and exit status 130, not a traceback; only for this import.
+_STARTING = (_sys.argv[:1] == ["-m"] or str((_sys.argv or [""])[0]).endswith("unsampling-lab")) \
+    and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
+if _STARTING:
+    _signal.signal(_signal.SIGINT, _interrupted_while_starting)
+
 from .analysis.executors import ModelSource, local_cluster
 from .analysis.store import load_results
 from .analysis.sweeps import sweep
@@ -32,6 +52,8 @@ from .schedulers import SCHEDULERS, calculate_sigmas
 from .trajectory import Trajectory
 
 __version__ = "0.1.0"
+if _STARTING:  # imported: from here on the CLI's main() answers Ctrl-C itself
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
 
 
 #: Submodules reachable as attributes (`ul.metrics`, `ul.widgets`, ...), imported on first use.

@@ -131,13 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; user errors (bad flags, files, models) are one line on stderr and exit code 2."""
+    """Run the command; user errors (bad flags, files, models) are one line on stderr and exit code 2, Ctrl-C
+    one line and exit code 130 (at start-up too: building the parser imports the samplers, loading the model)."""
     from ..errors import UnsamplingError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    prog = f"{parser.prog} {args.command}"
+    prog = PROG
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        prog = f"{parser.prog} {args.command}"
         if args.command == "bench":
             from .bench import run_bench
 
