@@ -36,7 +36,7 @@ _STARTING = (_sys.argv[:1] == ["-m"] or str((_sys.argv or [""])[0]).endswith("un
 if _STARTING:
     _signal.signal(_signal.SIGINT, _interrupted_while_starting)
 
-from .analysis.executors import ModelSource, local_cluster
+from .analysis.executors import ModelSource, close_cluster, local_cluster
 from .analysis.store import load_results
 from .analysis.sweeps import sweep
 from .editing import CONTROLS, edit, edit_image
@@ -87,7 +87,7 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 __all__ = [
     "BUNDLED_MODEL", "CONTROLS", "INVERSION_METHODS", "benchmark", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "Inversion", "LatentFormat", "ModelSampling", "ModelSource", "Trajectory",
-    "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "edit", "edit_image", "invert", "load_images", "load_latent", "load_model", "load_results",
+    "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "close_cluster", "edit", "edit_image", "invert", "load_images", "load_latent", "load_model", "load_results",
     "local_cluster", "resample", "resample_sigmas", "save_latent", "sweep", "unsample", "unsample_sigmas",
     "unsample_trajectory", "unsampled",
 ]

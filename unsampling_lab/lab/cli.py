@@ -263,7 +263,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _executor(args: argparse.Namespace) -> Iterator[Any]:
     """--workers N: a local Dask cluster; --scheduler-address: a client of a running one; else None (here)."""
-    from ..analysis.executors import local_cluster
+    from ..analysis.executors import close_cluster, local_cluster
 
     if args.workers is None and args.scheduler_address is None:
         yield None
@@ -283,9 +283,7 @@ def _executor(args: argparse.Namespace) -> Iterator[Any]:
     try:
         yield client
     finally:
-        client.close()
-        if args.workers is not None:
-            client.cluster.close()
+        close_cluster(client) if args.workers is not None else client.close()  # a running cluster is not ours to close
 
 
 def _has_pyarrow() -> bool:
