@@ -414,6 +414,21 @@ def test_cut_prompt_warns_once_naming_the_kept_text(env, one_thread):
         env.model.encode_prompt(["red circle"])  # fits: no warning
 
 
+def test_a_latent_far_above_the_models_size_warns_once_before_any_work(env, one_thread):
+    """Issue 19 (poor): a 2048 px image on the 32 px bundled model ran for hours without a word. A latent of 16x
+    or more the area of the network's sample_size (8x8 here) is warned about, with the work ratio, before step 0."""
+    big, steps = torch.zeros(1, 4, 40, 40), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.model.decode(env.latent)  # the native size: no warning
+        with pytest.raises(UnsamplingWarning, match=r"latent is 40x40, 25x the area of the 8x8 latent this model was made "
+                                                    r"for .* 25x \(convolutions\) to 625x \(self-attention\).* --size S"):
+            ul.unsample(env.model, big, steps=1, progress=False, callback=steps.append)
+        assert steps == []  # before any work
+        ul.unsample(env.model, big, steps=1, progress=False, callback=steps.append)  # said once per model and size
+    assert len(steps) == 1
+
+
 def test_progress_bars_stay_out_of_logs(env, capfd, one_thread):
     """stderr is not a terminal here (as in a log or CI): tqdm's disable=None writes nothing."""
     ul.unsample(env.model, env.latent, steps=3, progress=True)
