@@ -157,6 +157,32 @@ def _with_pixel_limit(limit: int, call: Callable[[], Any]) -> Any:
         Image.MAX_IMAGE_PIXELS = old
 
 
+def _denied(target: str, call: Callable[[], Any], *, new: Any = None) -> Any:
+    """`call()` while `target` (module.name) raises PermissionError, as that read or write would for a user without
+    the permission (the tests run as root, where chmod cannot make it fail); `new`: another stand-in."""
+    from unittest import mock
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    with mock.patch(target, refuse if new is None else new, create=True):
+        return call()
+
+
+def _read_only_sqlite(store: Any) -> Any:
+    """The store's connection as SQLite opens a file it may not write (mode=ro): writes fail as on a read-only file."""
+    import sqlite3
+
+    return sqlite3.connect(store.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+
+
+def _stored(e: SimpleNamespace, name: str) -> Path:
+    path = e.files / name
+    if not path.exists():
+        _sweep(e, path)
+    return path
+
+
 def _a_file(e: SimpleNamespace) -> Path:
     (e.files / "afile").write_text("")
     return e.files / "afile"
@@ -313,6 +339,20 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("sweep on a damaged store cell", lambda e: _sweep(e, _damaged_store(e)),
      ("damaged.sqlite holds a damaged cell", "is not a JSON object", "move the store away")),
     ("load_results of a damaged store cell", lambda e: ul.load_results(_damaged_store(e)), ("holds a damaged cell",)),
+    # issue 19 (wrong blame): what the OS or SQLite refuses is blamed on permissions, not "is not a results store"
+    ("save_latent refused by the OS", lambda e: _denied("safetensors.torch.save_file",
+                                                        lambda: ul.save_latent(e.latent, e.files / "ro.latent")),
+     ("cannot write", "ro.latent: Permission denied")),
+    ("sweep onto a read-only store", lambda e: _denied("unsampling_lab.analysis.store.ResultStore._connect",
+                                                       lambda: _sweep(e, _stored(e, "ro.sqlite")), new=_read_only_sqlite),
+     ("the results store", "ro.sqlite", "writable")),  # SQLite: "attempt to write a readonly database" or "unable to open"
+    ("load_results of an unreadable store", lambda e: _denied("unsampling_lab.analysis.store.open",
+                                                              lambda: ul.load_results(_stored(e, "ro.sqlite"))),
+     ("cannot read the results store", "ro.sqlite: Permission denied", "check its permissions")),
+    ("sweep export into a read-only folder", lambda e: _denied("unsampling_lab.analysis.store.export_table",
+                                                               lambda: _sweep(e, e.files / "ro_export.csv")),
+     ("cannot write the export", "ro_export.csv: Permission denied", "its rows are in the results store",
+      "ro_export.sqlite")),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append(("device cuda without CUDA", lambda e: ul.load_model(e.pipe, device="cuda"), ("device 'cuda'", "device='cpu'")))
@@ -327,6 +367,24 @@ def test_bad_input_is_a_one_line_error(env, case, call, fragments, one_thread):
     for fragment in fragments:
         assert fragment in message, message
     assert "huggingface-cli" not in message or case not in ("missing local path",)
+
+
+def test_load_results_reads_a_store_sqlite_cannot_open_read_only(env, one_thread):
+    """Issue 19 (poor): a store in a read-only folder could not be read (SQLite's mode=ro needs to create the WAL
+    index beside it); load_results falls back to immutable=1 and reads every row without writing."""
+    import sqlite3
+
+    path = _stored(env, "ro.sqlite")
+    connect = sqlite3.connect
+
+    def no_wal_index(database: Any, *args: Any, **kwargs: Any) -> Any:
+        if "mode=ro" in str(database):
+            raise sqlite3.OperationalError("unable to open database file")
+        return connect(database, *args, **kwargs)
+
+    before = path.read_bytes()
+    table = _denied("unsampling_lab.analysis.store.sqlite3.connect", lambda: ul.load_results(path), new=no_wal_index)
+    assert len(table) == 1 and path.read_bytes() == before
 
 
 def test_every_method_option_declares_its_type_and_range():

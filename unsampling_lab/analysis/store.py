@@ -121,6 +121,9 @@ class ResultStore:
                     self._db.execute(f"PRAGMA application_id = {int(APPLICATION_ID)}")
         except sqlite3.DatabaseError as e:
             raise _store_error(self.path, e, readonly=readonly) from None
+        except OSError as e:
+            raise UnsamplingError(f"cannot open the results store {self.path}: {e.strerror or e}; check the permissions "
+                                  f"of it and its folder{'' if readonly else ' (a sweep writes there)'}") from None
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:  # mode=ro: never creates or writes; immutable=1 where even the WAL index cannot be opened
@@ -189,10 +192,15 @@ class ResultStore:
         table, or this export edited by hand) is refused, never replaced.
         """
         path = Path(path).expanduser()
-        with self._transaction():  # the write lock: concurrent exports check and record one at a time
-            name = self._owned_export(path)
-            export_table(self.frame(), path)
-            self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, _file_sha256(path)))
+        try:
+            with self._transaction():  # the write lock: concurrent exports check and record one at a time
+                name = self._owned_export(path)
+                export_table(self.frame(), path)
+                self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, _file_sha256(path)))
+        except OSError as e:  # a read-only folder or file, a full disk: the rows are safe in the store
+            raise UnsamplingError(f"cannot write the export {path}: {e.strerror or e}; its rows are in the results "
+                                  f"store {self.path}: check the permissions of {path.parent}, or choose another "
+                                  "path") from None
         return path
 
     def check_export(self, path: str | Path) -> None:
@@ -252,8 +260,11 @@ def _check_store_path(path: Path, *, readonly: bool) -> None:
         return
     if not path.is_file():
         raise UnsamplingError(f"{path} is not a regular file, so not a results store; choose a path ending in .sqlite")
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:  # no read permission: say so, not "not a results store"
+        raise UnsamplingError(f"cannot read the results store {path}: {e.strerror or e}; check its permissions") from None
     if head and head != b"SQLite format 3\x00":
         raise UnsamplingError(f"{path} is not an SQLite file, so not a results store (unsampling_lab does not write "
                               "into it); choose another path ending in .sqlite")
@@ -289,7 +300,7 @@ def _store_error(path: Path, e: sqlite3.DatabaseError, *, readonly: bool) -> Uns
                                "ending in .sqlite")
     if "unable to open" in text:
         return UnsamplingError(f"cannot open the results store {path} ({text}); check that the path and its folder "
-                               f"exist{'' if readonly else ' and are writable'}")
+                               f"exist and are {'readable' if readonly else 'writable'}")
     return UnsamplingError(f"{path} could not be read as a results store ({e.__class__.__name__}: {text}); it may be "
                            "damaged: choose another path ending in .sqlite")
 
@@ -371,7 +382,11 @@ def load_results(path: str | Path) -> "pd.DataFrame":
                     table = store.frame()
             except UnsamplingError:
                 table = None
-            if table is not None and table.to_csv(index=False).encode() == path.read_bytes():
+            try:
+                same = table is not None and table.to_csv(index=False).encode() == path.read_bytes()
+            except OSError:  # unreadable: read_csv_table says so
+                same = False
+            if same:
                 return table
         return read_csv_table(path)
     raise UnsamplingError(f"results path must end in .sqlite, .csv or .parquet, got {path.name!r}")
