@@ -339,6 +339,14 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("sweep on a damaged store cell", lambda e: _sweep(e, _damaged_store(e)),
      ("damaged.sqlite holds a damaged cell", "is not a JSON object", "move the store away")),
     ("load_results of a damaged store cell", lambda e: ul.load_results(_damaged_store(e)), ("holds a damaged cell",)),
+    # a `~name` with no such user: pathlib's bare RuntimeError ("Could not determine home directory.") was raised
+    ("sweep path ~nosuchuser", lambda e: _sweep(e, "~nosuchuser_ul/x.sqlite"),
+     ("cannot expand '~nosuchuser_ul/x.sqlite'", "names no user's home folder", "give the full path")),
+    ("load_latent ~nosuchuser", lambda e: ul.load_latent("~nosuchuser_ul/x.latent"), ("~nosuchuser_ul names no user's",)),
+    ("load_model ~nosuchuser", lambda e: ul.load_model("~nosuchuser_ul/model"), ("~nosuchuser_ul names no user's",)),
+    ("load_images ~nosuchuser", lambda e: ul.load_images("~nosuchuser_ul/a.png"), ("~nosuchuser_ul names no user's",)),
+    ("sweep retries -1 without an executor", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1.0]}, retries=-1, **FAST),
+     ("retries must be >= 0, got -1",)),
     # issue 19 (wrong blame): what the OS or SQLite refuses is blamed on permissions, not "is not a results store"
     ("save_latent refused by the OS", lambda e: _denied("safetensors.torch.save_file",
                                                         lambda: ul.save_latent(e.latent, e.files / "ro.latent")),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UnsamplingError
+from ..errors import UnsamplingError, user_path
 from .fingerprints import (  # noqa: F401 (re-exported)
     MODEL_PARTS, STORE_FORMAT, _json, digest, model_fingerprint, module_digest, tensor_digest,
 )
@@ -93,7 +93,7 @@ class ResultStore:
     """
 
     def __init__(self, path: str | Path | None, *, readonly: bool = False) -> None:
-        self.path = Path(path).expanduser() if path is not None else None
+        self.path = user_path(path) if path is not None else None
         self.readonly = readonly
         if self.path is None:
             self._db = sqlite3.connect(":memory:", isolation_level=None)
@@ -191,7 +191,7 @@ class ResultStore:
         The file's SHA-256 is kept in the store; an existing file with other contents (another tool's
         table, or this export edited by hand) is refused, never replaced.
         """
-        path = Path(path).expanduser()
+        path = user_path(path)
         try:
             with self._transaction():  # the write lock: concurrent exports check and record one at a time
                 name = self._owned_export(path)
@@ -206,7 +206,7 @@ class ResultStore:
     def check_export(self, path: str | Path) -> None:
         """Refuse now (before a sweep's work) an export path holding a file this store did not write there."""
         with self._transaction():  # under the write lock, so another process's export is seen whole or not at all
-            self._owned_export(Path(path).expanduser())
+            self._owned_export(user_path(path))
 
     def _owned_export(self, path: Path) -> str:
         name = f"export:{path.resolve()}"
@@ -363,7 +363,7 @@ def load_results(path: str | Path) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    path = Path(path).expanduser()
+    path = user_path(path)
     if path.is_dir():
         raise UnsamplingError(f"{path} is a folder; load_results takes a results file (.sqlite, .csv or .parquet)")
     if not path.exists():
