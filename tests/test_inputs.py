@@ -334,7 +334,7 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
                                                                             "runs.sqlite/results.sqlite")),
     ("sweep over an unrelated CSV", lambda e: _sweep(e, _other_csv(e)),
      ("other.csv exists and is not an export of the results store", "does not replace a file it did not write")),
-    ("sweep path under a file", lambda e: _sweep(e, _a_file(e) / "out.csv"), ("cannot create the folder of the results store",)),
+    ("sweep path under a file", lambda e: _sweep(e, _a_file(e) / "out.csv"), ("cannot create the folder of the results store", "afile is a file, not a folder")),
     ("load_results of a folder", lambda e: ul.load_results(e.files), ("is a folder; load_results takes a results file",)),
     ("sweep on a damaged store cell", lambda e: _sweep(e, _damaged_store(e)),
      ("damaged.sqlite holds a damaged cell", "is not a JSON object", "move the store away")),

@@ -106,8 +106,10 @@ class ResultStore:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise UnsamplingError(f"cannot create the folder of the results store {self.path}: "
-                                      f"{e.strerror or e}; choose a writable path") from None
+                blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+                why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or e
+                raise UnsamplingError(f"cannot create the folder of the results store {self.path}: {why}; choose a "
+                                      "writable path") from None
         try:
             self._db = self._connect()
             _check_owned(self._db, self.path)
