@@ -157,6 +157,11 @@ def _with_pixel_limit(limit: int, call: Callable[[], Any]) -> Any:
         Image.MAX_IMAGE_PIXELS = old
 
 
+def _with_dask(call: Callable[[], Any]) -> Any:
+    pytest.importorskip("distributed")
+    return call()
+
+
 def _denied(target: str, call: Callable[[], Any], *, new: Any = None) -> Any:
     """`call()` while `target` (module.name) raises PermissionError, as that read or write would for a user without
     the permission (the tests run as root, where chmod cannot make it fail); `new`: another stand-in."""
@@ -347,6 +352,11 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("load_images ~nosuchuser", lambda e: ul.load_images("~nosuchuser_ul/a.png"), ("~nosuchuser_ul names no user's",)),
     ("sweep retries -1 without an executor", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1.0]}, retries=-1, **FAST),
      ("retries must be >= 0, got -1",)),
+    ("local_cluster threads_per_worker 0", lambda e: _with_dask(lambda: ul.local_cluster(1, threads_per_worker=0)),
+     ("threads_per_worker must be >= 1, got 0",)),
+    ("local_cluster memory_limit 'banana'", lambda e: _with_dask(lambda: ul.local_cluster(1, memory_limit="banana")),
+     ("memory_limit must be a size per worker such as '4GB', or 'auto', got 'banana'",)),
+    ("close_cluster of no client", lambda e: ul.close_cluster(5), ("close_cluster takes the Dask Client", "got int")),
     # issue 19 (wrong blame): what the OS or SQLite refuses is blamed on permissions, not "is not a results store"
     ("save_latent refused by the OS", lambda e: _denied("safetensors.torch.save_file",
                                                         lambda: ul.save_latent(e.latent, e.files / "ro.latent")),

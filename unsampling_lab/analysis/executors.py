@@ -141,8 +141,17 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_lim
     except ImportError:
         raise UnsamplingError("a local cluster needs Dask: pip install 'unsampling_lab[dask]'") from None
     check_int("n_workers", n_workers, minimum=1)
+    check_int("threads_per_worker", threads_per_worker, minimum=1)  # 0 threads: a cluster that never runs a task
     options: dict[str, Any] = {}
     if memory_limit is not None:
+        from dask.utils import parse_bytes
+
+        try:
+            if memory_limit != "auto":
+                parse_bytes(memory_limit)
+        except (ValueError, TypeError):
+            raise UnsamplingError(f"memory_limit must be a size per worker such as '4GB', or 'auto', got "
+                                  f"{memory_limit!r}") from None
         options["memory_limit"] = memory_limit
     # None unsets one of Dask's pre-spawn variables (distributed.nanny._get_env_variables)
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
@@ -167,6 +176,8 @@ def close_cluster(client: Any, *, timeout: float = WORKER_EXIT_TIMEOUT_S) -> Non
     """
     import asyncio
 
+    if not is_dask_client(client):
+        raise UnsamplingError(f"close_cluster takes the Dask Client of ul.local_cluster(), got {type(client).__name__}")
     cluster = getattr(client, "cluster", None)
     client.close()
     if cluster is None:
