@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import signal as _signal
 import sys as _sys
+import threading as _threading
 
 
 def _interrupted_while_starting(signum: int, frame: object) -> None:
@@ -32,7 +33,8 @@ def _interrupted_while_starting(signum: int, frame: object) -> None:
 # `python -m unsampling_lab ...` (argv[0] is "-m" while the package imports) or the `unsampling-lab` script: Ctrl-C
 # during the heavy imports below is one line and exit status 130, not a traceback; only for this import.
 _STARTING = (_sys.argv[:1] == ["-m"] or str((_sys.argv or [""])[0]).endswith("unsampling-lab")) \
-    and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
+    and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler \
+    and _threading.current_thread() is _threading.main_thread()  # where signal.signal may be called
 if _STARTING:
     _signal.signal(_signal.SIGINT, _interrupted_while_starting)
 
