@@ -65,3 +65,27 @@ def test_ctrl_c_at_start_up_is_one_line_and_status_130(tmp_path, library, fragme
     assert run.returncode in (130, -signal.SIGINT), (run.returncode, run.stderr)
     assert run.stderr.strip() == fragment, run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _sigint_ignored() -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+@pytest.mark.slow  # a Dask cluster
+def test_local_cluster_workers_leave_ctrl_c_to_the_calling_process():
+    """Ctrl-C in a terminal reaches the whole process group: each worker printed a KeyboardInterrupt traceback while
+    the CLI was stopping the run. The workers start with SIGINT ignored; this process keeps its own handler."""
+    pytest.importorskip("distributed")
+    import signal
+
+    import unsampling_lab as ul
+
+    before = signal.getsignal(signal.SIGINT)
+    client = ul.local_cluster(1)
+    try:
+        assert set(client.run(_sigint_ignored).values()) == {True}
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        ul.close_cluster(client)

@@ -11,6 +11,7 @@ it for every later task (`cached_model`); a loaded model object is never pickled
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -133,7 +134,8 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_lim
     more CPU than a serial run for the same work. Nor do they run Dask's statistical profiler (a stack
     sample every 10 ms, holding the GIL): on the bundled model a sweep's task took 0.85-1.25 s with it
     and 0.55-0.88 s without, against 0.65-0.8 s in the calling process (the dashboard's profile page
-    stays empty). Close it with `close_cluster(client)`.
+    stays empty). The workers ignore SIGINT: Ctrl-C stops a run from the calling process, which keeps its finished
+    rows. Close it with `close_cluster(client)`.
     """
     try:
         import dask
@@ -154,11 +156,29 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_lim
                                   f"{memory_limit!r}") from None
         options["memory_limit"] = memory_limit
     # None unsets one of Dask's pre-spawn variables (distributed.nanny._get_env_variables)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), _sigint_ignored():
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                                host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                config={"distributed.worker.profile.enabled": False}, **options)
     return Client(cluster)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the workers start, so they inherit it (Python keeps an inherited SIG_IGN): Ctrl-C in a
+    terminal reaches the whole process group, and each worker printed a KeyboardInterrupt traceback while the
+    calling process, which owns the run, was already stopping it and saving its rows."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 #: Seconds a local cluster's workers get to exit once asked (Dask's own close gives them 4 s, then kills them).
