@@ -181,6 +181,12 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _quiet_cancelled_tasks() -> None:
+    import logging
+
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+
+
 #: Seconds a local cluster's workers get to exit once asked (Dask's own close gives them 4 s, then kills them).
 WORKER_EXIT_TIMEOUT_S = 30
 
@@ -199,6 +205,10 @@ def close_cluster(client: Any, *, timeout: float = WORKER_EXIT_TIMEOUT_S) -> Non
     if not is_dask_client(client):
         raise UnsamplingError(f"close_cluster takes the Dask Client of ul.local_cluster(), got {type(client).__name__}")
     cluster = getattr(client, "cluster", None)
+    if cluster is not None:
+        # tasks still running (a Ctrl-C, an error) are cancelled by the close: each worker then logs "Async instruction
+        # ... ended with CancelledError", the cancel it was asked for; said only past this point, on workers ending
+        client.run(_quiet_cancelled_tasks, on_error="ignore")  # a logging tweak: never a reason to fail
     client.close()
     if cluster is None:
         return
