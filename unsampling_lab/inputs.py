@@ -91,7 +91,8 @@ _WARNED: "weakref.WeakKeyDictionary[Any, set[tuple[int, int]]]" = weakref.WeakKe
 def native_latent_size(model: Any) -> tuple[int, int] | None:
     """The latent size (H, W) the model's network was made for: its diffusers config's `sample_size`
     (SD1.5: 64, SDXL: 128, the bundled model: 8), or None where the config does not say (Flux)."""
-    net = getattr(model, "unet", None) or getattr(model, "transformer", None)
+    net = getattr(model, "unet", None)
+    net = net if net is not None else getattr(model, "transformer", None)
     size = getattr(getattr(net, "config", None), "sample_size", None)
     if isinstance(size, int) and not isinstance(size, bool) and size > 0:
         return size, size
