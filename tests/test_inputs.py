@@ -643,6 +643,24 @@ def test_cli_seed_range_and_scheduler_address_are_one_line_errors(env, capsys, t
         assert code == 2 and fragment in err and "Traceback" not in err, err
 
 
+def test_cli_ctrl_c_after_the_sweep_says_the_rows_are_saved(env, tmp_path, capsys, monkeypatch, one_thread):
+    """Ctrl-C while the figures and summary.md were written said 'interrupted before any row was saved' (wrong blame
+    found re-probing issue 19's start-up case: every row was in the table)."""
+    from unsampling_lab.lab import cli, report
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", interrupted)
+    out = tmp_path / "run"
+    assert cli.main(["sweep", "--model", str(env.pipe), "--images", str(env.files / "small.png"), "--out", str(out),
+                     *_CLI_SMALL]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"unsampling-lab sweep: interrupted after the sweep: every row is saved in {out / 'results.csv'}; rerun "
+                   "the same command to write the figures and summary.md (no row is recomputed)"), err
+    assert len(ul.load_results(out / "results.csv")) == 1
+
+
 def test_cli_numbers_every_latent_of_a_multi_latent_file(env, tmp_path, one_thread):
     """A .latent file holding 2 latents and one holding 1: items 0, 1, 2 (was 2 items, or 0, 1, 1 with --batch-size 1)."""
     from unsampling_lab.lab import cli

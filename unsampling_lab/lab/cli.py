@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     one line and exit code 130 (at start-up too: building the parser imports the samplers, loading the model)."""
     from ..errors import UnsamplingError
 
-    prog = PROG
+    prog, args = PROG, None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -154,7 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted before any row was saved", file=sys.stderr)
+        swept = getattr(args, "swept_into", None)  # set once every row is saved
+        print(f"{prog}: interrupted " + (f"after the sweep: every row is saved in {swept}; rerun the same command to write "
+                                         "the figures and summary.md (no row is recomputed)" if swept else
+                                         "before any row was saved"), file=sys.stderr)
         return 130
 
 
@@ -242,6 +245,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(f"{PROG} sweep: interrupted: {saved} rows are saved in {where}; rerun the same command to resume "
               "(saved rows are not recomputed)", file=sys.stderr)
         return 130
+    args.swept_into = table_path if len(batches) == 1 else out / "batches"  # main()'s Ctrl-C message from here on
     df = _combine(frames, table_path if len(batches) > 1 else None)
     latents, images, positive = first
     traj = None
