@@ -30,11 +30,22 @@ def _interrupted_while_starting(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-# `python -m unsampling_lab ...` (argv[0] is "-m" while the package imports) or the `unsampling-lab` script: Ctrl-C
-# during the heavy imports below is one line and exit status 130, not a traceback; only for this import.
-_STARTING = (_sys.argv[:1] == ["-m"] or str((_sys.argv or [""])[0]).endswith("unsampling-lab")) \
-    and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler \
-    and _threading.current_thread() is _threading.main_thread()  # where signal.signal may be called
+def _cli_starting() -> bool:
+    """`python -m unsampling_lab ...` (argv[0] is "-m" while the package imports; orig_argv names the module) or
+    the `unsampling-lab` script."""
+    if _sys.argv[:1] == ["-m"]:
+        words = list(getattr(_sys, "orig_argv", []))
+        for i, word in enumerate(words):
+            module = words[i + 1] if word == "-m" and i + 1 < len(words) else word[2:] if word.startswith("-m") else ""
+            if module:
+                return module.split(".")[0] == "unsampling_lab"
+    return str((_sys.argv or [""])[0]).endswith("unsampling-lab")
+
+
+# Ctrl-C while the CLI starts, during the heavy imports below, is one line and exit status 130, not a traceback;
+# only for this import, only from the main thread (where signal.signal may be called), only over Python's handler.
+_STARTING = _cli_starting() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler \
+    and _threading.current_thread() is _threading.main_thread()
 if _STARTING:
     _signal.signal(_signal.SIGINT, _interrupted_while_starting)
 
