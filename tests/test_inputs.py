@@ -157,6 +157,37 @@ def _with_pixel_limit(limit: int, call: Callable[[], Any]) -> Any:
         Image.MAX_IMAGE_PIXELS = old
 
 
+def _with_dask(call: Callable[[], Any]) -> Any:
+    pytest.importorskip("distributed")
+    return call()
+
+
+def _denied(target: str, call: Callable[[], Any], *, new: Any = None) -> Any:
+    """`call()` while `target` (module.name) raises PermissionError, as that read or write would for a user without
+    the permission (the tests run as root, where chmod cannot make it fail); `new`: another stand-in."""
+    from unittest import mock
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    with mock.patch(target, refuse if new is None else new, create=True):
+        return call()
+
+
+def _read_only_sqlite(store: Any) -> Any:
+    """The store's connection as SQLite opens a file it may not write (mode=ro): writes fail as on a read-only file."""
+    import sqlite3
+
+    return sqlite3.connect(store.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+
+
+def _stored(e: SimpleNamespace, name: str) -> Path:
+    path = e.files / name
+    if not path.exists():
+        _sweep(e, path)
+    return path
+
+
 def _a_file(e: SimpleNamespace) -> Path:
     (e.files / "afile").write_text("")
     return e.files / "afile"
@@ -194,6 +225,20 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
     ("cfg NaN", lambda e: ul.unsample(e.model, e.latent, cfg=math.nan, **FAST), ("cfg must be a finite number >= 0",)),
     ("cfg 1e30", lambda e: ul.unsample(e.model, e.latent, cfg=1e30, positive="red circle", **FAST),
      ("cfg=1e+30", "ComfyUI's range 0..100")),
+    # issue 19 (wrong blame): a huge cfg blows the state up; every entry point names the cfg, not the sampler
+    ("resample cfg 1e38", lambda e: ul.resample(e.model, e.latent, cfg=1e38, positive="red", add_noise=True, **FAST),
+     ("because cfg=1e+38 blew the sampler state up", "ComfyUI's range 0..100")),
+    ("sweep cfg 1e38", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1e38]}, positive="red", **FAST),
+     ("because cfg=1e+38 blew the sampler state up", "ComfyUI's range 0..100")),
+    ("sweep resample_cfg 1e38", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1.0], "resample_cfg": [1e38]}, positive="red",
+                                                   **FAST), ("cfg=1e+38", "ComfyUI's range 0..100")),
+    ("edit cfg 1e38", lambda e: ul.edit(e.model, e.latent, source="red", target="blue", steps=2, cfg=1e38),
+     ("cfg=1e+38", "ComfyUI's range 0..100")),
+    ("invert edict cfg 1e38", lambda e: ul.invert(e.model, e.latent, method="edict", cfg=1e38, positive="red", **FAST),
+     ("because cfg=1e+38 blew the sampler state up", "ComfyUI's range 0..100")),
+    ("invert null_text cfg 1e38", lambda e: ul.invert(e.model, e.latent, method="null_text", cfg=1e38, positive="red",
+                                                          inner_steps=1, **FAST),
+     ("because cfg=1e+38 blew the sampler state up", "ComfyUI's range 0..100")),
     ("NaN weight", lambda e: ul.unsample(_nan_weight_model(e), e.latent, **FAST),
      ("the model's own output is NaN/Inf at its first evaluation", "not the sampler", "unet.conv_in.weight")),
     # images into model.encode
@@ -294,11 +339,38 @@ BAD_INPUTS: list[tuple[str, Callable[[SimpleNamespace], Any], tuple[str, ...]]] 
                                                                             "runs.sqlite/results.sqlite")),
     ("sweep over an unrelated CSV", lambda e: _sweep(e, _other_csv(e)),
      ("other.csv exists and is not an export of the results store", "does not replace a file it did not write")),
-    ("sweep path under a file", lambda e: _sweep(e, _a_file(e) / "out.csv"), ("cannot create the folder of the results store",)),
+    ("sweep path under a file", lambda e: _sweep(e, _a_file(e) / "out.csv"), ("cannot create the folder of the results store", "afile is a file, not a folder")),
     ("load_results of a folder", lambda e: ul.load_results(e.files), ("is a folder; load_results takes a results file",)),
     ("sweep on a damaged store cell", lambda e: _sweep(e, _damaged_store(e)),
      ("damaged.sqlite holds a damaged cell", "is not a JSON object", "move the store away")),
     ("load_results of a damaged store cell", lambda e: ul.load_results(_damaged_store(e)), ("holds a damaged cell",)),
+    # a `~name` with no such user: pathlib's bare RuntimeError ("Could not determine home directory.") was raised
+    ("sweep path ~nosuchuser", lambda e: _sweep(e, "~nosuchuser_ul/x.sqlite"),
+     ("cannot expand '~nosuchuser_ul/x.sqlite'", "names no user's home folder", "give the full path")),
+    ("load_latent ~nosuchuser", lambda e: ul.load_latent("~nosuchuser_ul/x.latent"), ("~nosuchuser_ul names no user's",)),
+    ("load_model ~nosuchuser", lambda e: ul.load_model("~nosuchuser_ul/model"), ("~nosuchuser_ul names no user's",)),
+    ("load_images ~nosuchuser", lambda e: ul.load_images("~nosuchuser_ul/a.png"), ("~nosuchuser_ul names no user's",)),
+    ("sweep retries -1 without an executor", lambda e: ul.sweep(e.model, e.latent, {"cfg": [1.0]}, retries=-1, **FAST),
+     ("retries must be >= 0, got -1",)),
+    ("local_cluster threads_per_worker 0", lambda e: _with_dask(lambda: ul.local_cluster(1, threads_per_worker=0)),
+     ("threads_per_worker must be >= 1, got 0",)),
+    ("local_cluster memory_limit 'banana'", lambda e: _with_dask(lambda: ul.local_cluster(1, memory_limit="banana")),
+     ("memory_limit must be a size per worker such as '4GB', or 'auto', got 'banana'",)),
+    ("close_cluster of no client", lambda e: ul.close_cluster(5), ("close_cluster takes the Dask Client", "got int")),
+    # issue 19 (wrong blame): what the OS or SQLite refuses is blamed on permissions, not "is not a results store"
+    ("save_latent refused by the OS", lambda e: _denied("safetensors.torch.save_file",
+                                                        lambda: ul.save_latent(e.latent, e.files / "ro.latent")),
+     ("cannot write", "ro.latent: Permission denied")),
+    ("sweep onto a read-only store", lambda e: _denied("unsampling_lab.analysis.store.ResultStore._connect",
+                                                       lambda: _sweep(e, _stored(e, "ro.sqlite")), new=_read_only_sqlite),
+     ("the results store", "ro.sqlite", "writable")),  # SQLite: "attempt to write a readonly database" or "unable to open"
+    ("load_results of an unreadable store", lambda e: _denied("unsampling_lab.analysis.store.open",
+                                                              lambda: ul.load_results(_stored(e, "ro.sqlite"))),
+     ("cannot read the results store", "ro.sqlite: Permission denied", "check its permissions")),
+    ("sweep export into a read-only folder", lambda e: _denied("unsampling_lab.analysis.store.export_table",
+                                                               lambda: _sweep(e, e.files / "ro_export.csv")),
+     ("cannot write the export", "ro_export.csv: Permission denied", "its rows are in the results store",
+      "ro_export.sqlite")),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append(("device cuda without CUDA", lambda e: ul.load_model(e.pipe, device="cuda"), ("device 'cuda'", "device='cpu'")))
@@ -313,6 +385,24 @@ def test_bad_input_is_a_one_line_error(env, case, call, fragments, one_thread):
     for fragment in fragments:
         assert fragment in message, message
     assert "huggingface-cli" not in message or case not in ("missing local path",)
+
+
+def test_load_results_reads_a_store_sqlite_cannot_open_read_only(env, one_thread):
+    """Issue 19 (poor): a store in a read-only folder could not be read (SQLite's mode=ro needs to create the WAL
+    index beside it); load_results falls back to immutable=1 and reads every row without writing."""
+    import sqlite3
+
+    path = _stored(env, "ro.sqlite")
+    connect = sqlite3.connect
+
+    def no_wal_index(database: Any, *args: Any, **kwargs: Any) -> Any:
+        if "mode=ro" in str(database):
+            raise sqlite3.OperationalError("unable to open database file")
+        return connect(database, *args, **kwargs)
+
+    before = path.read_bytes()
+    table = _denied("unsampling_lab.analysis.store.sqlite3.connect", lambda: ul.load_results(path), new=no_wal_index)
+    assert len(table) == 1 and path.read_bytes() == before
 
 
 def test_every_method_option_declares_its_type_and_range():
@@ -398,6 +488,21 @@ def test_cut_prompt_warns_once_naming_the_kept_text(env, one_thread):
         warnings.simplefilter("error")
         env.model.encode_prompt([prompt])  # remembered: no second warning
         env.model.encode_prompt(["red circle"])  # fits: no warning
+
+
+def test_a_latent_far_above_the_models_size_warns_once_before_any_work(env, one_thread):
+    """Issue 19 (poor): a 2048 px image on the 32 px bundled model ran for hours without a word. A latent of 16x
+    or more the area of the network's sample_size (8x8 here) is warned about, with the work ratio, before step 0."""
+    big, steps = torch.zeros(1, 4, 40, 40), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.model.decode(env.latent)  # the native size: no warning
+        with pytest.raises(UnsamplingWarning, match=r"latent is 40x40, 25x the area of the 8x8 latent this model was made "
+                                                    r"for .* 25x \(convolutions\) to 625x \(self-attention\).* --size S"):
+            ul.unsample(env.model, big, steps=1, progress=False, callback=steps.append)
+        assert steps == []  # before any work
+        ul.unsample(env.model, big, steps=1, progress=False, callback=steps.append)  # said once per model and size
+    assert len(steps) == 1
 
 
 def test_progress_bars_stay_out_of_logs(env, capfd, one_thread):
@@ -524,17 +629,36 @@ _CLI_SMALL = ["--device", "cpu", "--steps", "2", "--end-at-step", "0", "--cfg", 
               "--no-progress", "--format", "csv", "--no-figures"]
 
 
-def test_cli_seed_range_and_scheduler_address_are_one_line_errors(env, capsys):
+def test_cli_seed_range_and_scheduler_address_are_one_line_errors(env, capsys, tmp_path):
     from unsampling_lab.lab import cli
 
     for flags, fragment in ((["--seed", str(2**64)], "expected a whole number in 0..18446744073709551615"),
-                            (["--scheduler-address", "not-an-address"], "--scheduler-address not-an-address: missing port")):
+                            (["--scheduler-address", "not-an-address"], "--scheduler-address not-an-address: missing port"),
+                            (["--cfg", "1e38", "--positive", "red"], "because cfg=1e+38 blew the sampler state up")):
         try:
-            code = cli.main(["sweep", "--model", str(env.pipe), *flags, "--out", "unused", *_CLI_SMALL])
+            code = cli.main(["sweep", "--model", str(env.pipe), "--out", str(tmp_path / "out"), *_CLI_SMALL, *flags])
         except SystemExit as e:
             code = e.code
         err = capsys.readouterr().err
         assert code == 2 and fragment in err and "Traceback" not in err, err
+
+
+def test_cli_ctrl_c_after_the_sweep_says_the_rows_are_saved(env, tmp_path, capsys, monkeypatch, one_thread):
+    """Ctrl-C while the figures and summary.md were written said 'interrupted before any row was saved' (wrong blame
+    found re-probing issue 19's start-up case: every row was in the table)."""
+    from unsampling_lab.lab import cli, report
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", interrupted)
+    out = tmp_path / "run"
+    assert cli.main(["sweep", "--model", str(env.pipe), "--images", str(env.files / "small.png"), "--out", str(out),
+                     *_CLI_SMALL]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"unsampling-lab sweep: interrupted after the sweep: every row is saved in {out / 'results.csv'}; rerun "
+                   "the same command to write the figures and summary.md (no row is recomputed)"), err
+    assert len(ul.load_results(out / "results.csv")) == 1
 
 
 def test_cli_numbers_every_latent_of_a_multi_latent_file(env, tmp_path, one_thread):

@@ -16,7 +16,40 @@ Heavy libraries (diffusers, matplotlib, pandas, ipywidgets) load only where used
 """
 from __future__ import annotations
 
-from .analysis.executors import ModelSource, local_cluster
+import signal as _signal
+import sys as _sys
+import threading as _threading
+
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Exit at once: an exception raised inside a half-imported library (numpy, scipy) can make it retry its own
+    import and end in an unrelated traceback; nothing has run yet, so there is nothing to clean up."""
+    import os
+
+    print("unsampling-lab: interrupted while starting; nothing was run", file=_sys.stderr, flush=True)
+    os._exit(130)
+
+
+def _cli_starting() -> bool:
+    """`python -m unsampling_lab ...` (argv[0] is "-m" while the package imports; orig_argv names the module) or
+    the `unsampling-lab` script."""
+    if _sys.argv[:1] == ["-m"]:
+        words = list(getattr(_sys, "orig_argv", []))
+        for i, word in enumerate(words):
+            module = words[i + 1] if word == "-m" and i + 1 < len(words) else word[2:] if word.startswith("-m") else ""
+            if module:
+                return module.split(".")[0] == "unsampling_lab"
+    return str((_sys.argv or [""])[0]).endswith("unsampling-lab")
+
+
+# Ctrl-C while the CLI starts, during the heavy imports below, is one line and exit status 130, not a traceback;
+# only for this import, only from the main thread (where signal.signal may be called), only over Python's handler.
+_STARTING = _cli_starting() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler \
+    and _threading.current_thread() is _threading.main_thread()
+if _STARTING:
+    _signal.signal(_signal.SIGINT, _interrupted_while_starting)
+
+from .analysis.executors import ModelSource, close_cluster, local_cluster
 from .analysis.store import load_results
 from .analysis.sweeps import sweep
 from .editing import CONTROLS, edit, edit_image
@@ -32,6 +65,8 @@ from .schedulers import SCHEDULERS, calculate_sigmas
 from .trajectory import Trajectory
 
 __version__ = "0.1.0"
+if _STARTING:  # imported: from here on the CLI's main() answers Ctrl-C itself
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
 
 
 #: Submodules reachable as attributes (`ul.metrics`, `ul.widgets`, ...), imported on first use.
@@ -65,7 +100,7 @@ def __getattr__(name: str):  # lazy: the bundled model's path and heavier submod
 __all__ = [
     "BUNDLED_MODEL", "CONTROLS", "INVERSION_METHODS", "benchmark", "INVERTIBLE_SAMPLERS", "NORMALIZE_MODES", "SAMPLERS", "SCHEDULERS",
     "Conditioning", "DiffusionModel", "Inversion", "LatentFormat", "ModelSampling", "ModelSource", "Trajectory",
-    "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "edit", "edit_image", "invert", "load_images", "load_latent", "load_model", "load_results",
+    "UnsamplingError", "UnsamplingWarning", "calculate_sigmas", "close_cluster", "edit", "edit_image", "invert", "load_images", "load_latent", "load_model", "load_results",
     "local_cluster", "resample", "resample_sigmas", "save_latent", "sweep", "unsample", "unsample_sigmas",
     "unsample_trajectory", "unsampled",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import numbers
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 
@@ -39,6 +40,15 @@ def check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None
         limits = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
         raise UnsamplingError(f"{name} must be {limits}, got {value}")
     return value
+
+
+def user_path(path: Any) -> Path:
+    """`Path(path).expanduser()`, where a `~name` with no such user is a one-line error (pathlib raises RuntimeError)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise UnsamplingError(f"cannot expand {str(path)!r}: {str(path).split('/')[0]} names no user's home folder on "
+                              "this machine; give the full path") from None
 
 
 class UnsamplingWarning(UserWarning):

@@ -161,6 +161,7 @@ class GuidedDenoiser:
     noise: Tensor | None = None  # the noise sampling started from (zeros when unsampling), for the mask blend
     counter: EvalCounter = field(default_factory=EvalCounter)
     always_uncond: bool = False  # evaluate the negative even at cfg 1 (CFG++ samplers; ComfyUI's disable_cfg1_optimization)
+    outer_cfg: float | None = None  # the cfg a caller combines this denoiser's outputs with itself (null_text's step)
 
     def __post_init__(self) -> None:
         self.use_uncond = self.negative is not None and (self.always_uncond or not unguided(self.cfg))
@@ -224,6 +225,8 @@ class GuidedDenoiser:
         n, s = self.counter.nfe, float(sigma.flatten()[0])
         cfg = float(self.cfg.abs().max()) if isinstance(self.cfg, Tensor) else abs(self.cfg)
         big_cfg = self.use_uncond and cfg > MAX_SENSIBLE_CFG
+        if self.outer_cfg is not None and abs(self.outer_cfg) > MAX_SENSIBLE_CFG:
+            cfg, big_cfg = abs(self.outer_cfg), True
         if bool(torch.isfinite(raw).all()):  # cond and uncond finite: the cfg product overflowed
             return UnsamplingError(
                 f"cfg={cfg:g} overflowed float32: uncond + cfg * (cond - uncond) is Inf at sigma {s:.4g}; use a "

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor
 
-from .errors import UnsamplingError, check_choice, check_int
+from .errors import UnsamplingError, UnsamplingWarning, check_choice, check_int
 
 Latent = Union[dict[str, Any], Tensor]
 Normalize = Literal["disable", "enable", "per_sample", "sigma"]
@@ -77,7 +79,53 @@ def read_latent(latent: Latent, model: Any) -> tuple[Tensor, Tensor | None]:
     if not torch.isfinite(samples).all():
         raise UnsamplingError("latent contains NaN or Inf values; check the encoder output or the previous node")
     mask = None if raw_mask is None else prepare_mask(raw_mask, samples.shape).to(model.device)
+    warn_if_costly(model, samples)
     return samples, mask
+
+
+#: A latent at least this many times the area of the one the network was made for is warned about before any work.
+COSTLY_AREA_RATIO = 16
+_WARNED: "weakref.WeakKeyDictionary[Any, set[tuple[int, int]]]" = weakref.WeakKeyDictionary()
+
+
+def native_latent_size(model: Any) -> tuple[int, int] | None:
+    """The latent size (H, W) the model's network was made for: its diffusers config's `sample_size`
+    (SD1.5: 64, SDXL: 128, the bundled model: 8), or None where the config does not say (Flux)."""
+    net = getattr(model, "unet", None)
+    net = net if net is not None else getattr(model, "transformer", None)
+    size = getattr(getattr(net, "config", None), "sample_size", None)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size, size
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
+def warn_if_costly(model: Any, samples: Tensor) -> None:
+    """Warn once per model and latent size, before any work, when the latent is COSTLY_AREA_RATIO or more times
+    the area of the model's native latent (a 2048 px image on the 32 px bundled model ran for hours without a
+    word). The estimate is the work of one network evaluation against a native one, from the config alone:
+    the area ratio for the convolutions, its square for self-attention over the latent's cells; nothing is timed
+    (on small latents fixed costs make the seconds grow slower than the work)."""
+    native = native_latent_size(model)
+    if native is None:
+        return
+    h, w = int(samples.shape[-2]), int(samples.shape[-1])
+    ratio = h * w / (native[0] * native[1])
+    if ratio < COSTLY_AREA_RATIO:
+        return
+    try:
+        seen = _WARNED.setdefault(model, set())
+    except TypeError:  # a model that cannot be weakly referenced: warn every time
+        seen = set()
+    if (h, w) in seen:
+        return
+    seen.add((h, w))
+    warnings.warn(
+        f"latent is {h}x{w}, {ratio:.0f}x the area of the {native[0]}x{native[1]} latent this model was made for (its "
+        f"sample_size): each network evaluation does {ratio:.0f}x (convolutions) to {ratio ** 2:.0f}x (self-attention) "
+        "the work of one at that size, for every step and evaluation; to make it cheaper, scale the images down "
+        "(ul.load_images(..., size=S), the CLI's --size S)", UnsamplingWarning, stacklevel=4)
 
 
 def prepare_mask(mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:

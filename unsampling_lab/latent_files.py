@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import UnsamplingError
+from .errors import UnsamplingError, user_path
 
 #: ComfyUI's LoadLatent: files without the version marker are scaled by 1 / this.
 OLD_FORMAT_SCALE = 0.18215
@@ -35,7 +35,7 @@ def save_latent(latent: Mapping[str, Any] | Tensor, path: str | Path, *,
     if not isinstance(samples, Tensor) or samples.ndim != 4 or not samples.is_floating_point():
         got = f"shape {tuple(samples.shape)} {samples.dtype}" if isinstance(samples, Tensor) else type(samples).__name__
         raise UnsamplingError(f"save_latent needs a LATENT dict {{'samples': float [B, C, H, W]}} or such a tensor, got {got}")
-    path = Path(path).expanduser()
+    path = user_path(path)
     if path.is_dir():
         raise UnsamplingError(f"save_latent: {path} is a folder; pass a file name ending in .latent")
     tensors = {"latent_tensor": samples.detach().cpu().contiguous(), VERSION_KEY: torch.tensor([])}
@@ -64,7 +64,7 @@ def load_latent(path: str | Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.is_file():
         what = "is a folder, not a .latent file" if path.is_dir() else "not found"
         raise UnsamplingError(f"latent file {path} {what}")

@@ -11,6 +11,7 @@ it for every later task (`cached_model`); a loaded model object is never pickled
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -133,8 +134,8 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_lim
     more CPU than a serial run for the same work. Nor do they run Dask's statistical profiler (a stack
     sample every 10 ms, holding the GIL): on the bundled model a sweep's task took 0.85-1.25 s with it
     and 0.55-0.88 s without, against 0.65-0.8 s in the calling process (the dashboard's profile page
-    stays empty). Close it with `client.close(); client.cluster.close()`
-    or use it as a context manager (`with ul.local_cluster(2) as client:`).
+    stays empty). The workers ignore SIGINT: Ctrl-C stops a run from the calling process, which keeps its finished
+    rows. Close it with `close_cluster(client)`.
     """
     try:
         import dask
@@ -142,12 +143,80 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_lim
     except ImportError:
         raise UnsamplingError("a local cluster needs Dask: pip install 'unsampling_lab[dask]'") from None
     check_int("n_workers", n_workers, minimum=1)
+    check_int("threads_per_worker", threads_per_worker, minimum=1)  # 0 threads: a cluster that never runs a task
     options: dict[str, Any] = {}
     if memory_limit is not None:
+        from dask.utils import parse_bytes
+
+        try:
+            if memory_limit != "auto":
+                parse_bytes(memory_limit)
+        except (ValueError, TypeError):
+            raise UnsamplingError(f"memory_limit must be a size per worker such as '4GB', or 'auto', got "
+                                  f"{memory_limit!r}") from None
         options["memory_limit"] = memory_limit
     # None unsets one of Dask's pre-spawn variables (distributed.nanny._get_env_variables)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), _sigint_ignored():
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                                host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                config={"distributed.worker.profile.enabled": False}, **options)
     return Client(cluster)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the workers start, so they inherit it (Python keeps an inherited SIG_IGN): Ctrl-C in a
+    terminal reaches the whole process group, and each worker printed a KeyboardInterrupt traceback while the
+    calling process, which owns the run, was already stopping it and saving its rows."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _quiet_cancelled_tasks() -> None:
+    import logging
+
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+
+
+#: Seconds a local cluster's workers get to exit once asked (Dask's own close gives them 4 s, then kills them).
+WORKER_EXIT_TIMEOUT_S = 30
+
+
+def close_cluster(client: Any, *, timeout: float = WORKER_EXIT_TIMEOUT_S) -> None:
+    """Close a `local_cluster` client: the client first (no task goes to a closing cluster), then each worker,
+    given `timeout` seconds to exit, then the cluster.
+
+    Dask's `cluster.close()` gives a worker 4 s to exit and then kills it with a "Worker process still alive
+    after 4.0 seconds, killing" warning; a worker that has torch and a model loaded, on a loaded 2-core
+    machine, took about that long to finish its interpreter, so a successful run ended in warnings. A worker still
+    alive after `timeout` is killed, with Dask's warning: then it is worth one.
+    """
+    import asyncio
+
+    if not is_dask_client(client):
+        raise UnsamplingError(f"close_cluster takes the Dask Client of ul.local_cluster(), got {type(client).__name__}")
+    cluster = getattr(client, "cluster", None)
+    if cluster is not None:
+        # tasks still running (a Ctrl-C, an error) are cancelled by the close: each worker then logs "Async instruction
+        # ... ended with CancelledError", the cancel it was asked for; said only past this point, on workers ending
+        client.run(_quiet_cancelled_tasks, on_error="ignore")  # a logging tweak: never a reason to fail
+    client.close()
+    if cluster is None:
+        return
+
+    async def close_workers() -> None:
+        await asyncio.gather(*(w.close(timeout=timeout) for w in list(cluster.workers.values())))
+
+    try:
+        cluster.sync(close_workers)
+    finally:
+        cluster.close()

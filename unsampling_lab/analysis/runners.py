@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 def runner(model: Any, executor: Any, *, retries: int) -> "InProcess | OnExecutor":
     """The runner for `sweep(model, executor=...)`: in this process without an executor."""
+    check_int("retries", retries, minimum=0)  # without an executor too: a meaningless value is refused, not ignored
     if executor is None:
         return InProcess(cached_model(model) if isinstance(model, ModelSource) else model)
     if not isinstance(model, ModelSource):
@@ -32,7 +33,6 @@ def runner(model: Any, executor: Any, *, retries: int) -> "InProcess | OnExecuto
             f"with an executor, give the model by its source so that each worker loads it once: "
             f"ul.ModelSource('path/or/hub-id', device='cuda', dtype='float16', threads=None) instead of a loaded "
             f"{type(model).__name__} (loaded models are not shipped to workers)")
-    check_int("retries", retries, minimum=0)
     return OnExecutor(model, executor, retries)
 
 

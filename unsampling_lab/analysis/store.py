@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UnsamplingError
+from ..errors import UnsamplingError, user_path
 from .fingerprints import (  # noqa: F401 (re-exported)
     MODEL_PARTS, STORE_FORMAT, _json, digest, model_fingerprint, module_digest, tensor_digest,
 )
@@ -93,7 +93,7 @@ class ResultStore:
     """
 
     def __init__(self, path: str | Path | None, *, readonly: bool = False) -> None:
-        self.path = Path(path).expanduser() if path is not None else None
+        self.path = user_path(path) if path is not None else None
         self.readonly = readonly
         if self.path is None:
             self._db = sqlite3.connect(":memory:", isolation_level=None)
@@ -106,8 +106,10 @@ class ResultStore:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise UnsamplingError(f"cannot create the folder of the results store {self.path}: "
-                                      f"{e.strerror or e}; choose a writable path") from None
+                blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+                why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or e
+                raise UnsamplingError(f"cannot create the folder of the results store {self.path}: {why}; choose a "
+                                      "writable path") from None
         try:
             self._db = self._connect()
             _check_owned(self._db, self.path)
@@ -121,6 +123,9 @@ class ResultStore:
                     self._db.execute(f"PRAGMA application_id = {int(APPLICATION_ID)}")
         except sqlite3.DatabaseError as e:
             raise _store_error(self.path, e, readonly=readonly) from None
+        except OSError as e:
+            raise UnsamplingError(f"cannot open the results store {self.path}: {e.strerror or e}; check the permissions "
+                                  f"of it and its folder{'' if readonly else ' (a sweep writes there)'}") from None
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:  # mode=ro: never creates or writes; immutable=1 where even the WAL index cannot be opened
@@ -188,17 +193,22 @@ class ResultStore:
         The file's SHA-256 is kept in the store; an existing file with other contents (another tool's
         table, or this export edited by hand) is refused, never replaced.
         """
-        path = Path(path).expanduser()
-        with self._transaction():  # the write lock: concurrent exports check and record one at a time
-            name = self._owned_export(path)
-            export_table(self.frame(), path)
-            self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, _file_sha256(path)))
+        path = user_path(path)
+        try:
+            with self._transaction():  # the write lock: concurrent exports check and record one at a time
+                name = self._owned_export(path)
+                export_table(self.frame(), path)
+                self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, _file_sha256(path)))
+        except OSError as e:  # a read-only folder or file, a full disk: the rows are safe in the store
+            raise UnsamplingError(f"cannot write the export {path}: {e.strerror or e}; its rows are in the results "
+                                  f"store {self.path}: check the permissions of {path.parent}, or choose another "
+                                  "path") from None
         return path
 
     def check_export(self, path: str | Path) -> None:
         """Refuse now (before a sweep's work) an export path holding a file this store did not write there."""
         with self._transaction():  # under the write lock, so another process's export is seen whole or not at all
-            self._owned_export(Path(path).expanduser())
+            self._owned_export(user_path(path))
 
     def _owned_export(self, path: Path) -> str:
         name = f"export:{path.resolve()}"
@@ -252,8 +262,11 @@ def _check_store_path(path: Path, *, readonly: bool) -> None:
         return
     if not path.is_file():
         raise UnsamplingError(f"{path} is not a regular file, so not a results store; choose a path ending in .sqlite")
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:  # no read permission: say so, not "not a results store"
+        raise UnsamplingError(f"cannot read the results store {path}: {e.strerror or e}; check its permissions") from None
     if head and head != b"SQLite format 3\x00":
         raise UnsamplingError(f"{path} is not an SQLite file, so not a results store (unsampling_lab does not write "
                               "into it); choose another path ending in .sqlite")
@@ -289,7 +302,7 @@ def _store_error(path: Path, e: sqlite3.DatabaseError, *, readonly: bool) -> Uns
                                "ending in .sqlite")
     if "unable to open" in text:
         return UnsamplingError(f"cannot open the results store {path} ({text}); check that the path and its folder "
-                               f"exist{'' if readonly else ' and are writable'}")
+                               f"exist and are {'readable' if readonly else 'writable'}")
     return UnsamplingError(f"{path} could not be read as a results store ({e.__class__.__name__}: {text}); it may be "
                            "damaged: choose another path ending in .sqlite")
 
@@ -352,7 +365,7 @@ def load_results(path: str | Path) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    path = Path(path).expanduser()
+    path = user_path(path)
     if path.is_dir():
         raise UnsamplingError(f"{path} is a folder; load_results takes a results file (.sqlite, .csv or .parquet)")
     if not path.exists():
@@ -371,7 +384,11 @@ def load_results(path: str | Path) -> "pd.DataFrame":
                     table = store.frame()
             except UnsamplingError:
                 table = None
-            if table is not None and table.to_csv(index=False).encode() == path.read_bytes():
+            try:
+                same = table is not None and table.to_csv(index=False).encode() == path.read_bytes()
+            except OSError:  # unreadable: read_csv_table says so
+                same = False
+            if same:
                 return table
         return read_csv_table(path)
     raise UnsamplingError(f"results path must end in .sqlite, .csv or .parquet, got {path.name!r}")

@@ -178,7 +178,8 @@ def invert_null_text(problem: Problem, *, optimizer: Optimizer, inner_steps: int
     neg = to_conditioning(model, problem.negative, batch_size=b, name="negative").to(model.device)
     latent_in = problem.latent_in.clone()
     mask = None if problem.mask is None else problem.mask.clone()
-    cond_den = GuidedDenoiser(model, pos, None, 1.0, latent=latent_in, mask=mask, counter=problem.counter)
+    cond_den = GuidedDenoiser(model, pos, None, 1.0, latent=latent_in, mask=mask, counter=problem.counter,
+                              outer_cfg=problem.cfg)
     grad_counter = EvalCounter()
     embeds = neg.embeds.detach().clone()
     x = pivots[n]
@@ -197,7 +198,7 @@ def invert_null_text(problem: Problem, *, optimizer: Optimizer, inner_steps: int
 
             def uncond(e: Tensor, counter: EvalCounter = grad_counter) -> Tensor:
                 den = GuidedDenoiser(model, Conditioning(e, neg.pooled), None, 1.0, latent=latent_in, mask=mask,
-                                     counter=counter)
+                                     counter=counter, outer_cfg=problem.cfg)
                 return den(x, sigma_b)
 
             def loss_of(e: Tensor) -> tuple[Tensor, Tensor]:

@@ -141,13 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; user errors (bad flags, files, models) are one line on stderr and exit code 2."""
+    """Run the command; user errors (bad flags, files, models) are one line on stderr and exit code 2, Ctrl-C
+    one line and exit code 130 (at start-up too: building the parser imports the samplers, loading the model)."""
     from ..errors import UnsamplingError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    prog = f"{parser.prog} {args.command}"
+    prog, args = PROG, None
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        prog = f"{parser.prog} {args.command}"
         if args.command == "bench":
             from .bench import run_bench
 
@@ -162,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted before any row was saved", file=sys.stderr)
+        swept = getattr(args, "swept_into", None)  # set once every row is saved
+        print(f"{prog}: interrupted " + (f"after the sweep: every row is saved in {swept}; rerun the same command to write "
+                                         "the figures and summary.md (no row is recomputed)" if swept else
+                                         "before any row was saved"), file=sys.stderr)
         return 130
 
 
@@ -256,6 +261,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(f"{PROG} sweep: interrupted: {saved} rows are saved in {where}; rerun the same command to resume "
               "(saved rows are not recomputed)", file=sys.stderr)
         return 130
+    args.swept_into = table_path if len(batches) == 1 else out / "batches"  # main()'s Ctrl-C message from here on
     df = _combine(frames, table_path if len(batches) > 1 else None)
     latents, images, positive = first
     traj = None
@@ -277,7 +283,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _executor(args: argparse.Namespace) -> Iterator[Any]:
     """--workers N: a local Dask cluster; --scheduler-address: a client of a running one; else None (here)."""
-    from ..analysis.executors import local_cluster
+    from ..analysis.executors import close_cluster, local_cluster
 
     if args.workers is None and args.scheduler_address is None:
         yield None
@@ -297,9 +303,7 @@ def _executor(args: argparse.Namespace) -> Iterator[Any]:
     try:
         yield client
     finally:
-        client.close()
-        if args.workers is not None:
-            client.cluster.close()
+        close_cluster(client) if args.workers is not None else client.close()  # a running cluster is not ours to close
 
 
 def _has_pyarrow() -> bool:

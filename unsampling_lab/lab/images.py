@@ -20,7 +20,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from ..errors import UnsamplingError, check_int
+from ..errors import UnsamplingError, check_int, user_path
 from ..pixels import _from_pil, _pixels_to_float, read_image
 
 #: What a folder is scanned for (case-insensitive); a file named explicitly may be any format Pillow reads.
@@ -44,7 +44,7 @@ def list_images(paths_or_folder: PathsOrFolder) -> list[Path]:
     for item in items:
         if not isinstance(item, (str, Path)):
             raise UnsamplingError(f"image paths must be str or Path, got {type(item).__name__} ({item!r:.60})")
-        path = Path(item).expanduser()
+        path = user_path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir()
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))

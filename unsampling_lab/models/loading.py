@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UnsamplingError
+from ..errors import UnsamplingError, user_path
 from .base import DiffusionModel
 
 
@@ -43,7 +43,7 @@ def load_model(
         if not Path(BUNDLED_MODEL, "model_index.json").exists():
             raise UnsamplingError(f"the bundled model is missing at {BUNDLED_MODEL}; reinstall unsampling_lab")
         source = BUNDLED_MODEL
-    if isinstance(source, (str, Path)) and Path(source).expanduser().suffix in SINGLE_FILE_SUFFIXES:
+    if isinstance(source, (str, Path)) and user_path(source).suffix in SINGLE_FILE_SUFFIXES:
         from .single_file import load_single_file
 
         source = load_single_file(source, dtype=dtype, allow_pickle=allow_pickle, comfyui=comfyui)
@@ -220,7 +220,7 @@ def _check_weights(folder: Path, *, allow_pickle: bool) -> None:
 def _from_pretrained(source: str | Path, dtype: torch.dtype | None, *, allow_pickle: bool) -> Any:
     from diffusers import DiffusionPipeline
 
-    path = Path(source).expanduser()
+    path = user_path(source)
     kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": None if allow_pickle else True}
     if dtype is not None:  # diffusers renamed torch_dtype to dtype (and warns on the old name)
         import diffusers.utils.deprecation_utils as d
