@@ -22,8 +22,9 @@ maps and features come from: the image at cfg w without Direct Inversion, the in
 Then the editing overhead: ul.edit (P2P) against a plain ul.resample of the same 2B items, interleaved rounds,
 and the local-blend mask against the object's own cells: the share of the latent it covers, IoU, recall (of the
 object's cells), the floor of the averaged maps (min / max) and the edit's background PSNR and success, for the old
-mask (3x3 pool, divided by the maximum), the defaults and the source maps (--blend-study: every pooling, norm,
-layer set, rows and threshold 0.3..0.8, and blend_start; --skip-table: only these).
+mask (3x3 pool, divided by the maximum), without the pool, the defaults, the source maps, the object's cells and
+those cells widened by one (--blend-study: every pooling, norm, layer set, rows and threshold 0.3..0.8, and
+blend_start; --skip-table: only these).
 """
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def blend_study(model, latent, batch, coverage, src, tgt, *, steps: int, cfg: fl
                 for rows in ("both", "source")]
         thresholds = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     else:
-        grid = [("3x3 pool, max (the old mask)", old), ("defaults (no pool, range, all, both)", {}),
+        grid = [("3x3 pool, max (the old mask)", old), ("no pool, max", dict(blend_norm="max")),
+                ("defaults (no pool, range, all, both)", {}),
                 ("source maps (blend_rows='source')", dict(blend_rows="source"))]
         thresholds = (0.3, 0.5, 0.7)
     exact = object_cells(coverage, w)
@@ -115,8 +117,9 @@ def blend_study(model, latent, batch, coverage, src, tgt, *, steps: int, cfg: fl
     grid += [("object cells (mask=, the oracle)", dict(mask=exact)), ("object cells + 1 cell around", dict(mask=wider))]
     print(f"\n## local-blend mask (Unsampler, P2P + Direct, cfg {cfg:g}, shape word) against the object's latent cells "
           f"({float(cells.float().mean()):.2f} of the cells)\n")
-    print("| mask | threshold | blend_start | cells masked | IoU | recall | map floor | bg PSNR (dB) | edit success |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| mask | threshold | blend_start | cells masked | IoU | recall | bg PSNR (dB) | edit success |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    floor = None
     starts = (0.0, 0.2, 0.5) if full else (0.2,)
     for label, opts in grid:
         given = "mask" in opts
@@ -124,13 +127,16 @@ def blend_study(model, latent, batch, coverage, src, tgt, *, steps: int, cfg: fl
             for start in (starts if threshold == 0.3 else (0.2,)):
                 words = {} if given else dict(blend_words=shapes.SHAPES, blend_threshold=threshold)
                 res = ul.edit(model, inp.run_on, source=src, target=tgt, control="p2p", cfg=cfg, direct=True,
-                              blend_start=start, record_attention=True, **words, **opts)
+                              blend_start=start, record_attention=floor is None, **words, **opts)
                 m = res.mask[:, 0] > 0.5
                 iou = ((m & cells).flatten(1).sum(1) / (m | cells).flatten(1).sum(1)).mean()
                 recall = ((m & cells).flatten(1).sum(1) / cells.flatten(1).sum(1)).mean()
                 s = scores(model.decode(_samples(res.target)), batch, coverage, tgt)
-                print(f"| {label} | {'-' if given else f'{threshold:g}'} | {start:g} | {m.float().mean():.2f} | {iou:.2f} | {recall:.2f} | "
-                      f"{map_floor(res.attention, w):.2f} | {s['psnr']:.2f} | {s['ok']}/{s['n']} |", flush=True)
+                print(f"| {label} | {'-' if given else f'{threshold:g}'} | {start:g} | {m.float().mean():.2f} | {iou:.2f} | "
+                      f"{recall:.2f} | {s['psnr']:.2f} | {s['ok']}/{s['n']} |", flush=True)
+                floor = map_floor(res.attention, w) if floor is None else floor
+    print(f"\nfloor of the shape word's map (summed over the steps, resized to the latent, averaged over the layers; "
+          f"source rows): min / max = {floor:.2f}")
 
 
 def map_floor(attention, size: int) -> float:
@@ -192,7 +198,7 @@ def main() -> None:
             for label in args.controls:
                 control, direct, options = CONTROLS[label]
                 if direct and method == "edict":  # its own resampling side is exact; nothing to pin
-                    print(f"| {method} | {label} | {cfg:g} | (exact inversion: = P2P) | | | | | | |", flush=True)
+                    print(f"| {method} | {label} | {cfg:g} | (exact inversion: Direct does not apply) | | | | | | |", flush=True)
                     continue
                 if options.get("mask") == OBJECT:
                     options = {**options, "mask": object_cells(coverage, latent["samples"].shape[-1])}
