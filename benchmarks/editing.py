@@ -3,27 +3,31 @@
     python benchmarks/editing.py [--n 16] [--steps 20] [--cfg 6 3] [--methods unsampler ...] [--controls ...] [--threads 2]
     python benchmarks/editing.py --skip-table --overhead-rounds 0 --blend-study   # where the background goes
 
-Images: `make_shapes(n, seed=123456)`; edit: the colour word swap `shapes.recolour_captions` ("red circle" ->
+Images: `make_shapes(n, seed=123456)` (--seed); edit: the colour word swap `shapes.recolour_captions` ("red circle" ->
 "green circle"), whose object mask is exact (`shapes.shape_masks`, the generator's own coverage). Protocol
 (`ul.editing.invert_for_edit` + `ul.edit`): invert with the source caption at cfg 1 (null_text: at the edit
 cfg), euler, normal; edit at cfg w. Controls: prompt swap (no control), P2P word swap (cross 0.8, self 0.4),
 P2P + Direct Inversion (the source branch pinned to the inversion path; EDICT is exact, so it has no
 separate row), the same + local blend on the shape word (the control's defaults: source ∪ target maps, threshold
 0.3 of the map's range), the same with the source branch's maps alone (`blend_rows="source"`: the object keeps
-its place in a colour edit), the same with the object's own latent cells as the mask (`mask=`: any cell the
-object touches; the oracle, the ceiling of any blend mask on these latents), PnP (conv2 features of
+its place in a colour edit), the same from the finest maps only (8x8, the latent's own size) pooled 3x3 (one
+cell of those maps, as P2P pools one cell of its 16x16 maps) at threshold 0.6 (chosen with --blend-study on
+these images; check it on others with --seed), the same with the object's own latent cells as the mask
+(`mask=`: any cell the object touches; the oracle, the ceiling of any blend mask on these latents), PnP (conv2 features of
 up_blocks.0.resnets.1 for 0.8 of the steps, self-attention q/k of the later decoder layers for 0.5).
-Columns: background PSNR / SSIM of the decoded edit against the source image outside the object (pixels of
-coverage 0; SSIM on both images with the object zeroed, as PIE-Bench), IoU of the detector's foreground of
-the edit with the exact object (coverage > 0.5), edit success (the detector sees the new colour and the
-source's shape) with its Wilson 95% interval, NFE (inversion + edit; null_text's gradient steps included)
+Columns: background PSNR of the decoded edit against the source image outside the object (pixels of
+coverage 0), its gain over the same method's prompt swap at the same cfg, background SSIM (SSIM on both
+images with the object zeroed, as PIE-Bench), IoU of the detector's foreground of the edit with the exact
+object (coverage > 0.5), edit success (the detector sees the new colour and the source's shape) with its
+Wilson 95% interval, NFE (inversion + edit; null_text's gradient steps included)
 and seconds (inversion + edit); last, the background PSNR of the source branch itself (what the target's
-maps and features come from: the image at cfg w without Direct Inversion, the inversion path with it). The first row is the VAE round trip (the ceiling every edit decodes through).
+maps and features come from: the image at cfg w without Direct Inversion, the inversion path with it). The
+first row is the VAE round trip (the ceiling every edit decodes through).
 Then the editing overhead: ul.edit (P2P) against a plain ul.resample of the same 2B items, interleaved rounds,
 and the local-blend mask against the object's own cells: the share of the latent it covers, IoU, recall (of the
 object's cells), the floor of the averaged maps (min / max) and the edit's background PSNR and success, for the old
-mask (3x3 pool, divided by the maximum), without the pool, the defaults, the source maps, the object's cells and
-those cells widened by one (--blend-study: every pooling, norm, layer set, rows and threshold 0.3..0.8, and
+mask (3x3 pool, divided by the maximum), without the pool, the defaults, the source maps, the 8x8 source maps
+pooled 3x3, the object's cells and those cells widened by one (--blend-study: every pooling, norm, layer set, rows and threshold 0.3..0.8, and
 blend_start; --skip-table: only these).
 """
 from __future__ import annotations
@@ -46,6 +50,9 @@ OBJECT = "object"  # stands for the batch's own object cells (mask=)
 CONTROLS = {"prompt swap": ("prompt_swap", False, {}), "P2P": ("p2p", False, {}), "P2P + Direct": ("p2p", True, {}),
             "P2P + Direct + blend": ("p2p", True, {"blend_words": shapes.SHAPES}),
             "P2P + Direct + blend (source maps)": ("p2p", True, {"blend_words": shapes.SHAPES, "blend_rows": "source"}),
+            "P2P + Direct + blend (8x8 source maps, 3x3 pool, 0.6)": ("p2p", True, {
+                "blend_words": shapes.SHAPES, "blend_rows": "source", "blend_layers": "finest", "blend_dilation": 1 / 8,
+                "blend_threshold": 0.6}),
             "P2P + Direct + object mask": ("p2p", True, {"mask": OBJECT}),
             "PnP": ("pnp", False, {})}
 
@@ -110,8 +117,9 @@ def blend_study(model, latent, batch, coverage, src, tgt, *, steps: int, cfg: fl
     else:
         grid = [("3x3 pool, max (the old mask)", old), ("no pool, max", dict(blend_norm="max")),
                 ("defaults (no pool, range, all, both)", {}),
-                ("source maps (blend_rows='source')", dict(blend_rows="source"))]
-        thresholds = (0.3, 0.5, 0.7)
+                ("source maps (blend_rows='source')", dict(blend_rows="source")),
+                ("8x8 source maps, 3x3 pool", dict(blend_rows="source", blend_layers="finest", blend_dilation=1 / w))]
+        thresholds = (0.3, 0.5, 0.6, 0.7)
     exact = object_cells(coverage, w)
     wider = torch.nn.functional.max_pool2d(exact, 3, 1, padding=1)
     grid += [("object cells (mask=, the oracle)", dict(mask=exact)), ("object cells + 1 cell around", dict(mask=wider))]
@@ -165,6 +173,7 @@ def _samples(latent):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=123_456, help="make_shapes seed (another: images no choice was made on)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, nargs="+", default=[6.0, 3.0], help="edit cfgs (6: the model card's)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -178,27 +187,30 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = ul.load_model(device="cpu")
-    batch = shapes.make_shapes(args.n, seed=123_456)
+    batch = shapes.make_shapes(args.n, seed=args.seed)
     idx = torch.tensor([shapes.SHAPES.index(s) for s in batch.shapes])
     coverage = shapes.shape_masks(idx, batch.centres, batch.radii)
     src, tgt = batch.captions, shapes.recolour_captions(batch)
     latent = model.encode(batch.images)
-    print(f"# editing benchmark: {args.n} shapes images, colour word swap, euler, normal, {args.steps} steps, "
+    print(f"# editing benchmark: {args.n} shapes images (seed {args.seed}), colour word swap, euler, normal, {args.steps} steps, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     ceiling = scores(model.decode(latent), batch, coverage, src)
-    print("| method | control | cfg | bg PSNR (dB) | bg SSIM | IoU | edit success [95% CI] | NFE | s | source branch bg PSNR |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| (VAE round trip) | - | - | {ceiling['psnr']:.2f} | {ceiling['ssim']:.3f} | {ceiling['iou']:.3f} | - | 0 | - | - |",
-          flush=True)
+    print("| method | control | cfg | bg PSNR (dB) | vs prompt swap (dB) | bg SSIM | IoU | edit success [95% CI] | NFE | s | "
+          "source branch bg PSNR |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| (VAE round trip) | - | - | {ceiling['psnr']:.2f} | - | {ceiling['ssim']:.3f} | {ceiling['iou']:.3f} | - | 0 | - | "
+          "- |", flush=True)
     for cfg in ([] if args.skip_table else args.cfg):
         for method in args.methods:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 inp = invert_for_edit(model, latent, source=src, method=method, cfg=cfg, steps=args.steps)
+            swap = None  # this method's prompt-swap background PSNR at this cfg
             for label in args.controls:
                 control, direct, options = CONTROLS[label]
                 if direct and method == "edict":  # its own resampling side is exact; nothing to pin
-                    print(f"| {method} | {label} | {cfg:g} | (exact inversion: Direct does not apply) | | | | | | |", flush=True)
+                    print(f"| {method} | {label} | {cfg:g} | (exact inversion: Direct does not apply) | | | | | | | |",
+                          flush=True)
                     continue
                 if options.get("mask") == OBJECT:
                     options = {**options, "mask": object_cells(coverage, latent["samples"].shape[-1])}
@@ -209,7 +221,9 @@ def main() -> None:
                 back = res.source["samples"] if isinstance(res.source, dict) else res.source
                 kept = scores(model.decode(back), batch, coverage, src)["psnr"]
                 lo, hi = wilson(s["ok"], s["n"])
-                print(f"| {method} | {label} | {cfg:g} | {s['psnr']:.2f} | {s['ssim']:.3f} | {s['iou']:.3f} | "
+                swap = s["psnr"] if control == "prompt_swap" else swap
+                gain = "-" if swap is None or control == "prompt_swap" else f"{s['psnr'] - swap:+.2f}"
+                print(f"| {method} | {label} | {cfg:g} | {s['psnr']:.2f} | {gain} | {s['ssim']:.3f} | {s['iou']:.3f} | "
                       f"{s['ok']}/{s['n']} [{lo:.2f}, {hi:.2f}] | {inp.nfe + res.nfe} | {inp.seconds + res.seconds:.1f} | {kept:.2f} |",
                       flush=True)
     if args.overhead_rounds:

@@ -109,7 +109,9 @@ def blend_mask(sums: dict[str, Tensor], b: int, size: Any, *, threshold: float, 
     (m − min) / (max − min), the same wherever the map falls to 0 away from the word); then > threshold.
     rows "both": source ∪ target (P2P's); "source": the source branch's maps alone.
     P2P (Hertz et al., LocalBlend) averages its 16 x 16 layers of a 64 x 64 latent, max-pools them 3 x 3 at 16 x 16
-    (one map cell = 4 latent cells = 1/16 of the width: dilation 1/16) and upsamples them nearest; threshold 0.3.
+    (one map cell = 4 latent cells = 1/16 of the width: dilation 1/16), upsamples them nearest (here: bilinear,
+    then the pool), divides by the maximum; threshold 0.3, source ∪ target. benchmarks/editing.py prints why the
+    range and the rows matter on the bundled model's 8x8 latents.
     """
     if not sums:
         return None
