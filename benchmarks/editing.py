@@ -1,34 +1,35 @@
 """Editing with attention control on the bundled model: inversion method x control, the field's protocol.
 
-    python benchmarks/editing.py [--n 16] [--steps 20] [--cfg 6 3] [--methods unsampler ...] [--controls ...] [--threads 2]
+    python benchmarks/editing.py [--n 16] [--seed 123456] [--steps 20] [--cfg 6 3] [--methods ...] [--threads 2]
     python benchmarks/editing.py --skip-table --overhead-rounds 0 --blend-study   # where the background goes
 
-Images: `make_shapes(n, seed=123456)` (--seed); edit: the colour word swap `shapes.recolour_captions` ("red circle" ->
-"green circle"), whose object mask is exact (`shapes.shape_masks`, the generator's own coverage). Protocol
-(`ul.editing.invert_for_edit` + `ul.edit`): invert with the source caption at cfg 1 (null_text: at the edit
-cfg), euler, normal; edit at cfg w. Controls: prompt swap (no control), P2P word swap (cross 0.8, self 0.4),
-P2P + Direct Inversion (the source branch pinned to the inversion path; EDICT is exact, so it has no
-separate row), the same + local blend on the shape word (the control's defaults: source ∪ target maps, threshold
-0.3 of the map's range), the same with the source branch's maps alone (`blend_rows="source"`: the object keeps
-its place in a colour edit), the same from the finest maps only (8x8, the latent's own size) pooled 3x3 (one
-cell of those maps, as P2P pools one cell of its 16x16 maps) at threshold 0.6 (chosen with --blend-study on
-these images; check it on others with --seed), the same with the object's own latent cells as the mask
-(`mask=`: any cell the object touches; the oracle, the ceiling of any blend mask on these latents), PnP (conv2 features of
-up_blocks.0.resnets.1 for 0.8 of the steps, self-attention q/k of the later decoder layers for 0.5).
+Images: `make_shapes(n, seed=123456)` (--seed); edit: the colour word swap `shapes.recolour_captions`
+("red circle" -> "green circle"), whose object mask is exact (`shapes.shape_masks`, the generator's own
+coverage). Protocol (`ul.editing.invert_for_edit` + `ul.edit`): invert with the source caption at cfg 1
+(null_text: at the edit cfg), euler, normal; edit at cfg w. Controls: prompt swap (no control), P2P word swap
+(cross 0.8, self 0.4), P2P + Direct Inversion (the source branch pinned to the inversion path; EDICT is exact,
+so it has no separate row), the same + local blend on the shape word (the control's defaults: source ∪ target
+maps, threshold 0.3 of the map's range), the same with the source branch's maps alone (`blend_rows="source"`:
+the object keeps its place in a colour edit), the same from the finest maps only (8x8, the latent's own size)
+pooled 3x3 (one cell of those maps, as P2P pools one cell of its 16x16 maps) at threshold 0.6 (chosen with
+--blend-study on these images; check it on others with --seed), the same with the object's own latent cells
+as the mask (`mask=`: any cell the object touches; the oracle, the ceiling of any blend mask on these
+latents), PnP (conv2 features of up_blocks.0.resnets.1 for 0.8 of the steps, self-attention q/k of the later
+decoder layers for 0.5).
 Columns: background PSNR of the decoded edit against the source image outside the object (pixels of
 coverage 0), its gain over the same method's prompt swap at the same cfg, background SSIM (SSIM on both
 images with the object zeroed, as PIE-Bench), IoU of the detector's foreground of the edit with the exact
 object (coverage > 0.5), edit success (the detector sees the new colour and the source's shape) with its
-Wilson 95% interval, NFE (inversion + edit; null_text's gradient steps included)
-and seconds (inversion + edit); last, the background PSNR of the source branch itself (what the target's
-maps and features come from: the image at cfg w without Direct Inversion, the inversion path with it). The
-first row is the VAE round trip (the ceiling every edit decodes through).
+Wilson 95% interval, NFE (inversion + edit; null_text's gradient steps included) and seconds (inversion +
+edit); last, the background PSNR of the source branch itself (what the target's maps and features come from:
+the image at cfg w without Direct Inversion, the inversion path with it). The first row is the VAE round trip
+(the ceiling every edit decodes through).
 Then the editing overhead: ul.edit (P2P) against a plain ul.resample of the same 2B items, interleaved rounds,
-and the local-blend mask against the object's own cells: the share of the latent it covers, IoU, recall (of the
-object's cells), the floor of the averaged maps (min / max) and the edit's background PSNR and success, for the old
-mask (3x3 pool, divided by the maximum), without the pool, the defaults, the source maps, the 8x8 source maps
-pooled 3x3, the object's cells and those cells widened by one (--blend-study: every pooling, norm, layer set, rows and threshold 0.3..0.8, and
-blend_start; --skip-table: only these).
+and the local-blend mask against the object's own cells: the share of the latent it covers, IoU, recall (of
+the object's cells), the edit's background PSNR and success, for the old mask (3x3 pool, divided by the
+maximum), without the pool, the defaults, the source maps, the 8x8 source maps pooled 3x3, the object's cells
+and those cells widened by one, and the floor of the averaged maps (min / max). --blend-study: every pooling,
+norm, layer set, rows and threshold 0.3..0.8, and blend_start; --skip-table: only these.
 """
 from __future__ import annotations
 
