@@ -19,10 +19,11 @@ Local blend (p2p family, `blend_words`): a mask from the blend words' cross-atte
 steps so far, averaged over the layers (`blend_layers`), max-pooled by `blend_dilation` of the latent width
 (P2P's 3x3 pool on 16x16 maps of a 64x64 latent is 1/16 of it: no pooling on the bundled 8x8 latents),
 scaled to [0, 1] by its range (`blend_norm`; P2P divides by the maximum, the same where the map falls to
-0, but the bundled model's averaged maps keep a floor at ~0.4 of their peak, so P2P's 0.3 masked every
-cell) and thresholded; source ∪ target maps (`blend_rows`). Outside it the target's denoised estimate is
-the source's from step int(blend_start n) on (a denoised-space blend, as ComfyUI's noise mask, so it holds
-for every sampler; P2P blends the states), and the final latent is the source's there.
+0, but the bundled model's averaged maps keep a floor at 0.41 of their peak (benchmarks/editing.py), so
+P2P's 0.3 masked every cell) and thresholded; source ∪ target maps (`blend_rows`). Outside it the
+target's denoised estimate is the source's from step int(blend_start n) on (a denoised-space blend, as
+ComfyUI's noise mask, so it holds for every sampler; P2P blends the states), and the final latent is the
+source's there. `ul.edit(mask=...)` takes a mask of one's own instead.
 """
 from __future__ import annotations
 
