@@ -19,11 +19,15 @@ in 0..n-1; a fraction τ of the steps means steps i < int(τ n) (prompt-to-promp
                   SD3: joint, our extension) for i < τ_v n, in both the uncond and the cond rows; tokens "all"
                   (text and image, as the papers) or "image" (editing/flow_attention.py).
 
-Local blend (p2p family, `blend_words`): a mask from the blend words' cross-attention, averaged over the
-steps so far and the layers, max-pooled 3x3, divided by its maximum and thresholded; outside it the
+Local blend (p2p family, `blend_words`): a mask from the blend words' cross-attention, summed over the
+steps so far, averaged over the layers (`blend_layers`), max-pooled by `blend_dilation` of the latent width
+(P2P's 3x3 pool on 16x16 maps of a 64x64 latent is 1/16 of it: no pooling on the bundled 8x8 latents),
+scaled to [0, 1] by its range (`blend_norm`; P2P divides by the maximum, the same where the map falls to
+0, but the bundled model's averaged maps keep a floor at 0.41 of their peak (benchmarks/editing.py), so
+P2P's 0.3 masked every cell) and thresholded; source ∪ target maps (`blend_rows`). Outside it the
 target's denoised estimate is the source's from step int(blend_start n) on (a denoised-space blend, as
 ComfyUI's noise mask, so it holds for every sampler; P2P blends the states), and the final latent is the
-source's there.
+source's there. `ul.edit(mask=...)` takes a mask of one's own instead.
 """
 from __future__ import annotations
 
@@ -38,7 +42,11 @@ from ..inversion.base import Option, check_option_values
 _FRACTION = dict(low=0.0, high=1.0)  # of the steps (or of the map's maximum)
 _P2P_TIMES = dict(cross_steps=Option(0.8, float, **_FRACTION), self_steps=Option(0.4, float, **_FRACTION))
 _BLEND = dict(blend_words=Option((), tuple), blend_threshold=Option(0.3, float, **_FRACTION),
-              blend_start=Option(0.2, float, **_FRACTION))
+              blend_start=Option(0.2, float, **_FRACTION),
+              blend_dilation=Option(1 / 16, float, low=0.0, high=0.5),  # of the latent width (P2P's 3x3 pool at 16/64)
+              blend_layers=Option("all", str, choices=("all", "finest", "coarsest")),
+              blend_norm=Option("range", str, choices=("range", "max")),
+              blend_rows=Option("both", str, choices=("both", "source")))
 
 
 @dataclass(frozen=True)

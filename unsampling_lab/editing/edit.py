@@ -92,6 +92,7 @@ def edit(
     scheduler: str | None = None,
     start_at_step: int | None = None,
     negative: str | Sequence[str] = "",
+    mask: Tensor | None = None,
     progress: bool = False,
     **options: Any,
 ) -> EditResult:
@@ -101,6 +102,8 @@ def edit(
     `ul.unsample_trajectory`; its end state is resampled) or a noise LATENT. steps, sampler_name, scheduler and
     start_at_step default to the inversion's. direct: pin the source branch to the inversion path (True: the
     path the input carries; or a Trajectory / a [n + 1, B, C, H, W] tensor of states, descending sigma).
+    mask: a local-blend mask of your own, [B, 1, H, W] of the latent (1: the target may change, 0: it keeps the
+    source), in place of the one the blend words' maps give (p2p controls; e.g. a benchmark's object mask).
     Control options (CONTROL_SPECS[control].options) are keyword arguments.
     """
     spec = get_control(control)
@@ -131,7 +134,9 @@ def edit(
         raise UnsamplingError(f"edit: start_at_step={start_at_step} of {steps} steps leaves nothing to sample")
     n = len(sigmas) - 1
     state = EditState(b=b, n_steps=n, control=control, options=opts, cond_only=spec.cond_only, record=record_attention)
-    blend = _prepare_tokens(model, state, src, tgt)
+    given = None if mask is None else _given_mask(mask, opts, samples.shape, control)
+    blend = _prepare_tokens(model, state, src, tgt)  # refine's and reweight's token data too
+    blend = given if given is not None else blend
     path = _path(model, inversion_or_noise, direct, n, b)
     proxy = EditedModel(model, state, sigmas, path=path, blend=blend)
     hooks = spec.injects != "none" or record_attention or blend is not None
@@ -273,7 +278,23 @@ def _prepare_tokens(model: Any, state: EditState, src: list[str], tgt: list[str]
         if not bool(weights[i].any() or weights[b + i].any()):
             raise UnsamplingError(f"local blend: none of {list(opts['blend_words'])} is a word of {src[i]!r} or {tgt[i]!r}")
     state.blend_tokens = weights
-    return {"blend_threshold": opts["blend_threshold"], "blend_start": opts["blend_start"]}
+    return {k: v for k, v in opts.items() if k.startswith("blend_") and k != "blend_words"}
+
+
+def _given_mask(mask: Any, opts: dict[str, Any], shape: Any, control: str) -> dict[str, Any]:
+    """The blend options with a user's mask in place of the maps' (checked against the latent's [B, 1, H, W])."""
+    if "blend_start" not in opts:
+        raise UnsamplingError(f"edit: mask= is a local-blend mask; control {control!r} has no local blend "
+                              "(use control='p2p', 'p2p_refine' or 'p2p_reweight')")
+    if opts["blend_words"]:
+        raise UnsamplingError("edit: give blend_words (a mask from their maps) or mask= (your own), not both")
+    want = (shape[0], 1, shape[-2], shape[-1])
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != want or not bool(((mask == 0) | (mask == 1)).all()):
+        got = (type(mask).__name__ if not isinstance(mask, Tensor) else f"shape {list(mask.shape)}"
+               if tuple(mask.shape) != want else "values other than 0 and 1")
+        raise UnsamplingError(f"edit: mask must be a tensor of 0s and 1s shaped {list(want)} (batch, 1, the latent's "
+                              f"height and width), got {got}")
+    return {**{k: v for k, v in opts.items() if k.startswith("blend_") and k != "blend_words"}, "mask": mask.float().cpu()}
 
 
 def _path(model: Any, value: Any, direct: Any, n: int, b: int) -> Tensor | None:

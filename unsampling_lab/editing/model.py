@@ -78,9 +78,12 @@ class EditedModel:
         return i, abs(float(self.timesteps[i]) - t) <= tol
 
     def _blend(self, x: Tensor, out: Tensor, sigma: Tensor, step: int, groups: int) -> Tensor:
-        s, b = self.state, self.state.b
-        self.mask = blend_mask(s.blend_sum, b, x.shape[-2:], self.blend["blend_threshold"])
-        if self.mask is None or step < int(self.blend["blend_start"] * s.n_steps):
+        s, b, opts = self.state, self.state.b, self.blend
+        fixed = opts.get("mask")
+        self.mask = fixed if fixed is not None else blend_mask(
+            s.blend_sum, b, x.shape[-2:], threshold=opts["blend_threshold"], dilation=opts["blend_dilation"],
+            layers=opts["blend_layers"], norm=opts["blend_norm"], rows=opts["blend_rows"])
+        if self.mask is None or step < int(opts["blend_start"] * s.n_steps):
             return out
         ms = self._model.model_sampling
         one, zero = torch.ones(1, 1, 1, 1, dtype=torch.float64), torch.zeros(1, 1, 1, 1, dtype=torch.float64)
@@ -96,18 +99,35 @@ class EditedModel:
         return out
 
 
-def blend_mask(sums: dict[str, Tensor], b: int, size: Any, threshold: float) -> Tensor | None:
-    """P2P's local-blend mask [B, 1, H, W] from the blend words' summed maps per layer ([2B, Q] each): each
-    layer to the latent size, averaged, max-pooled 3x3, divided by its maximum, > threshold; source ∪ target."""
+def blend_mask(sums: dict[str, Tensor], b: int, size: Any, *, threshold: float, dilation: float, layers: str,
+               norm: str, rows: str) -> Tensor | None:
+    """The local-blend mask [B, 1, H, W] from the blend words' maps summed over the steps so far ([2B, Q] per layer).
+
+    Each chosen layer's map (layers: "all", or only the "finest" / "coarsest" resolution present) is resized
+    bilinearly to the H x W latent and the layers are averaged; the result is max-pooled over (2r + 1)² cells,
+    r = ⌊dilation W⌋; scaled to [0, 1] by its maximum (norm "max", P2P's) or by its range (norm "range":
+    (m − min) / (max − min), the same wherever the map falls to 0 away from the word); then > threshold.
+    rows "both": source ∪ target (P2P's); "source": the source branch's maps alone.
+    P2P (Hertz et al., LocalBlend) averages its 16 x 16 layers of a 64 x 64 latent, max-pools them 3 x 3 at 16 x 16
+    (one map cell = 4 latent cells = 1/16 of the width: dilation 1/16), upsamples them nearest (here: bilinear,
+    then the pool), divides by the maximum; threshold 0.3, source ∪ target. benchmarks/editing.py prints why the
+    range and the rows matter on the bundled model's 8x8 latents.
+    """
     if not sums:
         return None
     h, w = int(size[0]), int(size[1])
-    layers = []
+    queries = sorted({int(t.shape[1]) for t in sums.values()})
+    keep = {"all": queries, "finest": queries[-1:], "coarsest": queries[:1]}[layers]
+    maps = []
     for t in sums.values():
-        q = t.shape[1]
-        hh = max(1, round((q * h / w) ** 0.5))
-        layers.append(F.interpolate(t.reshape(-1, 1, hh, q // hh), size=(h, w), mode="bilinear"))
-    m = F.max_pool2d(torch.stack(layers).mean(0), 3, 1, padding=1)
-    m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-    m = m > threshold
-    return (m[:b] | m[b:]).float()
+        q = int(t.shape[1])
+        if q in keep:
+            hh = max(1, round((q * h / w) ** 0.5))
+            maps.append(F.interpolate(t.reshape(t.shape[0], 1, hh, q // hh), size=(h, w), mode="bilinear"))
+    m = torch.stack(maps).mean(0)
+    r = int(dilation * w)
+    if r:
+        m = F.max_pool2d(m, 2 * r + 1, 1, padding=r)
+    low = m.amin(dim=(2, 3), keepdim=True) if norm == "range" else torch.zeros_like(m[..., :1, :1])
+    m = ((m - low) / (m.amax(dim=(2, 3), keepdim=True) - low).clamp_min(1e-12)) > threshold
+    return (m[:b] | m[b:]).float() if rows == "both" else m[:b].float()
