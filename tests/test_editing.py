@@ -120,8 +120,10 @@ def test_direct_source_rows_are_the_inversion_path(setup, how):
 def test_direct_refuses_what_it_cannot_pin(setup):
     model, latent, src, tgt, inv = setup
     bdia = ul.invert(model, latent, method="bdia", steps=STEPS, positive=src, progress=False)
-    with pytest.raises(ul.UnsamplingError, match="needs the inversion path"):
+    with pytest.raises(ul.UnsamplingError, match="needs the inversion path, and method 'bdia' records none"):
         edit(model, bdia, source=src, target=tgt, direct=True)
+    with pytest.raises(ul.UnsamplingError, match="a noise LATENT carries none"):
+        edit(model, inv.noise, source=src, target=tgt, direct=True)
     traj = ul.unsample_trajectory(model, latent, steps=STEPS, sampler_name="dpm_2", positive=src, progress=False)
     with pytest.raises(ul.UnsamplingError, match="between them"):
         edit(model, traj, source=src, target=tgt, direct=True)

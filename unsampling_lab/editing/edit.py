@@ -306,13 +306,17 @@ def _path(model: Any, value: Any, direct: Any, n: int, b: int) -> Tensor | None:
             direct = value
         elif callable(getattr(value, "resample_side", None)) and "path" in value.resampling:
             direct = value.resampling["path"]
-        elif callable(getattr(value, "resample_side", None)) and value.method == "edict":
-            raise UnsamplingError("direct=True: EDICT's resampling is exact, so its source branch is its inversion path "
-                                  "already (and it evaluates the network at its coupled latents, not at the path)")
+        elif callable(getattr(value, "resample_side", None)):  # an Inversion of a method that records no path
+            from ..inversion import METHOD_SPECS, get_method
+
+            able = [name for name, spec in METHOD_SPECS.items() if spec.records_path]
+            raise UnsamplingError(f"direct=True needs the inversion path, and method {value.method!r} records none: "
+                                  f"{get_method(value.method).why_no_path}; invert with one of {', '.join(able)}, "
+                                  "or leave direct off")
         else:
             raise UnsamplingError("direct=True needs the inversion path: pass the Trajectory of ul.unsample_trajectory "
-                                  "(as the input, or as direct=trajectory), an Inversion that records one (fixed_point, "
-                                  "null_text), or use ul.edit_image, which records it")
+                                  "(as the input, or as direct=trajectory) or an Inversion that records one; a noise "
+                                  "LATENT carries none")
     if isinstance(direct, Trajectory):
         direct = direct.xs.flip(0)
     if not isinstance(direct, Tensor) or direct.ndim != 5 or direct.shape[0] != n + 1 or direct.shape[1] != b:
