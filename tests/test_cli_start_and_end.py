@@ -60,8 +60,11 @@ def test_ctrl_c_at_start_up_is_one_line_and_status_130(tmp_path, library, fragme
     (tmp_path / "sitecustomize.py").write_text(_CTRL_C_AT_IMPORT)
     environ = dict(os.environ, OMP_NUM_THREADS="1", UL_SIGINT_AT=library,
                    PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])]))
+    # Ctrl-C reaches the CLI as in a terminal: a shell runs background jobs (`cmd &`, nohup) with SIGINT ignored,
+    # which a child inherits and which then makes Python install no KeyboardInterrupt handler at all
     run = subprocess.run([sys.executable, "-m", "unsampling_lab", "sweep", "--no-progress", "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=300)
+                         capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=300,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert run.returncode in (130, -signal.SIGINT), (run.returncode, run.stderr)
     assert run.stderr.strip() == fragment, run.stderr
     assert not (tmp_path / "out").exists()
