@@ -67,10 +67,9 @@ def scores(images: torch.Tensor, batch: shapes.ShapesBatch, coverage: torch.Tens
     """Background PSNR/SSIM against the source images (the mean over background pixels only; PIE-Bench's
     convention, `analysis.piebench`, averages the masked images over the whole image), IoU with the exact object,
     edit success."""
-    bg = (coverage == 0).float()[..., None]  # [B, H, W, 1]
-    err = ((images - batch.images) ** 2 * bg).flatten(1).sum(1) / (bg.flatten(1).sum(1) * 3)
-    psnr = metrics.psnr_from_mse(err.clamp_min(1e-10))
-    ssim = metrics.ssim(images * bg, batch.images * bg)
+    bg = (coverage == 0).float()  # [B, H, W]
+    psnr = metrics.psnr(images, batch.images, keep=bg)
+    ssim = metrics.ssim(images * bg[..., None], batch.images * bg[..., None])
     found = detector.detect(images)
     iou = detector.foreground_iou(found.masks, coverage > 0.5)
     want = [t.split()[0] for t in targets]
@@ -98,15 +97,15 @@ def overhead(model, latent, src, tgt, *, steps: int, cfg: float, rounds: int) ->
         print(f"| {label} | {statistics.median(ts):.2f} | {statistics.median(ts) / base:.2f} |")
 
 
-def object_cells(coverage: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, 1, h, w] 1 on every latent cell the object touches (coverage > 0 anywhere in the cell)."""
-    return (torch.nn.functional.avg_pool2d(coverage[:, None], coverage.shape[-1] // size) > 0).float()
+def object_cells(batch: shapes.ShapesBatch, size: int) -> torch.Tensor:
+    """[B, 1, h, w] 1 on every latent cell the object touches (`ShapesBatch.latent_cells`)."""
+    return batch.latent_cells(size)
 
 
 def blend_study(model, latent, batch, coverage, src, tgt, *, steps: int, cfg: float, full: bool) -> None:
     """The local-blend mask (shape word, Unsampler, P2P + Direct) against the object's own latent cells."""
     inp = invert_for_edit(model, latent, source=src, cfg=cfg, steps=steps)
-    cells = object_cells(coverage, latent["samples"].shape[-1])[:, 0] > 0.5
+    cells = object_cells(batch, latent["samples"].shape[-1])[:, 0] > 0.5
     w = latent["samples"].shape[-1]
     old = dict(blend_dilation=1 / w, blend_norm="max")  # the 3x3 pool and P2P's division by the maximum
     if full:
@@ -121,7 +120,7 @@ def blend_study(model, latent, batch, coverage, src, tgt, *, steps: int, cfg: fl
                 ("source maps (blend_rows='source')", dict(blend_rows="source")),
                 ("8x8 source maps, 3x3 pool", dict(blend_rows="source", blend_layers="finest", blend_dilation=1 / w))]
         thresholds = (0.3, 0.5, 0.6, 0.7)
-    exact = object_cells(coverage, w)
+    exact = object_cells(batch, w)
     wider = torch.nn.functional.max_pool2d(exact, 3, 1, padding=1)
     grid += [("object cells (mask=, the oracle)", dict(mask=exact)), ("object cells + 1 cell around", dict(mask=wider))]
     print(f"\n## local-blend mask (Unsampler, P2P + Direct, cfg {cfg:g}, shape word) against the object's latent cells "
@@ -189,8 +188,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model = ul.load_model(device="cpu")
     batch = shapes.make_shapes(args.n, seed=args.seed)
-    idx = torch.tensor([shapes.SHAPES.index(s) for s in batch.shapes])
-    coverage = shapes.shape_masks(idx, batch.centres, batch.radii)
+    coverage = batch.coverage()
     src, tgt = batch.captions, shapes.recolour_captions(batch)
     latent = model.encode(batch.images)
     print(f"# editing benchmark: {args.n} shapes images (seed {args.seed}), colour word swap, euler, normal, {args.steps} steps, "
@@ -214,7 +212,7 @@ def main() -> None:
                           flush=True)
                     continue
                 if options.get("mask") == OBJECT:
-                    options = {**options, "mask": object_cells(coverage, latent["samples"].shape[-1])}
+                    options = {**options, "mask": object_cells(batch, latent["samples"].shape[-1])}
                 res = ul.edit(model, inp.run_on, source=src, target=tgt, control=control, cfg=cfg, direct=direct,
                               negative=inp.negative, **options)
                 out = res.target["samples"] if isinstance(res.target, dict) else res.target

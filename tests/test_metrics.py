@@ -133,3 +133,17 @@ def test_psnr_floor_is_the_best_constant_image_and_beats_black():
     assert (psnr_floor(ref) >= psnr(torch.zeros_like(ref), ref)).all()
     shifted = best + 0.01
     assert (psnr(shifted, ref) < psnr_floor(ref)).all()
+
+
+def test_psnr_over_kept_pixels_is_the_mean_over_those_pixels_only():
+    """keep=: the squared error averaged over the kept pixels (every channel), by hand on a 2x2 image."""
+    ref = torch.zeros(1, 2, 2, 3, dtype=torch.float64)
+    img = ref.clone()
+    img[0, 0, 0] = 0.5  # an error on one pixel, which keep drops
+    img[0, 1, 1, 0] = 0.1  # and one on a kept pixel, one channel
+    keep = torch.tensor([[[0.0, 1.0], [1.0, 1.0]]])
+    want = 10 * math.log10(1 / (0.1**2 / (3 * 3)))
+    assert float(M.psnr(img, ref, keep=keep)[0]) == pytest.approx(want, rel=1e-12)
+    assert float(M.psnr(img, ref, keep=torch.ones(1, 2, 2))[0]) == pytest.approx(float(M.psnr(img, ref)[0]))
+    with pytest.raises(ValueError, match=r"keep must be \[B, H, W\] = \(1, 2, 2\)"):
+        M.psnr(img, ref, keep=torch.ones(2, 2))

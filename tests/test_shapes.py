@@ -1,6 +1,7 @@
 """The shapes dataset: deterministic from a seed, captions match the pixels."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unsampling_lab.bundled.shapes import CAPTIONS, COLOURS, SHAPES, make_shapes
@@ -48,3 +49,17 @@ def test_recolour_captions_moves_the_colour_along_the_palette_and_keeps_the_shap
         assert new_shape == shape and caption == f"{colour} {shape}"
         assert palette.index(new_colour) == (palette.index(colour) + 1) % len(palette)
     assert recolour_captions(batch, shift=len(palette)) == batch.captions
+
+
+def test_coverage_and_latent_cells_are_the_generators_own_object_mask() -> None:
+    batch = make_shapes(3, seed=5)
+    cov = batch.coverage()
+    # the images are colour x coverage on black, so the coverage is the brightest channel of each pixel
+    assert torch.allclose(cov, batch.images.amax(-1), atol=1e-6)
+    cells = batch.latent_cells(8)
+    assert cells.shape == (3, 1, 8, 8) and set(cells.unique().tolist()) <= {0.0, 1.0}
+    for b in range(3):  # a cell is on exactly when some pixel of its 4x4 block is touched
+        touched = cov[b].reshape(8, 4, 8, 4).amax(dim=(1, 3)) > 0
+        assert torch.equal(cells[b, 0] > 0, touched)
+    with pytest.raises(ValueError, match="no 5 x 5 grid"):
+        batch.latent_cells(5)

@@ -60,9 +60,20 @@ def psnr_from_mse(mse: Tensor | float, *, data_range: float = 1.0) -> Tensor:
     return 10.0 * torch.log10(data_range**2 / mse)
 
 
-def psnr(images: Tensor, reference: Tensor, *, data_range: float = 1.0) -> Tensor:
-    """Per-item PSNR [B] in dB of images [B, ...] in 0..data_range against `reference`."""
-    return psnr_from_mse(latent_mse(images, reference), data_range=data_range)
+def psnr(images: Tensor, reference: Tensor, *, data_range: float = 1.0, keep: Tensor | None = None) -> Tensor:
+    """Per-item PSNR [B] in dB of images [B, ...] in 0..data_range against `reference`.
+
+    keep: [B, H, W] (images [B, H, W, C]) 1 on the pixels to score, e.g. an edit's background: the mean squared
+    error is taken over those pixels only (every channel). PIE-Bench's convention differs: it multiplies both
+    images by the mask and averages over the whole image (`analysis.piebench.metrics.region_scores`)."""
+    if keep is None:
+        return psnr_from_mse(latent_mse(images, reference), data_range=data_range)
+    if images.ndim != 4 or tuple(keep.shape) != tuple(images.shape[:3]):
+        raise ValueError(f"keep must be [B, H, W] = {tuple(images.shape[:3])} for images [B, H, W, C], got "
+                         f"{tuple(keep.shape)}")
+    w = keep.detach().double().cpu()[..., None].expand(images.shape)
+    err = ((images.detach().double().cpu() - reference.detach().double().cpu()) ** 2 * w).flatten(1).sum(1)
+    return psnr_from_mse(err / w.flatten(1).sum(1), data_range=data_range)
 
 
 def psnr_floor(reference: Tensor, *, data_range: float = 1.0) -> Tensor:

@@ -49,6 +49,19 @@ class ShapesBatch:
     centres: Tensor  # [B, 2] (cx, cy), pixels
     radii: Tensor  # [B] half-side r, pixels
 
+    def coverage(self) -> Tensor:
+        """[B, H, W] in 0..1: how much of each pixel the shape covers (the generator's exact object mask)."""
+        idx = torch.tensor([SHAPES.index(s) for s in self.shapes], dtype=torch.long)
+        return shape_masks(idx, self.centres, self.radii, size=self.images.shape[1])
+
+    def latent_cells(self, size: int) -> Tensor:
+        """[B, 1, size, size]: 1 on every cell of a size x size latent grid that the shape touches (coverage > 0
+        anywhere in the cell): the object's own mask at latent resolution."""
+        cov = self.coverage()
+        if cov.shape[-1] % size:
+            raise ValueError(f"a {cov.shape[-1]} px image has no {size} x {size} grid of whole cells")
+        return (torch.nn.functional.avg_pool2d(cov[:, None], cov.shape[-1] // size) > 0).float()
+
 
 def shape_masks(shape_idx: Tensor, centres: Tensor, radii: Tensor, *, size: int = SIZE,
                 supersample: int = SUPERSAMPLE) -> Tensor:
