@@ -101,7 +101,14 @@ _SPECS: tuple[SamplerSpec, ...] = (
                     "uni_pc_bh2 inverts flow models poorly: its B(h) = e^h - 1 weights grow on the last steps into "
                     "sigma 1 (alpha 0), where the denoised estimate changes fastest in log-SNR. Measured on an exact "
                     "Gaussian flow model ('simple' schedule), noise error relative to the exact PF-ODE noise: 16 at "
-                    "20 steps, 1.9 at 40, 0.24 at 80 (uni_pc: 0.10, 0.022, 0.0045). Unsample with uni_pc or euler")},
+                    "20 steps, 1.9 at 40, 0.24 at 80 (uni_pc: 0.10, 0.022, 0.0045). Unsample with uni_pc or euler"),
+                    "vp": (
+                    "uni_pc_bh2 inverts eps / v models with SD's sigma table poorly: the Unsampler's first step, sigma "
+                    "1e-4 to sigma_min + 1e-4 (SD: 0.0293), spans 5.7 in log-SNR whatever the number of steps, and its "
+                    "weight B(h) = e^|h| - 1 (uni_pc: |h|) amplifies it, so the error does not fall with more steps. Measured on an exact "
+                    "Gaussian with SD1.5's table ('normal' schedule), noise error relative to the exact PF-ODE noise: "
+                    "303 at 10 steps, 26.8 at 50 (started after that first step: 0.0126, 0.00183; uni_pc: 0.632, 0.124; "
+                    "euler: 0.161, 0.0351; dpmpp_2m: 0.0948, 0.0143). Unsample with dpmpp_2m or euler")},
                 note="order and final steps depend on the number of sigmas; ends at sigma 0.001 when sampling to 0",
                 **_ODE),
     SamplerSpec("ddim_inverse", ddim_inverse.sample_ddim_inverse, order=1, **_ODE, **_VP,
