@@ -13,7 +13,7 @@ import torch
 import unsampling_lab as ul
 from unsampling_lab.analysis import running
 from unsampling_lab.analysis.evaluate import references
-from unsampling_lab.analysis.grid import direct_methods, plan
+from unsampling_lab.analysis.grid import direct_methods, direct_samplers, plan
 from unsampling_lab.analysis.sweeps import _Keys
 from unsampling_lab.bundled import shapes
 from unsampling_lab.errors import UnsamplingError
@@ -80,6 +80,7 @@ def test_a_store_written_before_controls_resumes_with_no_recomputation(setup, tm
     ({}, {"direct": True, "control": "p2p", "method": "edict"}, None, "EDICT's resampling is exact"),
     ({}, {"direct": True, "control": "p2p", "method": "bdia"}, None, "records no path"),
     ({}, {"direct": "yes", "control": "p2p"}, None, "direct is True or False"),
+    ({}, {"direct": True, "control": "p2p", "sampler_name": "dpm_2"}, None, "evaluates the model between them"),
     ({"control": ["p2p"]}, {}, {"pnp": {"qk_steps": 0.2}}, "does not run"),
     ({"control": ["p2p"]}, {}, {"p2p": {"cross_step": 0.2}}, "did you mean 'cross_steps'"),
     ({"control": ["p2p"]}, {}, {"p2p": {"cross_steps": 2}}, "must be in [0, 1]"),
@@ -99,6 +100,30 @@ def test_direct_swept_over_both_values_skips_what_it_cannot_serve_and_options_dr
                    ("edict", "prompt_swap", False), ("edict", "p2p", False)]
     assert {s.control_options for g in groups for s in g.settings if s.control == "p2p"} == {(("self_steps", 0.2),)}
     assert len(groups) == 2, "control and direct never split an inversion group"
+
+
+def test_direct_swept_over_both_values_skips_samplers_that_evaluate_between_the_sigmas():
+    """dpm_2 (midpoints) and exp_heun_2_x0 (flow: first sigma moved off 1) have no direct=True row; the rest do."""
+    samplers = ["euler", "dpm_2", "lms", "exp_heun_2_x0"]
+    groups = plan({"sampler_name": samplers, "direct": [False, True]}, {"control": "p2p"}, batch=1)
+    got = [(s.sampler_name, s.direct) for g in groups for s in g.settings]
+    assert got == [("euler", False), ("euler", True), ("dpm_2", False), ("lms", False), ("lms", True),
+                   ("exp_heun_2_x0", False)]
+    assert {"euler", "lms", "heun", "dpmpp_2m", "uni_pc"} <= set(direct_samplers())
+    assert not {"dpm_2", "dpm_fast", "dpm_adaptive", "exp_heun_2_x0"} & set(direct_samplers())
+
+
+def test_edit_refuses_direct_with_such_a_sampler_before_any_network_call(setup):
+    model, latent, _, captions, targets = setup
+    traj = ul.unsample_trajectory(model, latent, steps=2, sampler_name="dpm_2", positive=captions, progress=False)
+    calls = []
+    handle = model.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        with pytest.raises(UnsamplingError, match="sampler 'dpm_2' evaluates the model between them") as e:
+            ul.edit(model, traj, source=captions, target=targets, control="p2p", direct=True)
+    finally:
+        handle.remove()
+    assert calls == [] and "\n" not in str(e.value) and "euler" in str(e.value)
 
 
 def test_direct_methods_are_the_ones_whose_inversion_records_a_path(setup):

@@ -11,8 +11,9 @@ Inversion) are grid keys that change only how a setting resamples, never its inv
 setting (control != "prompt_swap", or direct) resamples its source and target branch together through
 `ul.edit`. A prompt_swap setting without direct keeps the identity (store key) it had before these keys
 existed, so older stores resume. Meaningless combinations are refused at plan time, or skipped where the
-grid sweeps direct over both values (direct=True needs an attention control and an inversion that records
-its path: `direct_methods()`, from the registry's `MethodSpec.records_path`).
+grid sweeps direct over both values (direct=True needs an attention control, an inversion that records
+its path: `direct_methods()`, from the registry's `MethodSpec.records_path`, and a sampler that evaluates
+the model only at the schedule's sigmas: `direct_samplers()`, from `SamplerSpec.evaluates_between_sigmas`).
 """
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ def direct_methods() -> tuple[str, ...]:
     from ..inversion import METHOD_SPECS
 
     return tuple(name for name, spec in METHOD_SPECS.items() if spec.records_path)
+
+
+def direct_samplers() -> tuple[str, ...]:
+    """The deterministic samplers Direct Inversion can serve: those that evaluate the model only at the schedule's
+    sigmas (`SamplerSpec.evaluates_between_sigmas` False; measured by tests/test_sampler_evaluations.py)."""
+    from ..samplers import INVERTIBLE_SAMPLERS, SAMPLER_SPECS
+
+    return tuple(name for name in INVERTIBLE_SAMPLERS if not SAMPLER_SPECS[name].evaluates_between_sigmas)
 
 
 @dataclass(frozen=True)
@@ -140,8 +149,9 @@ def plan(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], *, batch: 
          control_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[InversionGroup]:
     """Every combination of `grid` x `fixed` as Settings, grouped into inversion groups (in grid order).
 
-    A combination with direct=True that Direct Inversion cannot serve (control prompt_swap, or a method whose
-    inversion records no path) is an error, unless the grid sweeps direct over both values: then it is
+    A combination with direct=True that Direct Inversion cannot serve (control prompt_swap, a method whose
+    inversion records no path, or a sampler that evaluates the model between the schedule's sigmas) is an
+    error, unless the grid sweeps direct over both values: then it is
     skipped (its direct=False twin is in the grid)."""
     values = grid_values(grid, fixed)
     options = _method_options(method_options, values["method"])
@@ -190,6 +200,13 @@ def why_not_direct(setting: Setting) -> str | None:
         why = get_method(setting.method).why_no_path
         return (f"direct=True with method {setting.method!r}: {why}; use one of {', '.join(direct_methods())} "
                 "or direct=False")
+    from ..samplers import SAMPLER_SPECS
+
+    spec = SAMPLER_SPECS.get(setting.sampler_name)
+    if spec is not None and spec.evaluates_between_sigmas:
+        return (f"direct=True with sampler {setting.sampler_name!r}: Direct Inversion pins the source branch at the "
+                f"schedule's sigmas, and this sampler evaluates the model between them; use one of "
+                f"{', '.join(direct_samplers())} or direct=False")
     return None
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..errors import UnsamplingError
 from ..guidance import EvalCounter
+from ..samplers import SAMPLER_SPECS, get_sampler
 from ..trajectory import Trajectory, stop_step
 from . import _engine, flow_attention
 from .attention import EditState, install
@@ -137,7 +138,7 @@ def edit(
     given = None if mask is None else _given_mask(mask, opts, samples.shape, control)
     blend = _prepare_tokens(model, state, src, tgt)  # refine's and reweight's token data too
     blend = given if given is not None else blend
-    path = _path(model, inversion_or_noise, direct, n, b)
+    path = _path(model, inversion_or_noise, direct, n, b, sampler_name)
     proxy = EditedModel(model, state, sigmas, path=path, blend=blend)
     hooks = spec.injects != "none" or record_attention or blend is not None
     on_transformer = spec.injects == "values"
@@ -297,10 +298,15 @@ def _given_mask(mask: Any, opts: dict[str, Any], shape: Any, control: str) -> di
     return {**{k: v for k, v in opts.items() if k.startswith("blend_") and k != "blend_words"}, "mask": mask.float().cpu()}
 
 
-def _path(model: Any, value: Any, direct: Any, n: int, b: int) -> Tensor | None:
+def _path(model: Any, value: Any, direct: Any, n: int, b: int, sampler_name: str) -> Tensor | None:
     """The inversion path as [n + 1, B, C, H, W] processed states, descending sigma (None without direct)."""
     if direct is False or direct is None:
         return None
+    if get_sampler(sampler_name).evaluates_between_sigmas:  # (EditedModel refuses it too, at its first such call)
+        able = [name for name, spec in SAMPLER_SPECS.items() if spec.deterministic and not spec.evaluates_between_sigmas]
+        raise UnsamplingError(f"direct pins the source branch to the inversion path at the schedule's sigmas, and sampler "
+                              f"{sampler_name!r} evaluates the model between them; use one that evaluates only at them "
+                              f"({', '.join(able)}), or leave direct off")
     if direct is True:
         if isinstance(value, Trajectory):
             direct = value

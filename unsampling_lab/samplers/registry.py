@@ -21,6 +21,7 @@ _ODE = dict(deterministic=True)
 _SDE = dict(deterministic=False)
 _VP = dict(families=frozenset({"vp"}))
 _CFG_PP = dict(needs_uncond=True)
+_BETWEEN = dict(evaluates_between_sigmas=True)  # measured: tests/test_sampler_evaluations.py
 
 _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("euler", ode.sample_euler, order=1, **_ODE),
@@ -33,34 +34,38 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("heunpp2", ode.sample_heunpp2, order=2, evals_per_step=3, prefix_consistent=False,
                 runs_upwards=False, **_ODE,
                 note="weights sigma_(i+1) / 3 sigma_0 read the first sigma: on the Unsampler's (1e-4) they explode"),
-    SamplerSpec("exp_heun_2_x0", ode.sample_exp_heun_2_x0, order=2, evals_per_step=2, **_ODE,
+    SamplerSpec("exp_heun_2_x0", ode.sample_exp_heun_2_x0, order=2, evals_per_step=2, **_ODE, **_BETWEEN,
                 note="half-logSNR lambda: -log sigma (VP), log((1 - sigma) / sigma) (flow)"),
-    SamplerSpec("exp_heun_2_x0_sde", stochastic.sample_exp_heun_2_x0_sde, order=2, evals_per_step=2, **_SDE),
-    SamplerSpec("dpm_2", ode.sample_dpm_2, order=2, evals_per_step=2, discard_penultimate_sigma=True, **_ODE),
+    SamplerSpec("exp_heun_2_x0_sde", stochastic.sample_exp_heun_2_x0_sde, order=2, evals_per_step=2, **_SDE,
+                **_BETWEEN),
+    SamplerSpec("dpm_2", ode.sample_dpm_2, order=2, evals_per_step=2, discard_penultimate_sigma=True, **_ODE,
+                **_BETWEEN),
     SamplerSpec("dpm_2_ancestral", stochastic.sample_dpm_2_ancestral, order=2, evals_per_step=2,
                 discard_penultimate_sigma=True, **_SDE),
     SamplerSpec("lms", ode.sample_lms, order=4, **_ODE, note="coefficients by quadrature of the Lagrange basis"),
     SamplerSpec("dpm_fast", dpm_solver.sample_dpm_fast, order=3, prefix_consistent=False, steps_follow_sigmas=False,
-                **_ODE, note="DPM-Solver-fast: len(sigmas) - 1 evaluations on uniform steps in -log sigma between the "
-                             "ends; stops at the last nonzero sigma"),
+                **_ODE, **_BETWEEN,
+                note="DPM-Solver-fast: len(sigmas) - 1 evaluations on uniform steps in -log sigma between the "
+                     "ends; stops at the last nonzero sigma"),
     SamplerSpec("dpm_adaptive", dpm_solver.sample_dpm_adaptive, order=3, evals_per_step=3, prefix_consistent=False,
-                steps_follow_sigmas=False, **_ODE,
+                steps_follow_sigmas=False, **_ODE, **_BETWEEN,
                 note="DPM-Solver-23 with adaptive steps (rtol 0.05, atol 0.0078) between the ends; ignores the "
                      "schedule in between"),
-    SamplerSpec("dpmpp_2s_ancestral", stochastic.sample_dpmpp_2s_ancestral, order=2, evals_per_step=2, **_SDE),
+    SamplerSpec("dpmpp_2s_ancestral", stochastic.sample_dpmpp_2s_ancestral, order=2, evals_per_step=2, **_SDE,
+                **_BETWEEN),
     SamplerSpec("dpmpp_2s_ancestral_cfg_pp", stochastic.sample_dpmpp_2s_ancestral_cfg_pp, order=2, evals_per_step=2,
-                **_SDE, **_CFG_PP),
-    SamplerSpec("dpmpp_sde", stochastic.sample_dpmpp_sde, order=2, evals_per_step=2, **_SDE),
-    SamplerSpec("dpmpp_sde_gpu", stochastic.sample_dpmpp_sde_gpu, order=2, evals_per_step=2, **_SDE,
+                **_SDE, **_BETWEEN, **_CFG_PP),
+    SamplerSpec("dpmpp_sde", stochastic.sample_dpmpp_sde, order=2, evals_per_step=2, **_SDE, **_BETWEEN),
+    SamplerSpec("dpmpp_sde_gpu", stochastic.sample_dpmpp_sde_gpu, order=2, evals_per_step=2, **_SDE, **_BETWEEN,
                 note="Brownian tree on the latent's device"),
     SamplerSpec("dpmpp_2m", ode.sample_dpmpp_2m, order=2, **_ODE),
     SamplerSpec("dpmpp_2m_cfg_pp", cfg_pp.sample_dpmpp_2m_cfg_pp, order=2, **_ODE, **_CFG_PP),
-    SamplerSpec("dpmpp_2m_sde", stochastic.sample_dpmpp_2m_sde, order=2, **_SDE),
-    SamplerSpec("dpmpp_2m_sde_gpu", stochastic.sample_dpmpp_2m_sde_gpu, order=2, **_SDE),
-    SamplerSpec("dpmpp_2m_sde_heun", stochastic.sample_dpmpp_2m_sde_heun, order=2, **_SDE),
-    SamplerSpec("dpmpp_2m_sde_heun_gpu", stochastic.sample_dpmpp_2m_sde_heun_gpu, order=2, **_SDE),
-    SamplerSpec("dpmpp_3m_sde", stochastic.sample_dpmpp_3m_sde, order=3, **_SDE),
-    SamplerSpec("dpmpp_3m_sde_gpu", stochastic.sample_dpmpp_3m_sde_gpu, order=3, **_SDE),
+    SamplerSpec("dpmpp_2m_sde", stochastic.sample_dpmpp_2m_sde, order=2, **_SDE, **_BETWEEN),
+    SamplerSpec("dpmpp_2m_sde_gpu", stochastic.sample_dpmpp_2m_sde_gpu, order=2, **_SDE, **_BETWEEN),
+    SamplerSpec("dpmpp_2m_sde_heun", stochastic.sample_dpmpp_2m_sde_heun, order=2, **_SDE, **_BETWEEN),
+    SamplerSpec("dpmpp_2m_sde_heun_gpu", stochastic.sample_dpmpp_2m_sde_heun_gpu, order=2, **_SDE, **_BETWEEN),
+    SamplerSpec("dpmpp_3m_sde", stochastic.sample_dpmpp_3m_sde, order=3, **_SDE, **_BETWEEN),
+    SamplerSpec("dpmpp_3m_sde_gpu", stochastic.sample_dpmpp_3m_sde_gpu, order=3, **_SDE, **_BETWEEN),
     SamplerSpec("ddpm", stochastic.sample_ddpm, order=1, **_SDE, **_VP,
                 note="VP arithmetic only (ComfyUI runs it on flow models too, and draws the wrong distribution)"),
     SamplerSpec("lcm", stochastic.sample_lcm, order=1, **_SDE),
@@ -79,13 +84,13 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("gradient_estimation", ode.sample_gradient_estimation, order=1, **_ODE,
                 note="ge_gamma 2; the extrapolated slope 2 d_i - d_(i-1) keeps it first order"),
     SamplerSpec("gradient_estimation_cfg_pp", ode.sample_gradient_estimation_cfg_pp, order=1, **_ODE, **_CFG_PP),
-    SamplerSpec("er_sde", stochastic.sample_er_sde, order=3, **_SDE),
-    SamplerSpec("seeds_2", stochastic.sample_seeds_2, order=2, evals_per_step=2, **_SDE),
-    SamplerSpec("seeds_3", stochastic.sample_seeds_3, order=3, evals_per_step=3, **_SDE),
-    SamplerSpec("sa_solver", sa_solver.sample_sa_solver, order=3, prefix_consistent=False, **_SDE,
+    SamplerSpec("er_sde", stochastic.sample_er_sde, order=3, **_SDE, **_BETWEEN),
+    SamplerSpec("seeds_2", stochastic.sample_seeds_2, order=2, evals_per_step=2, **_SDE, **_BETWEEN),
+    SamplerSpec("seeds_3", stochastic.sample_seeds_3, order=3, evals_per_step=3, **_SDE, **_BETWEEN),
+    SamplerSpec("sa_solver", sa_solver.sample_sa_solver, order=3, prefix_consistent=False, **_SDE, **_BETWEEN,
                 note="noise (tau 1) only for sigma between percent_to_sigma(0.8) and (0.2); lower orders at the end"),
     SamplerSpec("sa_solver_pece", sa_solver.sample_sa_solver_pece, order=3, evals_per_step=2, prefix_consistent=False,
-                **_SDE, note="sa_solver with the corrected state evaluated again"),
+                **_SDE, **_BETWEEN, note="sa_solver with the corrected state evaluated again"),
     # ComfyUI's "ddim" is euler (plus an inpainting-noise seed the Unsampler never passes).
     SamplerSpec("ddim", ode.sample_euler, order=1, note="ComfyUI's ddim is euler", **_ODE),
     SamplerSpec("uni_pc", unipc.sample_uni_pc, order=3, discard_penultimate_sigma=True, prefix_consistent=False,
@@ -96,7 +101,14 @@ _SPECS: tuple[SamplerSpec, ...] = (
                     "uni_pc_bh2 inverts flow models poorly: its B(h) = e^h - 1 weights grow on the last steps into "
                     "sigma 1 (alpha 0), where the denoised estimate changes fastest in log-SNR. Measured on an exact "
                     "Gaussian flow model ('simple' schedule), noise error relative to the exact PF-ODE noise: 16 at "
-                    "20 steps, 1.9 at 40, 0.24 at 80 (uni_pc: 0.10, 0.022, 0.0045). Unsample with uni_pc or euler")},
+                    "20 steps, 1.9 at 40, 0.24 at 80 (uni_pc: 0.10, 0.022, 0.0045). Unsample with uni_pc or euler"),
+                    "vp": (
+                    "uni_pc_bh2 inverts eps / v models with SD's sigma table poorly: the Unsampler's first step, sigma "
+                    "1e-4 to sigma_min + 1e-4 (SD: 0.0293), spans 5.7 in log-SNR whatever the number of steps, and its "
+                    "weight B(h) = e^|h| - 1 (uni_pc: |h|) amplifies it, so the error does not fall with more steps. Measured on an exact "
+                    "Gaussian with SD1.5's table ('normal' schedule), noise error relative to the exact PF-ODE noise: "
+                    "303 at 10 steps, 26.8 at 50 (started after that first step: 0.0126, 0.00183; uni_pc: 0.632, 0.124; "
+                    "euler: 0.161, 0.0351; dpmpp_2m: 0.0948, 0.0143). Unsample with dpmpp_2m or euler")},
                 note="order and final steps depend on the number of sigmas; ends at sigma 0.001 when sampling to 0",
                 **_ODE),
     SamplerSpec("ddim_inverse", ddim_inverse.sample_ddim_inverse, order=1, **_ODE, **_VP,
