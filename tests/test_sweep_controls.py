@@ -103,14 +103,22 @@ def test_direct_swept_over_both_values_skips_what_it_cannot_serve_and_options_dr
 
 
 def test_direct_swept_over_both_values_skips_samplers_that_evaluate_between_the_sigmas():
-    """dpm_2 (midpoints) and exp_heun_2_x0 (flow: first sigma moved off 1) have no direct=True row; the rest do."""
+    """dpm_2 (midpoints) has no direct=True row. exp_heun_2_x0 leaves the schedule on flow models only (its first
+    sigma of 1 is moved): kept without a model family (ul.edit refuses it on a flow model before any network
+    call) and on a VP model, refused on a flow model."""
     samplers = ["euler", "dpm_2", "lms", "exp_heun_2_x0"]
     groups = plan({"sampler_name": samplers, "direct": [False, True]}, {"control": "p2p"}, batch=1)
     got = [(s.sampler_name, s.direct) for g in groups for s in g.settings]
     assert got == [("euler", False), ("euler", True), ("dpm_2", False), ("lms", False), ("lms", True),
-                   ("exp_heun_2_x0", False)]
+                   ("exp_heun_2_x0", False), ("exp_heun_2_x0", True)]
     assert {"euler", "lms", "heun", "dpmpp_2m", "uni_pc"} <= set(direct_samplers())
-    assert not {"dpm_2", "dpm_fast", "dpm_adaptive", "exp_heun_2_x0"} & set(direct_samplers())
+    assert not {"dpm_2", "dpm_fast", "dpm_adaptive"} & set(direct_samplers())
+    # exp_heun_2_x0 leaves the schedule on flow models only (its first sigma of 1 moved): fine on a VP model
+    assert "exp_heun_2_x0" in direct_samplers("vp") and "exp_heun_2_x0" not in direct_samplers("flow")
+    groups = plan({"sampler_name": samplers, "direct": [False, True]}, {"control": "p2p"}, batch=1, family="flow")
+    assert [s.sampler_name for g in groups for s in g.settings if s.direct] == ["euler", "lms"]
+    with pytest.raises(UnsamplingError, match="evaluates the model between them on flow models"):
+        plan({}, {"control": "p2p", "direct": True, "sampler_name": "exp_heun_2_x0"}, batch=1, family="flow")
 
 
 def test_edit_refuses_direct_with_such_a_sampler_before_any_network_call(setup):
@@ -124,6 +132,15 @@ def test_edit_refuses_direct_with_such_a_sampler_before_any_network_call(setup):
     finally:
         handle.remove()
     assert calls == [] and "\n" not in str(e.value) and "euler" in str(e.value)
+
+
+def test_edit_takes_direct_with_a_sampler_that_leaves_the_schedule_only_on_flow_models(setup):
+    """exp_heun_2_x0 evaluates only at the schedule's sigmas on a VP model: direct runs there (the source branch's
+    network inputs are the path's states at every call)."""
+    model, latent, _, captions, targets = setup
+    traj = ul.unsample_trajectory(model, latent, steps=2, sampler_name="exp_heun_2_x0", positive=captions, progress=False)
+    res = ul.edit(model, traj, source=captions, target=targets, control="p2p", direct=True)
+    assert res.direct and res.network_calls == 3  # two evaluations, one on the last step (to sigma 0)
 
 
 def test_direct_methods_are_the_ones_whose_inversion_records_a_path(setup):

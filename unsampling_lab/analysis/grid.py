@@ -49,10 +49,17 @@ def direct_methods() -> tuple[str, ...]:
     return tuple(name for name, spec in METHOD_SPECS.items() if spec.records_path)
 
 
-def direct_samplers() -> tuple[str, ...]:
-    """The deterministic samplers Direct Inversion can serve: those that evaluate the model only at the schedule's
-    sigmas (`SamplerSpec.evaluates_between_sigmas` False; measured by tests/test_sampler_evaluations.py)."""
+def direct_samplers(family: str | None = None) -> tuple[str, ...]:
+    """The deterministic samplers Direct Inversion can serve on a model `family` ("vp"/"flow"): those that evaluate
+    the model only at the schedule's sigmas there (`SamplerSpec.evaluates_between_sigmas`, measured by
+    tests/test_sampler_evaluations.py). family None (a plan without a model): those that do on some family they serve."""
     from ..samplers import INVERTIBLE_SAMPLERS, SAMPLER_SPECS
+
+    def ok(spec: Any) -> bool:
+        between = spec.evaluates_between_sigmas
+        return family not in between if family is not None else not spec.families <= between
+
+    return tuple(name for name in INVERTIBLE_SAMPLERS if ok(SAMPLER_SPECS[name]))
 
     return tuple(name for name in INVERTIBLE_SAMPLERS if not SAMPLER_SPECS[name].evaluates_between_sigmas)
 
@@ -146,13 +153,15 @@ class InversionGroup:
 # -- the grid -------------------------------------------------------------------------------------
 def plan(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], *, batch: int,
          method_options: Mapping[str, Mapping[str, Any]] | None = None,
-         control_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[InversionGroup]:
+         control_options: Mapping[str, Mapping[str, Any]] | None = None,
+         family: str | None = None) -> list[InversionGroup]:
     """Every combination of `grid` x `fixed` as Settings, grouped into inversion groups (in grid order).
 
     A combination with direct=True that Direct Inversion cannot serve (control prompt_swap, a method whose
     inversion records no path, or a sampler that evaluates the model between the schedule's sigmas) is an
     error, unless the grid sweeps direct over both values: then it is
-    skipped (its direct=False twin is in the grid)."""
+    skipped (its direct=False twin is in the grid). family: the model's ("vp"/"flow"), where it is known (a
+    sampler that leaves the schedule on flow models only is then judged for this model)."""
     values = grid_values(grid, fixed)
     options = _method_options(method_options, values["method"])
     controls = _control_options(control_options, values["control"])
@@ -168,17 +177,17 @@ def plan(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], *, batch: 
         if setting.method != "unsampler" and setting.normalize != "disable":
             raise UnsamplingError(f"normalize={setting.normalize!r} is the Unsampler's; method {setting.method!r} returns "
                                   "its own noise: sweep it with normalize='disable'")
-        if skip_direct and why_not_direct(setting) is not None:
+        if skip_direct and why_not_direct(setting, family) is not None:
             continue
-        check_controlled(setting)
+        check_controlled(setting, family)
         groups.setdefault(inversion_group(setting), []).append(setting)
     return [replace(g, settings=tuple(s)) for g, s in groups.items()]
 
 
-def check_controlled(setting: Setting) -> None:
+def check_controlled(setting: Setting, family: str | None = None) -> None:
     """Refuse, in one line, a setting whose control or direct cannot run as asked (the explorer checks its
     setting with this; `plan` every setting of the grid)."""
-    why = why_not_direct(setting)
+    why = why_not_direct(setting, family)
     if why is not None:
         raise UnsamplingError(why)
     if setting.controlled and setting.method == "unsampler" and setting.end_at_step >= setting.steps:
@@ -187,7 +196,7 @@ def check_controlled(setting: Setting) -> None:
                               f"{setting.steps} steps leave nothing to resample there; use end_at_step < steps")
 
 
-def why_not_direct(setting: Setting) -> str | None:
+def why_not_direct(setting: Setting, family: str | None = None) -> str | None:
     """Why Direct Inversion cannot serve `setting` (None: it can, or direct is off)."""
     if not setting.direct:
         return None
@@ -203,10 +212,11 @@ def why_not_direct(setting: Setting) -> str | None:
     from ..samplers import SAMPLER_SPECS
 
     spec = SAMPLER_SPECS.get(setting.sampler_name)
-    if spec is not None and spec.evaluates_between_sigmas:
+    if spec is not None and setting.sampler_name not in direct_samplers(family):
+        on = f" on {family} models" if family is not None else ""
         return (f"direct=True with sampler {setting.sampler_name!r}: Direct Inversion pins the source branch at the "
-                f"schedule's sigmas, and this sampler evaluates the model between them; use one of "
-                f"{', '.join(direct_samplers())} or direct=False")
+                f"schedule's sigmas, and this sampler evaluates the model between them{on}; use one of "
+                f"{', '.join(direct_samplers(family))} or direct=False")
     return None
 
 

@@ -97,7 +97,9 @@ def sweep(
     batch = int(samples.shape[0])
     if images is not None:
         images = _check_images(images, samples, model)
-    groups = plan(grid, fixed, batch=batch, method_options=method_options, control_options=control_options)
+    family = getattr(getattr(model, "model_sampling", None), "family", None)  # None for a ModelSource (not loaded)
+    groups = plan(grid, fixed, batch=batch, method_options=method_options, control_options=control_options,
+                  family=family)
     _check_families(model, groups)
     store_path, export_path = store_paths(path)
     if max_batch is not None:

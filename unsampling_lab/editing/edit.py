@@ -302,8 +302,10 @@ def _path(model: Any, value: Any, direct: Any, n: int, b: int, sampler_name: str
     """The inversion path as [n + 1, B, C, H, W] processed states, descending sigma (None without direct)."""
     if direct is False or direct is None:
         return None
-    if get_sampler(sampler_name).evaluates_between_sigmas:  # (EditedModel refuses it too, at its first such call)
-        able = [name for name, spec in SAMPLER_SPECS.items() if spec.deterministic and not spec.evaluates_between_sigmas]
+    family = model.model_sampling.family
+    if family in get_sampler(sampler_name).evaluates_between_sigmas:  # (EditedModel refuses it too, at its first call)
+        able = [name for name, spec in SAMPLER_SPECS.items()
+                if spec.deterministic and family in spec.families and family not in spec.evaluates_between_sigmas]
         raise UnsamplingError(f"direct pins the source branch to the inversion path at the schedule's sigmas, and sampler "
                               f"{sampler_name!r} evaluates the model between them; use one that evaluates only at them "
                               f"({', '.join(able)}), or leave direct off")

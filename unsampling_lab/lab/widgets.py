@@ -266,7 +266,7 @@ class Explorer:
         and the edit (under the chosen control and direct: `ul.edit`, its attention recorded when shown)."""
         model, refs = self.model, self.references()
         settings = [self.setting(p, edit=None, plain=True), self.setting(p, edit=p["edit"] or p["positive"])]
-        check_controlled(settings[1])
+        check_controlled(settings[1], model.model_sampling.family)
         if p["method"] == "unsampler" and not settings[1].controlled:  # both from one noise, in one network batch
             done, _ = running.evaluate_setting(model, [(Inverted(traj), s) for s in settings], refs,
                                                metrics=METRIC_SETS, like=self.latent)

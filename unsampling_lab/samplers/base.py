@@ -88,11 +88,12 @@ class SamplerSpec:
         `INVERTIBLE_SAMPLERS` are the deterministic ones that run upwards and follow the sigmas.
     steps_follow_sigmas: one step (and one reported `Step`) per interval of the given sigmas, which the
         Unsampler's end_at_step and trajectories rely on; dpm_fast / dpm_adaptive choose their own steps.
-    evaluates_between_sigmas: on some model family it serves, it calls the model at sigmas other than the given
-        ones: midpoints (dpm_2, dpmpp_sde, seeds_2, ...), steps of its own (dpm_fast, dpm_adaptive), or, on flow
-        models, a first sigma of 1 moved to `percent_to_sigma(1e-4)` (`offset_first_sigma`: exp_heun_2_x0, the
-        SDE samplers). Direct Inversion (`ul.edit(direct=...)`) pins the source branch at the schedule's sigmas
-        and refuses these. Measured for every entry by tests/test_sampler_evaluations.py.
+    evaluates_between_sigmas: the model families on which it calls the model at sigmas other than the given
+        ones: midpoints (dpm_2, dpmpp_sde, seeds_2, ...) and steps of its own (dpm_fast, dpm_adaptive) on both;
+        on flow models only, a first sigma of 1 moved to `percent_to_sigma(1e-4)` (`offset_first_sigma`:
+        exp_heun_2_x0, the SDE samplers) or a flow-only midpoint. Direct Inversion (`ul.edit(direct=...)`) pins the
+        source branch at the schedule's sigmas and refuses a sampler on these families. Measured per family for
+        every entry (at its default options) by tests/test_sampler_evaluations.py.
     inversion_caveats: per family, why unsampling with it is poor there (measured); the engine warns
         (`UnsamplingWarning`) when it unsamples a model of that family with this sampler.
     needs_uncond: a CFG++ sampler, which reads the unconditional estimate through
@@ -112,7 +113,7 @@ class SamplerSpec:
     inversion_caveats: Mapping[Family, str] = field(default_factory=dict)
     runs_upwards: bool = True
     steps_follow_sigmas: bool = True
-    evaluates_between_sigmas: bool = False
+    evaluates_between_sigmas: frozenset[Family] = frozenset()
     note: str = ""
 
 

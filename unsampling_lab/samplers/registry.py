@@ -21,7 +21,9 @@ _ODE = dict(deterministic=True)
 _SDE = dict(deterministic=False)
 _VP = dict(families=frozenset({"vp"}))
 _CFG_PP = dict(needs_uncond=True)
-_BETWEEN = dict(evaluates_between_sigmas=True)  # measured: tests/test_sampler_evaluations.py
+#: where a sampler evaluates the model off the schedule (measured: tests/test_sampler_evaluations.py)
+_BETWEEN = dict(evaluates_between_sigmas=frozenset(FAMILIES))
+_BETWEEN_ON_FLOW = dict(evaluates_between_sigmas=frozenset({"flow"}))
 
 _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("euler", ode.sample_euler, order=1, **_ODE),
@@ -34,10 +36,10 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("heunpp2", ode.sample_heunpp2, order=2, evals_per_step=3, prefix_consistent=False,
                 runs_upwards=False, **_ODE,
                 note="weights sigma_(i+1) / 3 sigma_0 read the first sigma: on the Unsampler's (1e-4) they explode"),
-    SamplerSpec("exp_heun_2_x0", ode.sample_exp_heun_2_x0, order=2, evals_per_step=2, **_ODE, **_BETWEEN,
+    SamplerSpec("exp_heun_2_x0", ode.sample_exp_heun_2_x0, order=2, evals_per_step=2, **_ODE, **_BETWEEN_ON_FLOW,
                 note="half-logSNR lambda: -log sigma (VP), log((1 - sigma) / sigma) (flow)"),
     SamplerSpec("exp_heun_2_x0_sde", stochastic.sample_exp_heun_2_x0_sde, order=2, evals_per_step=2, **_SDE,
-                **_BETWEEN),
+                **_BETWEEN_ON_FLOW),
     SamplerSpec("dpm_2", ode.sample_dpm_2, order=2, evals_per_step=2, discard_penultimate_sigma=True, **_ODE,
                 **_BETWEEN),
     SamplerSpec("dpm_2_ancestral", stochastic.sample_dpm_2_ancestral, order=2, evals_per_step=2,
@@ -52,20 +54,20 @@ _SPECS: tuple[SamplerSpec, ...] = (
                 note="DPM-Solver-23 with adaptive steps (rtol 0.05, atol 0.0078) between the ends; ignores the "
                      "schedule in between"),
     SamplerSpec("dpmpp_2s_ancestral", stochastic.sample_dpmpp_2s_ancestral, order=2, evals_per_step=2, **_SDE,
-                **_BETWEEN),
+                **_BETWEEN_ON_FLOW),
     SamplerSpec("dpmpp_2s_ancestral_cfg_pp", stochastic.sample_dpmpp_2s_ancestral_cfg_pp, order=2, evals_per_step=2,
-                **_SDE, **_BETWEEN, **_CFG_PP),
+                **_SDE, **_BETWEEN_ON_FLOW, **_CFG_PP),
     SamplerSpec("dpmpp_sde", stochastic.sample_dpmpp_sde, order=2, evals_per_step=2, **_SDE, **_BETWEEN),
     SamplerSpec("dpmpp_sde_gpu", stochastic.sample_dpmpp_sde_gpu, order=2, evals_per_step=2, **_SDE, **_BETWEEN,
                 note="Brownian tree on the latent's device"),
     SamplerSpec("dpmpp_2m", ode.sample_dpmpp_2m, order=2, **_ODE),
     SamplerSpec("dpmpp_2m_cfg_pp", cfg_pp.sample_dpmpp_2m_cfg_pp, order=2, **_ODE, **_CFG_PP),
-    SamplerSpec("dpmpp_2m_sde", stochastic.sample_dpmpp_2m_sde, order=2, **_SDE, **_BETWEEN),
-    SamplerSpec("dpmpp_2m_sde_gpu", stochastic.sample_dpmpp_2m_sde_gpu, order=2, **_SDE, **_BETWEEN),
-    SamplerSpec("dpmpp_2m_sde_heun", stochastic.sample_dpmpp_2m_sde_heun, order=2, **_SDE, **_BETWEEN),
-    SamplerSpec("dpmpp_2m_sde_heun_gpu", stochastic.sample_dpmpp_2m_sde_heun_gpu, order=2, **_SDE, **_BETWEEN),
-    SamplerSpec("dpmpp_3m_sde", stochastic.sample_dpmpp_3m_sde, order=3, **_SDE, **_BETWEEN),
-    SamplerSpec("dpmpp_3m_sde_gpu", stochastic.sample_dpmpp_3m_sde_gpu, order=3, **_SDE, **_BETWEEN),
+    SamplerSpec("dpmpp_2m_sde", stochastic.sample_dpmpp_2m_sde, order=2, **_SDE, **_BETWEEN_ON_FLOW),
+    SamplerSpec("dpmpp_2m_sde_gpu", stochastic.sample_dpmpp_2m_sde_gpu, order=2, **_SDE, **_BETWEEN_ON_FLOW),
+    SamplerSpec("dpmpp_2m_sde_heun", stochastic.sample_dpmpp_2m_sde_heun, order=2, **_SDE, **_BETWEEN_ON_FLOW),
+    SamplerSpec("dpmpp_2m_sde_heun_gpu", stochastic.sample_dpmpp_2m_sde_heun_gpu, order=2, **_SDE, **_BETWEEN_ON_FLOW),
+    SamplerSpec("dpmpp_3m_sde", stochastic.sample_dpmpp_3m_sde, order=3, **_SDE, **_BETWEEN_ON_FLOW),
+    SamplerSpec("dpmpp_3m_sde_gpu", stochastic.sample_dpmpp_3m_sde_gpu, order=3, **_SDE, **_BETWEEN_ON_FLOW),
     SamplerSpec("ddpm", stochastic.sample_ddpm, order=1, **_SDE, **_VP,
                 note="VP arithmetic only (ComfyUI runs it on flow models too, and draws the wrong distribution)"),
     SamplerSpec("lcm", stochastic.sample_lcm, order=1, **_SDE),
@@ -84,13 +86,13 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("gradient_estimation", ode.sample_gradient_estimation, order=1, **_ODE,
                 note="ge_gamma 2; the extrapolated slope 2 d_i - d_(i-1) keeps it first order"),
     SamplerSpec("gradient_estimation_cfg_pp", ode.sample_gradient_estimation_cfg_pp, order=1, **_ODE, **_CFG_PP),
-    SamplerSpec("er_sde", stochastic.sample_er_sde, order=3, **_SDE, **_BETWEEN),
+    SamplerSpec("er_sde", stochastic.sample_er_sde, order=3, **_SDE, **_BETWEEN_ON_FLOW),
     SamplerSpec("seeds_2", stochastic.sample_seeds_2, order=2, evals_per_step=2, **_SDE, **_BETWEEN),
     SamplerSpec("seeds_3", stochastic.sample_seeds_3, order=3, evals_per_step=3, **_SDE, **_BETWEEN),
-    SamplerSpec("sa_solver", sa_solver.sample_sa_solver, order=3, prefix_consistent=False, **_SDE, **_BETWEEN,
+    SamplerSpec("sa_solver", sa_solver.sample_sa_solver, order=3, prefix_consistent=False, **_SDE, **_BETWEEN_ON_FLOW,
                 note="noise (tau 1) only for sigma between percent_to_sigma(0.8) and (0.2); lower orders at the end"),
     SamplerSpec("sa_solver_pece", sa_solver.sample_sa_solver_pece, order=3, evals_per_step=2, prefix_consistent=False,
-                **_SDE, **_BETWEEN, note="sa_solver with the corrected state evaluated again"),
+                **_SDE, **_BETWEEN_ON_FLOW, note="sa_solver with the corrected state evaluated again"),
     # ComfyUI's "ddim" is euler (plus an inpainting-noise seed the Unsampler never passes).
     SamplerSpec("ddim", ode.sample_euler, order=1, note="ComfyUI's ddim is euler", **_ODE),
     SamplerSpec("uni_pc", unipc.sample_uni_pc, order=3, discard_penultimate_sigma=True, prefix_consistent=False,
