@@ -4,6 +4,9 @@ their weights are on this machine) plus the bundled detector's edit success (Wil
 
     python benchmarks/pie_shapes.py                      # the README's table (all 64 cases, 20 steps)
     python benchmarks/pie_shapes.py --limit 16 --steps 10 --methods unsampler negative_prompt
+    python benchmarks/pie_shapes.py --methods unsampler --controls p2p --direct yes --edit-cfg 6 --blend both
+    python benchmarks/pie_shapes.py --methods unsampler --controls p2p --direct yes --edit-cfg 6 --blend case \
+        --control-option p2p.blend_rows=source p2p.blend_layers=finest p2p.blend_dilation=0.125 p2p.blend_threshold=0.6
 
 Rows go to out/pie_shapes/results.sqlite, so an interrupted run resumes where it stopped.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import unsampling_lab as ul
 from unsampling_lab.analysis.piebench.runner import benchmark, markdown_table
+from unsampling_lab.lab.args import control_option
 
 METHODS = ("unsampler", "negative_prompt", "null_text", "fixed_point", "edict")
 
@@ -25,6 +29,10 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--controls", nargs="+", default=["prompt_swap"])
     p.add_argument("--direct", choices=("no", "yes", "both"), default="no")
+    p.add_argument("--blend", choices=("none", "case", "both"), default="none",
+                   help="local blend on each case's blended words (p2p controls; both: with and without)")
+    p.add_argument("--control-option", type=control_option, nargs="+", default=[], metavar="CONTROL.KEY=VALUE",
+                   help="options of the controls, e.g. p2p.blend_rows=source p2p.blend_threshold=0.6")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--edit-cfg", type=float, default=3.0, help="the bundled model card's recommended cfg (default 3)")
     p.add_argument("--limit", type=int, default=None)
@@ -33,10 +41,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore", UserWarning)
     model = ul.load_model()
+    controls: dict[str, dict[str, object]] = {}
+    for control, key, value in args.control_option:
+        controls.setdefault(control, {})[key] = value
     start = time.perf_counter()
     result = benchmark(model, "pie-shapes", methods=args.methods, controls=args.controls,
                        direct={"no": [False], "yes": [True], "both": [False, True]}[args.direct], steps=args.steps,
-                       edit_cfg=args.edit_cfg, limit=args.limit, path=args.out / "results.sqlite")
+                       blend={"none": ["none"], "case": ["case"], "both": ["none", "case"]}[args.blend],
+                       edit_cfg=args.edit_cfg, limit=args.limit, path=args.out / "results.sqlite",
+                       control_options=controls)
     print(f"PIE-shapes, bundled model, {args.steps} steps, invert at cfg 1, edit at cfg {args.edit_cfg:g}, "
           f"{int(result.table['n'].iloc[0])} cases per row ({time.perf_counter() - start:.0f} s this run)")
     learned = ["lpips_unedit_part", "structure_distance", "clip_similarity_target_image"]

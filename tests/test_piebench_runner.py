@@ -161,3 +161,77 @@ def test_an_attention_control_row_runs_through_the_editing_layer(bundled):
     direct = rows.loc[("p2p", True)]["psnr_whole"]
     plain = rows.loc[("p2p", False)]["psnr_whole"]
     assert (direct > plain).all()
+
+
+def test_each_cases_blend_words_are_a_row_key_of_their_own(bundled, tmp_path):
+    """blend=["none", "case"]: distinct rows and table lines; a case's row records its words; a rerun computes nothing."""
+    path = tmp_path / "blend.sqlite"
+    opts = dict(methods=["unsampler"], controls=["prompt_swap", "p2p"], direct=[True], path=path, **{**FAST, "limit": 2})
+    result = benchmark(bundled, "pie-shapes", blend=["none", "case"], **opts)
+    table = result.table.set_index(["control", "blend"])
+    assert set(table.index) == {("p2p", "none"), ("p2p", "case")}  # prompt_swap has no source branch to pin
+    rows = result.rows.set_index(["blend", "case"])
+    cases, _ = ul_pie_shapes(2)
+    for c in cases:
+        assert rows.loc[("case", c.key), "blend_words"] == " ".join(c.blended_words) and c.blended_words
+    assert not (rows.loc["case"]["psnr_unedit_part"] == rows.loc["none"]["psnr_unedit_part"]).all()
+    assert "p2p + case blend" in markdown_table(result.table)
+    calls = []
+    real = runner._run_cases
+    runner._run_cases = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        benchmark(bundled, "pie-shapes", blend="case", **opts)
+    finally:
+        runner._run_cases = real
+    assert calls == []
+
+
+def test_a_case_without_blended_words_runs_unblended_as_pnp_inversions_evaluation(bundled, tmp_path):
+    from dataclasses import replace
+
+    cases, _ = ul_pie_shapes(2)
+    bare = [replace(c, blended_words=()) for c in cases]
+    opts = dict(methods=["unsampler"], controls=["p2p"], path=tmp_path / "b.sqlite", **{**FAST, "limit": None})
+    plain = benchmark(bundled, bare, blend="none", **opts).rows
+    none_given = benchmark(bundled, bare, blend="case", **opts).rows  # one batch of both, no blend: the plain rows
+    assert none_given["psnr_unedit_part"].tolist() == plain["psnr_unedit_part"].tolist()
+    assert none_given["blend_words"].tolist() == ["", ""]
+    # split into two batches, order kept; the same store: the case's words key its row, so case 0 is computed anew
+    mixed = benchmark(bundled, [cases[0], bare[1]], blend="case", **opts).rows
+    assert mixed["case"].tolist() == [c.key for c in cases]
+    assert mixed["blend_words"].tolist() == [" ".join(cases[0].blended_words), ""]
+
+
+def test_bad_blend_settings_are_one_line_errors(bundled):
+    from dataclasses import replace
+
+    with pytest.raises(UnsamplingError, match="did you mean 'case'|Valid blend"):
+        benchmark(bundled, controls=["p2p"], blend="cases", **FAST)
+    with pytest.raises(UnsamplingError, match="give one or the other"):
+        benchmark(bundled, controls=["p2p"], blend="case", control_options={"p2p": {"blend_words": ("circle",)}}, **FAST)
+    with pytest.raises(UnsamplingError, match="blend='case' a control with a local blend"):
+        benchmark(bundled, controls=["prompt_swap"], blend="case", **FAST)
+    cases, _ = ul_pie_shapes(2)
+    with pytest.raises(UnsamplingError, match=r"blended words of case\(s\) \['0001'\] are not words of their prompts"):
+        benchmark(bundled, [cases[0], replace(cases[1], blended_words=("dog",))], controls=["p2p"], blend="case",
+                  **{**FAST, "limit": None})
+
+
+def test_bench_command_takes_the_case_blend(tmp_path, capsys):
+    from unsampling_lab.lab import cli
+
+    argv = ["bench", "--method", "unsampler", "--control", "p2p", "--blend", "both", "--steps", "1", "--edit-cfg", "2",
+            "--limit", "2", "--out", str(tmp_path / "bench"), "--no-progress"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| unsampler | p2p + case blend | no |" in out and "| unsampler | p2p | no |" in out
+    bad = [*argv[:-1], "--control-option", "p2p.blend_threshol=0.6", "--no-progress"]
+    assert cli.main(bad) == 2
+    assert "did you mean 'blend_threshold'" in capsys.readouterr().err
+
+
+def ul_pie_shapes(n):
+    from unsampling_lab.analysis.piebench.suite import pie_shapes
+
+    cases, targets = pie_shapes()
+    return cases[:n], targets

@@ -19,7 +19,8 @@ in 0..n-1; a fraction τ of the steps means steps i < int(τ n) (prompt-to-promp
                   SD3: joint, our extension) for i < τ_v n, in both the uncond and the cond rows; tokens "all"
                   (text and image, as the papers) or "image" (editing/flow_attention.py).
 
-Local blend (p2p family, `blend_words`): a mask from the blend words' cross-attention, summed over the
+Local blend (p2p family, `blend_words`: words, looked up in every item's source and target prompts, or one
+tuple of words per batch item, each looked up in its own item's prompts): a mask from the blend words' cross-attention, summed over the
 steps so far, averaged over the layers (`blend_layers`), max-pooled by `blend_dilation` of the latent width
 (P2P's 3x3 pool on 16x16 maps of a 64x64 latent is 1/16 of it: no pooling on the bundled 8x8 latents),
 scaled to [0, 1] by its range (`blend_norm`; P2P divides by the maximum, the same where the map falls to
@@ -41,7 +42,7 @@ from ..inversion.base import Option, check_option_values
 
 _FRACTION = dict(low=0.0, high=1.0)  # of the steps (or of the map's maximum)
 _P2P_TIMES = dict(cross_steps=Option(0.8, float, **_FRACTION), self_steps=Option(0.4, float, **_FRACTION))
-_BLEND = dict(blend_words=Option((), tuple), blend_threshold=Option(0.3, float, **_FRACTION),
+_BLEND = dict(blend_words=Option((), tuple, per_item=True), blend_threshold=Option(0.3, float, **_FRACTION),
               blend_start=Option(0.2, float, **_FRACTION),
               blend_dilation=Option(1 / 16, float, low=0.0, high=0.5),  # of the latent width (P2P's 3x3 pool at 16/64)
               blend_layers=Option("all", str, choices=("all", "finest", "coarsest")),

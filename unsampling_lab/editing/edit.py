@@ -272,14 +272,25 @@ def _prepare_tokens(model: Any, state: EditState, src: list[str], tgt: list[str]
         state.weights = w[:, None, None, :]
     if not opts["blend_words"]:
         return None
+    words = _blend_words(opts["blend_words"], b)
     weights = torch.zeros(2 * b, k)
-    for i, p in enumerate(src + tgt):
-        weights[i, word_positions(tok, p, opts["blend_words"])] = 1.0
     for i in range(b):
+        weights[i, word_positions(tok, src[i], words[i])] = 1.0
+        weights[b + i, word_positions(tok, tgt[i], words[i])] = 1.0
         if not bool(weights[i].any() or weights[b + i].any()):
-            raise UnsamplingError(f"local blend: none of {list(opts['blend_words'])} is a word of {src[i]!r} or {tgt[i]!r}")
+            raise UnsamplingError(f"local blend: none of {list(words[i])} is a word of {src[i]!r} or {tgt[i]!r}")
     state.blend_tokens = weights
     return {k: v for k, v in opts.items() if k.startswith("blend_") and k != "blend_words"}
+
+
+def _blend_words(value: tuple[Any, ...], b: int) -> list[tuple[str, ...]]:
+    """Each item's blend words: the same words for every item, or one tuple of words per item (checked: B of them)."""
+    if all(isinstance(w, str) for w in value):
+        return [value] * b
+    if len(value) != b:
+        raise UnsamplingError(f"local blend: blend_words holds {len(value)} tuples of words, one per item, but the batch "
+                              f"has {b} items; give one tuple per item, or a plain tuple of words for all of them")
+    return list(value)
 
 
 def _given_mask(mask: Any, opts: dict[str, Any], shape: Any, control: str) -> dict[str, Any]:

@@ -186,7 +186,9 @@ class Option:
 
     kind: bool, int, float, str or tuple. low, high: the range (required for int and float; math.inf for no
     bound), each end included unless low_open / high_open. A float option never takes NaN. A str option names its
-    `choices` (none: any non-empty text, e.g. a module name); a tuple option holds words (a str is one word). Every
+    `choices` (none: any non-empty text, e.g. a module name); a tuple option holds words (a str is one word), or,
+    with per_item, also one non-empty tuple of words per batch item (the batch's length is checked where it is
+    known, e.g. `ul.edit`'s blend_words). Every
     option of every method and editing control is checked by `check_option_values` against this record, so no
     option runs unchecked.
     """
@@ -198,10 +200,13 @@ class Option:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[str, ...] = ()
+    per_item: bool = False  # tuple kind: also one tuple of words per batch item
 
     def __post_init__(self) -> None:
         if self.kind not in (bool, int, float, str, tuple):
             raise TypeError(f"Option kind must be bool, int, float, str or tuple, got {self.kind!r}")
+        if self.per_item and self.kind is not tuple:
+            raise TypeError(f"Option per_item is for tuple options (words per batch item), not {self.kind.__name__}")
         if self.kind in (str, tuple):
             if not self.admits(self.default):
                 raise TypeError(f"Option default {self.default!r} is not {self.range_text()}")
@@ -219,7 +224,8 @@ class Option:
         if self.kind is str:
             return "one of " + ", ".join(repr(c) for c in self.choices) if self.choices else "a non-empty text"
         if self.kind is tuple:
-            return "words (a str, or a list of str)"
+            per = ", or one non-empty list of str per batch item" if self.per_item else ""
+            return f"words (a str, or a list of str{per})"
         lo, hi = (f"{v:g}" if self.kind is float or abs(v) == math.inf else str(int(v)) for v in (self.low, self.high))
         whole = "a whole number " if self.kind is int else ""
         if self.high == math.inf:
@@ -235,7 +241,9 @@ class Option:
         if self.kind is str:
             return value in self.choices if self.choices else isinstance(value, str) and bool(value)
         if self.kind is tuple:
-            return isinstance(value, tuple) and all(isinstance(w, str) for w in value)
+            if _words(value):
+                return True
+            return self.per_item and isinstance(value, tuple) and bool(value) and all(_words(t) and len(t) > 0 for t in value)
         v = float(value) if self.kind is float else value
         if self.kind is float and not math.isfinite(v) and not (v in (self.low, self.high)):
             return False
@@ -290,6 +298,10 @@ class MethodSpec:
         return {k: o.default for k, o in self.options.items()}
 
 
+def _words(value: Any) -> bool:
+    return isinstance(value, tuple) and all(isinstance(w, str) for w in value)
+
+
 def check_option_values(method: str, options: Mapping[str, Any], declared: Mapping[str, Option], *,
                         what: str = "method") -> dict[str, Any]:
     """Fill defaults; refuse unknown names (naming the accepted ones), values of the wrong type and values
@@ -308,7 +320,7 @@ def check_option_values(method: str, options: Mapping[str, Any], declared: Mappi
         if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:  # numpy / torch scalars
             v = v.item()
         if opt.kind is tuple and isinstance(v, (str, list, tuple)):
-            v = (v,) if isinstance(v, str) else tuple(v)
+            v = (v,) if isinstance(v, str) else tuple(tuple(w) if isinstance(w, list) else w for w in v)
         ok = (isinstance(v, bool) if opt.kind is bool
               else isinstance(v, tuple) if opt.kind is tuple
               else isinstance(v, str) if opt.kind is str

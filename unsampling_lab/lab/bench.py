@@ -1,6 +1,7 @@
 """`python -m unsampling_lab bench`: a PIE-Bench-style benchmark run from the command line.
 
     python -m unsampling_lab bench --suite pie-shapes --method unsampler negative_prompt null_text --out bench/
+    python -m unsampling_lab bench --control p2p --direct yes --blend both   # P2P with and without each case's blend
 
 writes OUT/results.sqlite (every row; rerun to resume), OUT/table.md (laid out like PIE-Bench's Table 1),
 OUT/table.csv, OUT/categories.csv, OUT/pareto.png (background PSNR against NFE) and OUT/run.json (library
@@ -13,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .args import UsageError, cfg_value, choice, method_option, positive_int
+from .args import UsageError, cfg_value, choice, control_option, method_option, positive_int
 
 __all__ = ["add_bench_parser", "run_bench"]
 
@@ -35,8 +36,13 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
                    metavar="METHOD.KEY=VALUE", help="an option of a method, e.g. fixed_point.anderson=5 (repeatable)")
     p.add_argument("--control", nargs="+", default=["prompt_swap"], metavar="NAME",
                    help="edit controls: prompt_swap, or the editing layer's attention controls (default prompt_swap)")
+    p.add_argument("--control-option", dest="control_option", type=control_option, action="append", default=None,
+                   metavar="CONTROL.KEY=VALUE", help="an option of a control, e.g. p2p.blend_threshold=0.6 (repeatable)")
     p.add_argument("--direct", choices=("no", "yes", "both"), default="no",
                    help="Direct Inversion on the source branch (attention controls only; default no)")
+    p.add_argument("--blend", choices=("none", "case", "both"), default="none",
+                   help="local blend on each case's blended words (p2p controls only; both: rows with and without; "
+                        "default none)")
     p.add_argument("--steps", type=positive_int, default=50, help="steps (default 50, PIE-Bench's)")
     p.add_argument("--inversion-cfg", type=cfg_value, default=1.0, help="cfg of the inversion (default 1)")
     p.add_argument("--edit-cfg", type=cfg_value, default=7.5, help="cfg of both branches (default 7.5, PIE-Bench's)")
@@ -72,11 +78,15 @@ def run_bench(args: argparse.Namespace) -> int:
     options: dict[str, dict[str, Any]] = {}
     for method, key, value in args.method_option or []:
         options.setdefault(method, {})[key] = value
+    controls: dict[str, dict[str, Any]] = {}
+    for control, key, value in args.control_option or []:
+        controls.setdefault(control, {})[key] = value
     direct = {"no": [False], "yes": [True], "both": [False, True]}[args.direct]
+    blend = {"none": ["none"], "case": ["case"], "both": ["none", "case"]}[args.blend]
     args.out.mkdir(parents=True, exist_ok=True)
-    result = benchmark(model, args.suite, methods=args.method, controls=args.control, direct=direct, steps=args.steps,
+    result = benchmark(model, args.suite, methods=args.method, controls=args.control, direct=direct, blend=blend, steps=args.steps,
                        inversion_cfg=args.inversion_cfg, edit_cfg=args.edit_cfg, sampler_name=args.sampler_name,
-                       scheduler=args.scheduler, method_options=options, path=args.out / "results.sqlite",
+                       scheduler=args.scheduler, method_options=options, control_options=controls, path=args.out / "results.sqlite",
                        weights=_weights(args.weights), batch_size=args.batch_size, limit=args.limit,
                        progress=args.progress)
     text = markdown_table(result.table)
@@ -84,8 +94,9 @@ def run_bench(args: argparse.Namespace) -> int:
     result.table.to_csv(args.out / "table.csv", index=False)
     result.categories.to_csv(args.out / "categories.csv", index=False)
     (args.out / "run.json").write_text(json.dumps({**result.run, "skipped": result.skipped}, indent=1), encoding="utf-8")
-    frame = result.table.assign(label=[f"{m}+{c}{'+direct' if d else ''}" for m, c, d in
-                                       zip(result.table["method"], result.table["control"], result.table["direct"])])
+    t = result.table
+    frame = t.assign(label=[f"{m}+{c}{'+direct' if d else ''}{'+blend' if b != 'none' else ''}"
+                            for m, c, d, b in zip(t["method"], t["control"], t["direct"], t["blend"])])
     ax = plots.pareto(frame, cost="nfe", value="psnr_unedit_part")
     ax.set_ylabel("background PSNR (dB)")
     ax.figure.savefig(args.out / "pareto.png", dpi=120, bbox_inches="tight")

@@ -10,6 +10,17 @@ The protocol is the standard one (PnP Inversion's Table 1): invert at `inversion
 inversion optimises its null embeddings for the edit cfg, as its paper does), then resample the source branch
 (the reconstruction) and the target branch (the edit) at `edit_cfg`. `control="prompt_swap"` resamples the
 target prompt from the inverted noise; other controls are the editing layer's (`ul.edit`), when present.
+
+Local blend on each case's own words: `blend=["case"]` (a sweep axis like `direct`: `blend=["none", "case"]` runs
+both) gives the p2p controls `blend_words` = the case's `blended_words`, one tuple per case, as PnP Inversion's P2P
+evaluation does (run_editing_p2p.py passes LocalBlend the annotation's first word for the source prompt and its
+second for the target prompt; here each case's words are looked up in both of its prompts, the same wherever the
+target word is absent from the source prompt and the source word from the target prompt). A case whose annotation
+has no blended words runs without a local blend, as theirs does (they pass no LocalBlend where `blended_word` is
+empty; every PIE-shapes case has two words); its row's `blend_words` column is empty. Other blend options come from
+`control_options` (`{"p2p": {"blend_threshold": 0.5}}`). The blend is part of the row's key: blend and no-blend
+rows are distinct rows of the store and the tables (column `blend`). Their reweighting of the target word
+(eq_params, 2x) is not applied: `control="p2p"` is the word swap.
 """
 from __future__ import annotations
 
@@ -37,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["BenchResult", "BenchSetting", "benchmark", "library_versions", "markdown_table"]
 
 PROMPT_SWAP = "prompt_swap"
+BLENDS: tuple[str, ...] = ("none", "case")  # no local blend; each case's blended words
 SHAPES_METRICS: tuple[str, ...] = ("edit_success", "shape_iou")
 
 
@@ -54,12 +66,15 @@ class BenchSetting:
     scheduler: str
     method_options: tuple[tuple[str, Any], ...] = ()
     control_options: tuple[tuple[str, Any], ...] = ()
+    blend: str = "none"
 
     def params(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("method", "control", "direct", "steps", "inversion_cfg", "edit_cfg",
                                              "sampler_name", "scheduler")}
         out["method_options"] = json.dumps(dict(self.method_options), sort_keys=True)
         out["control_options"] = json.dumps(dict(self.control_options), sort_keys=True)
+        if self.blend != "none":  # absent for "none": rows stored before the blend axis keep their keys
+            out["blend"] = self.blend
         return out
 
 
@@ -113,25 +128,40 @@ def _suite(suite: str | Path | Sequence[PieCase], limit: int | None, keys: Seque
 
 
 def _settings(methods: Sequence[str], controls: Sequence[str], direct: Sequence[bool], common: dict[str, Any],
-              method_options: Mapping[str, Mapping[str, Any]], control_options: Mapping[str, Mapping[str, Any]]
-              ) -> list[BenchSetting]:
+              method_options: Mapping[str, Mapping[str, Any]], control_options: Mapping[str, Mapping[str, Any]],
+              blend: Sequence[str] = ("none",)) -> list[BenchSetting]:
+    from ...errors import check_choice
     from ...inversion import INVERSION_METHODS
 
+    for b in blend:
+        check_choice(b, BLENDS, what="blend")
     for m in methods:
         if m not in INVERSION_METHODS:
-            from ...errors import check_choice
-
             check_choice(m, INVERSION_METHODS, what="inversion method")
     out = []
-    for method, control, d in itertools.product(methods, controls, direct):
+    for method, control, d, b in itertools.product(methods, controls, direct, blend):
         if d and control == PROMPT_SWAP:
             continue  # Direct Inversion pins the source branch; a prompt swap has no source branch to pin
+        if b == "case" and not _blends(control):
+            continue  # only the p2p controls have a local blend
+        options = dict(control_options.get(control, {}))
+        if b == "case" and options.get("blend_words"):
+            raise UnsamplingError(f"blend='case' takes each case's blended words; control_options[{control!r}] also "
+                                  "gives blend_words: give one or the other")
         out.append(BenchSetting(method, control, bool(d), **common,
                                 method_options=tuple(sorted(dict(method_options.get(method, {})).items())),
-                                control_options=tuple(sorted(dict(control_options.get(control, {})).items()))))
+                                control_options=tuple(sorted(options.items())), blend=b))
     if not out:
-        raise UnsamplingError("no setting to run: direct=True needs an attention control, not 'prompt_swap'")
+        raise UnsamplingError("no setting to run: direct=True needs an attention control, not 'prompt_swap'; "
+                              "blend='case' a control with a local blend (p2p, p2p_refine, p2p_reweight)")
     return out
+
+
+def _blends(control: str) -> bool:
+    """Whether `control` has a local blend (the blend_words option); an unknown name is refused, with the nearest."""
+    from ...editing.controls import get_control
+
+    return "blend_words" in get_control(control).options
 
 
 def benchmark(
@@ -148,6 +178,7 @@ def benchmark(
     scheduler: str = "normal",
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     control_options: Mapping[str, Mapping[str, Any]] | None = None,
+    blend: str | Sequence[str] = ("none",),
     path: str | Path | None = None,
     weights: Mapping[str, str | Path] | None = None,
     networks: Sequence[str] = ("lpips", "dino", "clip"),
@@ -162,6 +193,8 @@ def benchmark(
     (method, control, direct) and return the rows and tables; see the module docstring for the protocol.
 
     keys: only these cases of the suite (by `PieCase.key`); limit: only the first N.
+    blend: "none", "case" or both (a sweep axis): "case" gives the p2p controls a local blend on each case's
+    `blended_words` (a case without any runs unblended, as PnP Inversion's evaluation); other controls skip it.
     executor: run the chunks on a Dask `Client` or a `concurrent.futures` executor, as `ul.sweep` does
     (`model` is then a `ul.ModelSource`, loaded once per worker; rows are written here as chunks finish)."""
     from tqdm.auto import tqdm
@@ -172,7 +205,10 @@ def benchmark(
     name, cases, targets = _suite(suite, limit, keys)
     common = dict(steps=int(steps), inversion_cfg=float(inversion_cfg), edit_cfg=float(edit_cfg),
                   sampler_name=sampler_name, scheduler=scheduler)
-    settings = _settings(methods, controls, direct, common, method_options or {}, control_options or {})
+    blend = (blend,) if isinstance(blend, str) else tuple(blend)
+    settings = _settings(methods, controls, direct, common, method_options or {}, control_options or {}, blend)
+    if "case" in blend:
+        _check_blend_words(cases)
     from ..executors import ModelSource, run_all
 
     if executor is not None and not isinstance(model, ModelSource):
@@ -194,7 +230,8 @@ def benchmark(
     store = ResultStore(path if path is not None else ":memory:")
     try:
         found = store.rows_of_run(fingerprint, inputs)
-        keys = {(s, c.key): digest(fingerprint, inputs, s.params(), c.key) for s in settings for c in cases}
+        keys = {(s, c.key): digest(fingerprint, inputs, s.params(), c.key, *([c.blended_words] if s.blend == "case" else []))
+                for s in settings for c in cases}  # the case's words key its blend rows (not in `inputs`: older keys hold)
         todo = [(s, [c for c in cases if keys[(s, c.key)] not in found]) for s in settings]
         chunks = [(s, part[i:i + batch_size]) for s, part in todo for i in range(0, len(part), batch_size)]
         if executor is None:
@@ -215,10 +252,10 @@ def benchmark(
         mine = store.rows_of_run(fingerprint, inputs)
         import pandas as pd
 
-        frame = pd.DataFrame([mine[keys[(s, c.key)]].flat() for s in settings for c in cases])
+        frame = pd.DataFrame([{"blend": "none", **mine[keys[(s, c.key)]].flat()} for s in settings for c in cases])
     finally:
         store.close()
-    by = ["method", "control", "direct"]
+    by = ["method", "control", "direct", "blend"]
     metric_names = [*PIE_METRICS, *(SHAPES_METRICS if targets else ()), *RECONSTRUCTION_METRICS]
     table = summarise(frame.to_dict("records"), by=by, metrics=metric_names, skipped=scorer.skipped)
     cost = frame.groupby(by, sort=True)[["nfe", "grad_steps", "seconds"]].mean().reset_index()
@@ -250,14 +287,40 @@ def _chunk_task(task: tuple[BenchSetting, list[PieCase], dict[str, Any]], source
     return _run_chunk(cached_model(source), setting, chunk, images, targets, _SCORERS[key])
 
 
+def _check_blend_words(cases: Sequence[PieCase]) -> None:
+    """blend='case': every case's blended words must be words of its prompts (checked before anything runs)."""
+    def words(prompt: str) -> set[str]:
+        return {w.lower().strip(".,") for w in prompt.split()}  # as editing.tokens.word_positions matches
+
+    bad = [c.key for c in cases if c.blended_words and not
+           {w.lower() for w in c.blended_words} & (words(c.source_prompt) | words(c.target_prompt))]
+    if bad:
+        raise UnsamplingError(f"blend='case': the blended words of case(s) {bad[:5]} are not words of their prompts; "
+                              "leave those cases out with keys=, or run without blend='case'")
+
+
 def _run_chunk(model: Any, setting: BenchSetting, chunk: list[PieCase], images: Mapping[str, torch.Tensor],
+               targets: Mapping[str, Any], scorer: PieScorer) -> list[tuple[dict[str, dict[str, float]], dict[str, Any]]]:
+    if setting.blend == "case":  # cases without blended words run without a blend, in their own batch
+        parts = [[c for c in chunk if c.blended_words], [c for c in chunk if not c.blended_words]]
+        rows = {c.key: row for part in parts if part
+                for c, row in zip(part, _run_cases(model, setting, part, images, targets, scorer))}
+        return [rows[c.key] for c in chunk]
+    return _run_cases(model, setting, chunk, images, targets, scorer)
+
+
+def _run_cases(model: Any, setting: BenchSetting, chunk: list[PieCase], images: Mapping[str, torch.Tensor],
                targets: Mapping[str, Any], scorer: PieScorer) -> list[tuple[dict[str, dict[str, float]], dict[str, Any]]]:
     batch = torch.stack([images[c.key] for c in chunk])
     sources, target_prompts = [c.source_prompt for c in chunk], [c.target_prompt for c in chunk]
     start = time.perf_counter()
     latent = model.encode(batch)
-    branches = _prompt_swap if setting.control == PROMPT_SWAP else _controlled
-    recon_latent, edit_latent, cost = branches(model, latent, setting, sources, target_prompts)
+    words: tuple[tuple[str, ...], ...] = ()
+    if setting.control == PROMPT_SWAP:
+        recon_latent, edit_latent, cost = _prompt_swap(model, latent, setting, sources, target_prompts)
+    else:
+        words = tuple(c.blended_words for c in chunk) if setting.blend == "case" and chunk[0].blended_words else ()
+        recon_latent, edit_latent, cost = _controlled(model, latent, setting, sources, target_prompts, blend_words=words)
     recon, edited = model.decode(recon_latent), model.decode(edit_latent)
     seconds = (time.perf_counter() - start) / len(chunk)
     out = []
@@ -269,7 +332,8 @@ def _run_chunk(model: Any, setting: BenchSetting, chunk: list[PieCase], images: 
         if case.key in targets:
             t = targets[case.key]
             metrics["shapes"] = shapes_scores(edited[i], batch[i], t.target_colour, t.target_shape)
-        out.append((metrics, {**cost, "seconds": seconds}))
+        extra = {"blend_words": " ".join(case.blended_words) if words else ""} if setting.blend == "case" else {}
+        out.append((metrics, {**cost, "seconds": seconds, **extra}))
     return out
 
 
@@ -296,19 +360,21 @@ def _prompt_swap(model: Any, latent: Any, setting: BenchSetting, sources: list[s
                            "grad_steps": inversion.grad_steps, "nonconverged": len(inversion.nonconverged_steps)}
 
 
-def _controlled(model: Any, latent: Any, setting: BenchSetting, sources: list[str], targets: list[str]
-                ) -> tuple[Any, Any, dict[str, Any]]:
+def _controlled(model: Any, latent: Any, setting: BenchSetting, sources: list[str], targets: list[str], *,
+                blend_words: tuple[tuple[str, ...], ...] = ()) -> tuple[Any, Any, dict[str, Any]]:
     """The editing layer's protocol (`ul.edit_image`): both branches in one batch under the control, the source
-    branch as the reconstruction. nfe: the inversion's network evaluations, then the edit's; gradient steps apart."""
+    branch as the reconstruction (blend_words: one tuple per case, or () for the setting's own options).
+    nfe: the inversion's network evaluations, then the edit's; gradient steps apart."""
     from ...editing import edit_image
     from ...inversion import InversionWarning
 
+    options = {**dict(setting.control_options), **({"blend_words": blend_words} if blend_words else {})}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InversionWarning)
         res = edit_image(model, latent, source=sources, target=targets, method=setting.method, control=setting.control,
                          cfg=setting.edit_cfg, inversion_cfg=setting.inversion_cfg, steps=setting.steps,
                          direct=setting.direct, sampler_name=setting.sampler_name, scheduler=setting.scheduler,
-                         method_options=dict(setting.method_options), **dict(setting.control_options))
+                         method_options=dict(setting.method_options), **options)
     grad = res.inversion_grad_steps
     return res.source, res.target, {"nfe": res.inversion_nfe - grad + res.nfe, "nfe_inversion": res.inversion_nfe - grad,
                                     "grad_steps": grad, "nonconverged": 0}
@@ -321,7 +387,8 @@ def markdown_table(table: "pd.DataFrame", *, metrics: Sequence[str] | None = Non
     head = ["method", "control", "direct", *[PIE_METRICS[m].column if m in PIE_METRICS else m for m in names], "NFE", "s/image"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
-        cells = [str(r["method"]), str(r["control"]), "yes" if r["direct"] else "no"]
+        blend = f" + {r['blend']} blend" if r.get("blend", "none") != "none" else ""
+        cells = [str(r["method"]), str(r["control"]) + blend, "yes" if r["direct"] else "no"]
         for m in names:
             v, ci, nan = r[m], r.get(f"{m}_ci95", math.nan), int(r.get(f"{m}_nan", 0) or 0)
             if not np.isfinite(v):
