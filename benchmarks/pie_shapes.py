@@ -20,6 +20,7 @@ from pathlib import Path
 import unsampling_lab as ul
 from unsampling_lab.analysis.piebench.runner import benchmark, markdown_table
 from unsampling_lab.lab.args import control_option
+from unsampling_lab.bundled import RECOMMENDED_CFG
 
 METHODS = ("unsampler", "negative_prompt", "null_text", "fixed_point", "edict")
 
@@ -34,7 +35,8 @@ def main() -> None:
     p.add_argument("--control-option", type=control_option, nargs="+", default=[], metavar="CONTROL.KEY=VALUE",
                    help="options of the controls, e.g. p2p.blend_rows=source p2p.blend_threshold=0.6")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--edit-cfg", type=float, default=3.0, help="the bundled model card's recommended cfg (default 3)")
+    p.add_argument("--edit-cfg", type=float, default=RECOMMENDED_CFG,
+                   help=f"the edit cfg (default {RECOMMENDED_CFG:g}, the bundled model card's recommendation)")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("out/pie_shapes"))
     args = p.parse_args()
