@@ -7,6 +7,8 @@ Which tiny model to ask for (all session-scoped, built once):
   loaded the way users load one (`ul.load_model(pipe)`); `tiny_pipeline_dir` is it saved for `--model PATH`,
   `tiny_latent` two 16 px images encoded by it. The sweep, store and CLI tests use these.
 - `comfy_reference`: ComfyUI's own outputs on its tiny UNet (the parity tests).
+- `shapes_pair` (module-scoped): the bundled model on one thread with two shapes images (seed 7, two different
+  shapes), their latents and colour-swap targets: the editing and controlled-sweep tests' input.
 Threads: the session runs on UL_TEST_THREADS (default 2, what ComfyUI's reference outputs were made with);
 a module that wants one thread (tiny models run faster on one, and subprocess workers use one) says so
 with `pytestmark = pytest.mark.usefixtures("one_thread")`.
@@ -47,6 +49,21 @@ def two_threads():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes_pair():
+    """(model, batch, latent, source captions, target captions): the bundled model on one thread (restored after
+    the module), two shapes images of seed 7 and their colour word swaps ("red circle" -> "green circle")."""
+    import unsampling_lab as ul
+    from unsampling_lab.bundled import shapes
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the bundled UNet runs far faster on one thread when the cores are shared
+    model = ul.load_model(device="cpu")
+    batch = shapes.make_shapes(2, seed=7)
+    yield model, batch, model.encode(batch.images), list(batch.captions), list(shapes.recolour_captions(batch))
     torch.set_num_threads(threads)
 
 

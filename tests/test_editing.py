@@ -19,16 +19,10 @@ CFG = 3.0
 
 
 @pytest.fixture(scope="module")
-def setup():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny UNet runs far faster on one thread when the cores are shared
-    model = ul.load_model(device="cpu")
-    batch = shapes.make_shapes(2, seed=7)
-    latent = model.encode(batch.images)
-    src, tgt = batch.captions, shapes.recolour_captions(batch)
+def setup(shapes_pair):
+    model, _, latent, src, tgt = shapes_pair
     inv = ul.invert(model, latent, method="unsampler", steps=STEPS, positive=src, progress=False)
-    yield model, latent, src, tgt, inv
-    torch.set_num_threads(threads)
+    return model, latent, src, tgt, inv
 
 
 class NetworkCalls:

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import unsampling_lab as ul
-from unsampling_lab.bundled import shapes
 from unsampling_lab.editing import edit
 from unsampling_lab.editing.controls import control_options
 from unsampling_lab.editing.model import blend_mask
@@ -87,16 +86,10 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def setup():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = ul.load_model(device="cpu")
-    batch = shapes.make_shapes(2, seed=7)
-    latent = model.encode(batch.images)
-    src, tgt = batch.captions, shapes.recolour_captions(batch)
+def setup(shapes_pair):
+    model, _, latent, src, tgt = shapes_pair
     inv = ul.invert(model, latent, method="unsampler", steps=STEPS, positive=src, progress=False)
-    yield model, src, tgt, inv
-    torch.set_num_threads(threads)
+    return model, src, tgt, inv
 
 
 def test_a_given_mask_keeps_the_source_outside_it_and_changes_nothing_at_target_equal_source(setup):

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import unsampling_lab as ul
-from unsampling_lab.bundled import shapes
 from unsampling_lab.editing import edit
 from unsampling_lab.editing.controls import control_options
 from unsampling_lab.inversion.base import Option
@@ -15,16 +14,10 @@ CFG = 3.0
 
 
 @pytest.fixture(scope="module")
-def setup():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = ul.load_model(device="cpu")
-    batch = shapes.make_shapes(2, seed=7)
-    src, tgt = list(batch.captions), list(shapes.recolour_captions(batch))
+def setup(shapes_pair):
+    model, batch, latent, src, tgt = shapes_pair
     assert batch.shapes[0] != batch.shapes[1], "the test needs two different shapes"
-    latent = model.encode(batch.images)
-    yield model, latent, src, tgt, list(batch.shapes)
-    torch.set_num_threads(threads)
+    return model, latent, src, tgt, list(batch.shapes)
 
 
 def _items(latent, rows):

@@ -25,13 +25,9 @@ METRIC_COLUMNS = ("latent_mse", "relative_error", "psnr", "ssim")
 
 
 @pytest.fixture(scope="module")
-def setup():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny UNet runs far faster on one thread when the cores are shared
-    model = ul.load_model(device="cpu")
-    batch = shapes.make_shapes(2, seed=7)
-    yield model, model.encode(batch.images), batch.images, list(batch.captions), shapes.recolour_captions(batch)
-    torch.set_num_threads(threads)
+def setup(shapes_pair):
+    model, batch, latent, src, tgt = shapes_pair
+    return model, latent, batch.images, src, tgt
 
 
 # -- identity: older stores resume ------------------------------------------------------------------------
