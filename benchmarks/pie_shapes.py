@@ -5,6 +5,7 @@ their weights are on this machine) plus the bundled detector's edit success (Wil
     python benchmarks/pie_shapes.py                      # the README's table (all 64 cases, 20 steps)
     python benchmarks/pie_shapes.py --limit 16 --steps 10 --methods unsampler negative_prompt
     python benchmarks/pie_shapes.py --methods unsampler --controls p2p --direct yes --edit-cfg 6 --blend both
+    python benchmarks/pie_shapes.py --methods unsampler --controls p2p --direct both --edit-cfg 6 --p2p pnp-inversion
     python benchmarks/pie_shapes.py --methods unsampler --controls p2p --direct yes --edit-cfg 6 --blend case \
         --control-option p2p.blend_rows=source p2p.blend_layers=finest p2p.blend_dilation=0.125 p2p.blend_threshold=0.6
 
@@ -18,7 +19,7 @@ import warnings
 from pathlib import Path
 
 import unsampling_lab as ul
-from unsampling_lab.analysis.piebench.runner import benchmark, markdown_table
+from unsampling_lab.analysis.piebench.runner import P2P_PRESETS, benchmark, markdown_table
 from unsampling_lab.lab.args import control_option
 from unsampling_lab.bundled import RECOMMENDED_CFG
 
@@ -32,6 +33,9 @@ def main() -> None:
     p.add_argument("--direct", choices=("no", "yes", "both"), default="no")
     p.add_argument("--blend", choices=("none", "case", "both"), default="none",
                    help="local blend on each case's blended words (p2p controls; both: with and without)")
+    p.add_argument("--p2p", choices=P2P_PRESETS, default="default",
+                   help="control p2p with its own options, or as PnP Inversion's P2P evaluation (per case: refine, "
+                        "cross 0.4, self 0.6, the case's blend, its target word x2)")
     p.add_argument("--control-option", type=control_option, nargs="+", default=[], metavar="CONTROL.KEY=VALUE",
                    help="options of the controls, e.g. p2p.blend_rows=source p2p.blend_threshold=0.6")
     p.add_argument("--steps", type=int, default=20)
@@ -49,7 +53,7 @@ def main() -> None:
     start = time.perf_counter()
     result = benchmark(model, "pie-shapes", methods=args.methods, controls=args.controls,
                        direct={"no": [False], "yes": [True], "both": [False, True]}[args.direct], steps=args.steps,
-                       blend={"none": ["none"], "case": ["case"], "both": ["none", "case"]}[args.blend],
+                       blend={"none": ["none"], "case": ["case"], "both": ["none", "case"]}[args.blend], p2p=args.p2p,
                        edit_cfg=args.edit_cfg, limit=args.limit, path=args.out / "results.sqlite",
                        control_options=controls)
     print(f"PIE-shapes, bundled model, {args.steps} steps, invert at cfg 1, edit at cfg {args.edit_cfg:g}, "

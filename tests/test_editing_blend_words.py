@@ -59,8 +59,10 @@ def test_per_item_words_are_checked_in_one_line(setup):
         with pytest.raises(ul.UnsamplingError, match="option blend_words must be words .* one non-empty list of str per "
                                                      "batch item"):
             control_options("p2p", {"blend_words": bad})
-    with pytest.raises(ul.UnsamplingError, match=r"option words must be words \(a str, or a list of str\), got"):
-        control_options("p2p_reweight", {"words": (("red",), ("blue",)), "scale": 2.0})  # reweight's words: no per item
+    # reweight's words are per item too (tests/test_editing_pie_p2p.py), checked the same way
+    assert control_options("p2p_reweight", {"words": (("red",), ("blue",)), "scale": 2.0})["words"] == (("red",), ("blue",))
+    with pytest.raises(ul.UnsamplingError, match="option words must be words .* one non-empty list of str per batch item"):
+        control_options("p2p_reweight", {"words": (("red",), "blue"), "scale": 2.0})
 
 
 def test_option_per_item_admits_exactly_a_tuple_of_word_tuples():

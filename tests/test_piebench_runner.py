@@ -235,3 +235,69 @@ def ul_pie_shapes(n):
 
     cases, targets = pie_shapes()
     return cases[:n], targets
+
+
+def test_pnp_inversion_preset_runs_their_p2p_per_case_in_rows_of_its_own(bundled, tmp_path, monkeypatch):
+    """p2p='pnp-inversion': each case refined with cross 0.4 / self 0.6, its blended words as the local blend and its
+    target word x2 (a case without blended words: the refine alone); rows and table lines apart from plain p2p's."""
+    from dataclasses import replace
+
+    import unsampling_lab.editing as editing
+
+    cases, _ = ul_pie_shapes(2)
+    bare = replace(cases[1], key="bare", blended_words=())
+    calls = []
+    real = editing.edit_image
+    monkeypatch.setattr(editing, "edit_image", lambda *a, **k: calls.append(k) or real(*a, **k))
+    opts = dict(methods=["unsampler"], controls=["p2p"], path=tmp_path / "p.sqlite", **{**FAST, "limit": None})
+    plain = benchmark(bundled, [cases[0], bare], **opts)
+    assert [c["control"] for c in calls] == ["p2p"] and "words" not in calls[0]
+    calls.clear()
+    result = benchmark(bundled, [cases[0], bare], p2p="pnp-inversion", blend=["none", "case"], **opts)
+    assert len(calls) == 2  # the blend axis collapses to the case blend; the bare case in its own batch
+    blended, alone = calls
+    assert blended["control"] == alone["control"] == "p2p_refine"
+    assert (blended["cross_steps"], blended["self_steps"], alone["cross_steps"], alone["self_steps"]) == (0.4, 0.6, 0.4, 0.6)
+    assert blended["blend_words"] == (cases[0].blended_words,)
+    assert blended["words"] == ((cases[0].blended_words[1],),) and blended["scale"] == 2.0
+    assert not {"words", "scale", "blend_words"} & set(alone)
+    rows = result.rows.set_index("case")
+    assert set(result.rows["p2p"]) == {"pnp-inversion"} and set(result.rows["blend"]) == {"case"}
+    assert rows.loc["bare", "blend_words"] == "" and rows.loc[cases[0].key, "blend_words"] == " ".join(cases[0].blended_words)
+    assert rows.loc[cases[0].key, "psnr_unedit_part"] != plain.rows.set_index("case").loc[cases[0].key, "psnr_unedit_part"]
+    assert "| unsampler | p2p as PnP Inversion (refine, target word x2, cross 0.4, self 0.6) + case blend | no |" in \
+        markdown_table(result.table)
+    calls.clear()
+    both = benchmark(bundled, [cases[0], bare], controls=["p2p"], methods=["unsampler"], path=tmp_path / "p.sqlite",
+                     **{**FAST, "limit": None})  # the same store: plain p2p's rows are found, not recomputed
+    assert calls == [] and set(both.rows["p2p"]) == {"default"}
+
+
+def test_bad_pnp_inversion_preset_settings_are_one_line_errors(bundled):
+    from dataclasses import replace
+
+    with pytest.raises(UnsamplingError, match="did you mean 'pnp-inversion'|Valid p2p preset"):
+        benchmark(bundled, controls=["p2p"], p2p="pnp_inversion", **FAST)
+    with pytest.raises(UnsamplingError, match="sets how control 'p2p' runs; add 'p2p' to controls"):
+        benchmark(bundled, controls=["p2p_refine"], p2p="pnp-inversion", **FAST)
+    with pytest.raises(UnsamplingError, match=r"sets \['cross_steps'\] per case .* leave them out"):
+        benchmark(bundled, controls=["p2p"], p2p="pnp-inversion", control_options={"p2p": {"cross_steps": 0.8}}, **FAST)
+    cases, _ = ul_pie_shapes(2)
+    odd = replace(cases[1], blended_words=cases[1].blended_words[::-1])  # ("cross", "triangle"): target "red cross"
+    with pytest.raises(UnsamplingError, match=r"case\(s\) \['0001'\] have not two blended words or the second is not"):
+        benchmark(bundled, [cases[0], odd], controls=["p2p"], p2p="pnp-inversion", **{**FAST, "limit": None})
+
+
+def test_bench_command_takes_the_pnp_inversion_preset(tmp_path, capsys):
+    from unsampling_lab.analysis.piebench.runner import P2P_PRESETS
+    from unsampling_lab.lab import cli
+
+    argv = ["bench", "--method", "unsampler", "--control", "p2p", "--p2p", "pnp-inversion", "--steps", "1", "--edit-cfg",
+            "2", "--limit", "1", "--out", str(tmp_path / "bench"), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert "| unsampler | p2p as PnP Inversion (refine, target word x2, cross 0.4, self 0.6) + case blend | no |" in \
+        capsys.readouterr().out
+    for preset in P2P_PRESETS:  # the flag takes exactly the runner's presets
+        assert cli.build_parser().parse_args([*argv[:5], "--p2p", preset]).p2p == preset
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*argv[:5], "--p2p", "pnp"])

@@ -6,8 +6,11 @@ the UNet's own processor; otherwise it runs the same operations (so untouched ro
 replaces the target rows of the controlled groups:
 
     maps / q,k injection:   out_tgt = softmax(Q_src K_srcᵀ/√d) V_tgt   (one scaled_dot_product_attention)
-    refine:                 out_tgt = (α · M_src[:, mapper] + (1 − α) · M_tgt) V_tgt
+    refine:                 out_tgt = (α · M_src[:, mapper] + (1 − α) · M_tgt) · w V_tgt
     reweight:               out_tgt = (M_src · w) V_tgt      (w = scale on the chosen tokens, 1 elsewhere)
+
+(refine's w is 1 unless it reweights: P2P's AttentionReweight multiplies its wrapped controller's map by the
+equalizer, the refined map here, before the time-word alpha.)
 
 With target == source every replacement hands a row its own value, so the output is bit for bit the
 uncontrolled one (checked by tests/test_editing.py).
@@ -38,7 +41,7 @@ class EditState:
     record: bool = False
     mapper: Tensor | None = None  # refine
     alpha: Tensor | None = None  # refine
-    weights: Tensor | None = None  # reweight, [K]
+    weights: Tensor | None = None  # reweight (and refine's), [B, 1, 1, K]
     blend_tokens: Tensor | None = None  # [2B, K] 1 on the blend words (rows: source B, target B)
     maps: dict[str, dict[int, Tensor]] = field(default_factory=dict)  # layer -> step -> [2B, Q, K] (cond rows)
     blend_sum: dict[str, Tensor] = field(default_factory=dict)  # layer -> [2B, Q], summed over steps
@@ -129,7 +132,7 @@ class EditAttnProcessor:
     def _explicit(self) -> bool:
         """Refine and reweight need the maps themselves (unless they reduce to a plain swap)."""
         s = self.state
-        return (s.control == "p2p_refine" and s.mapper is not None) or (s.control == "p2p_reweight" and s.weights is not None)
+        return s.mapper is not None or s.weights is not None  # set only for p2p_refine / p2p_reweight
 
     def _inject(self, out: Tensor, q: Tensor, k: Tensor, v: Tensor, probs: Tensor | None, mask: Tensor | None, *,
                 cross: bool) -> Tensor:
@@ -140,7 +143,7 @@ class EditAttnProcessor:
             if cross and probs is not None and s.mapper is not None:
                 index = s.mapper.to(probs.device).expand(*probs[src].shape[:-1], -1)
                 m = probs[src].gather(-1, index) * s.alpha.to(probs) + probs[tgt] * (1 - s.alpha.to(probs))
-                out[tgt] = m @ v[tgt]
+                out[tgt] = (m if s.weights is None else m * s.weights.to(probs)) @ v[tgt]
             elif cross and probs is not None and s.weights is not None:
                 out[tgt] = (probs[src] * s.weights.to(probs)) @ v[tgt]
             else:

@@ -9,8 +9,13 @@ in 0..n-1; a fraction τ of the steps means steps i < int(τ n) (prompt-to-promp
                   for token, so both prompts need the same number of tokens); self-attention := M_src for
                   i < τ_s n.
     p2p_refine    added words: M_tgt[:, j] := M_src[:, a(j)] for target tokens j aligned to a source token a(j)
-                  (global alignment of the token sequences), new tokens keep M_tgt[:, j]; self as p2p.
+                  (global alignment of the token sequences), new tokens keep M_tgt[:, j]; self as p2p; then, as
+                  p2p_reweight, M[:, j] *= scale for the target tokens of `words` (P2P's AttentionReweight wrapping
+                  its AttentionRefine: the refined map times the equalizer; scale 1, the default, changes nothing).
     p2p_reweight  word swap, then M[:, j] *= scale for the tokens of `words` (no renormalisation, as P2P).
+                  Both reweights act in the cross-attention window only (P2P blends the reweighted map in with
+                  the time-word alpha), and `words` is per item like `blend_words`: one tuple of words per item
+                  reweights each item's own words in its target prompt.
     pnp           plug-and-play (Tumanyan et al. 2023): the residual branch of one decoder ResNet block
                   (its conv2 output) := the source's for i < τ_f n; self-attention Q and K of the later
                   decoder layers := the source's for i < τ_qk n, in both the uncond and the cond rows.
@@ -42,6 +47,7 @@ from ..inversion.base import Option, check_option_values
 
 _FRACTION = dict(low=0.0, high=1.0)  # of the steps (or of the map's maximum)
 _P2P_TIMES = dict(cross_steps=Option(0.8, float, **_FRACTION), self_steps=Option(0.4, float, **_FRACTION))
+_REWEIGHT = dict(words=Option((), tuple, per_item=True), scale=Option(1.0, float, low=0.0, high=math.inf))
 _BLEND = dict(blend_words=Option((), tuple, per_item=True), blend_threshold=Option(0.3, float, **_FRACTION),
               blend_start=Option(0.2, float, **_FRACTION),
               blend_dilation=Option(1 / 16, float, low=0.0, high=0.5),  # of the latent width (P2P's 3x3 pool at 16/64)
@@ -82,9 +88,9 @@ class ControlSpec:
 _SPECS = [
     ControlSpec("prompt_swap", "none", {}, ("eps", "v", "flow"), "a new prompt resampled from the inverted noise"),
     ControlSpec("p2p", "maps", {**_P2P_TIMES, **_BLEND}, ("eps", "v"), "Hertz et al. 2022 (arXiv 2208.01626), word swap"),
-    ControlSpec("p2p_refine", "maps", {**_P2P_TIMES, **_BLEND}, ("eps", "v"), "Hertz et al. 2022, refinement"),
-    ControlSpec("p2p_reweight", "maps", {**_P2P_TIMES, **_BLEND, "words": Option((), tuple),
-                                         "scale": Option(1.0, float, low=0.0, high=math.inf)}, ("eps", "v"),
+    ControlSpec("p2p_refine", "maps", {**_P2P_TIMES, **_BLEND, **_REWEIGHT}, ("eps", "v"),
+                "Hertz et al. 2022, refinement (and re-weighting on top)"),
+    ControlSpec("p2p_reweight", "maps", {**_P2P_TIMES, **_BLEND, **_REWEIGHT}, ("eps", "v"),
                 "Hertz et al. 2022, attention re-weighting"),
     ControlSpec("pnp", "features", dict(feature_steps=Option(0.8, float, **_FRACTION),
                                         qk_steps=Option(0.5, float, **_FRACTION),
@@ -115,8 +121,8 @@ def control_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     one option checker (`inversion.base.check_option_values`)."""
     spec = get_control(name)
     out = check_option_values(name, options, spec.options, what="control")
-    if name == "p2p_reweight" and out["scale"] != 1.0 and not out["words"]:
-        raise UnsamplingError("control 'p2p_reweight': give the words to reweight, e.g. words=('red',), scale=2.0")
+    if name in ("p2p_refine", "p2p_reweight") and out["scale"] != 1.0 and not out["words"]:
+        raise UnsamplingError(f"control {name!r}: give the words to reweight, e.g. words=('red',), scale=2.0")
     return out
 
 

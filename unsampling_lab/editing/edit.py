@@ -262,17 +262,17 @@ def _prepare_tokens(model: Any, state: EditState, src: list[str], tgt: list[str]
         if not (bool((mapper == torch.arange(k)).all()) and bool((alpha == 1).all())):  # else: a plain swap
             state.mapper = mapper[:, None, None, :]
             state.alpha = alpha[:, None, None, :]
-    if state.control == "p2p_reweight" and opts["scale"] != 1.0:
+    if state.control in ("p2p_refine", "p2p_reweight") and opts["scale"] != 1.0:
         w = torch.ones(b, k)
-        for i, t_ in enumerate(tgt):
-            pos = word_positions(tok, t_, opts["words"])
+        for i, (t_, item_words) in enumerate(zip(tgt, _item_words(opts["words"], b, "words", state.control))):
+            pos = word_positions(tok, t_, item_words)
             if not pos:
-                raise UnsamplingError(f"p2p_reweight: none of {list(opts['words'])} is a word of the target {t_!r}")
+                raise UnsamplingError(f"{state.control}: none of {list(item_words)} is a word of the target {t_!r}")
             w[i, pos] = opts["scale"]
         state.weights = w[:, None, None, :]
     if not opts["blend_words"]:
         return None
-    words = _blend_words(opts["blend_words"], b)
+    words = _item_words(opts["blend_words"], b, "blend_words", "local blend")
     weights = torch.zeros(2 * b, k)
     for i in range(b):
         weights[i, word_positions(tok, src[i], words[i])] = 1.0
@@ -283,12 +283,13 @@ def _prepare_tokens(model: Any, state: EditState, src: list[str], tgt: list[str]
     return {k: v for k, v in opts.items() if k.startswith("blend_") and k != "blend_words"}
 
 
-def _blend_words(value: tuple[Any, ...], b: int) -> list[tuple[str, ...]]:
-    """Each item's blend words: the same words for every item, or one tuple of words per item (checked: B of them)."""
+def _item_words(value: tuple[Any, ...], b: int, option: str, what: str) -> list[tuple[str, ...]]:
+    """Each item's words (blend_words, reweight's words): the same words for every item, or one tuple of words per
+    item (checked: B of them)."""
     if all(isinstance(w, str) for w in value):
         return [value] * b
     if len(value) != b:
-        raise UnsamplingError(f"local blend: blend_words holds {len(value)} tuples of words, one per item, but the batch "
+        raise UnsamplingError(f"{what}: {option} holds {len(value)} tuples of words, one per item, but the batch "
                               f"has {b} items; give one tuple per item, or a plain tuple of words for all of them")
     return list(value)
 

@@ -2,6 +2,7 @@
 
     python -m unsampling_lab bench --suite pie-shapes --method unsampler negative_prompt null_text --out bench/
     python -m unsampling_lab bench --control p2p --direct yes --blend both   # P2P with and without each case's blend
+    python -m unsampling_lab bench --control p2p --direct both --p2p pnp-inversion   # P2P as PnP Inversion's Table 1
 
 writes OUT/results.sqlite (every row; rerun to resume), OUT/table.md (laid out like PIE-Bench's Table 1),
 OUT/table.csv, OUT/categories.csv, OUT/pareto.png (background PSNR against NFE) and OUT/run.json (library
@@ -43,6 +44,9 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--blend", choices=("none", "case", "both"), default="none",
                    help="local blend on each case's blended words (p2p controls only; both: rows with and without; "
                         "default none)")
+    p.add_argument("--p2p", choices=("default", "pnp-inversion"), default="default",
+                   help="how control p2p runs: its own options (default), or PnP Inversion's P2P per case (refine, "
+                        "cross 0.4, self 0.6, the case's blend, its target word x2), as PIE-Bench's Table 1")
     p.add_argument("--steps", type=positive_int, default=50, help="steps (default 50, PIE-Bench's)")
     p.add_argument("--inversion-cfg", type=cfg_value, default=1.0, help="cfg of the inversion (default 1)")
     p.add_argument("--edit-cfg", type=cfg_value, default=7.5, help="cfg of both branches (default 7.5, PIE-Bench's)")
@@ -84,7 +88,8 @@ def run_bench(args: argparse.Namespace) -> int:
     direct = {"no": [False], "yes": [True], "both": [False, True]}[args.direct]
     blend = {"none": ["none"], "case": ["case"], "both": ["none", "case"]}[args.blend]
     args.out.mkdir(parents=True, exist_ok=True)
-    result = benchmark(model, args.suite, methods=args.method, controls=args.control, direct=direct, blend=blend, steps=args.steps,
+    result = benchmark(model, args.suite, methods=args.method, controls=args.control, direct=direct, blend=blend, p2p=args.p2p,
+                       steps=args.steps,
                        inversion_cfg=args.inversion_cfg, edit_cfg=args.edit_cfg, sampler_name=args.sampler_name,
                        scheduler=args.scheduler, method_options=options, control_options=controls, path=args.out / "results.sqlite",
                        weights=_weights(args.weights), batch_size=args.batch_size, limit=args.limit,
@@ -96,7 +101,8 @@ def run_bench(args: argparse.Namespace) -> int:
     (args.out / "run.json").write_text(json.dumps({**result.run, "skipped": result.skipped}, indent=1), encoding="utf-8")
     t = result.table
     frame = t.assign(label=[f"{m}+{c}{'+direct' if d else ''}{'+blend' if b != 'none' else ''}"
-                            for m, c, d, b in zip(t["method"], t["control"], t["direct"], t["blend"])])
+                            f"{'+' + p if p != 'default' else ''}"
+                            for m, c, d, b, p in zip(t["method"], t["control"], t["direct"], t["blend"], t["p2p"])])
     ax = plots.pareto(frame, cost="nfe", value="psnr_unedit_part")
     ax.set_ylabel("background PSNR (dB)")
     ax.figure.savefig(args.out / "pareto.png", dpi=120, bbox_inches="tight")

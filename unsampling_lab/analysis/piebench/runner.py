@@ -20,7 +20,20 @@ has no blended words runs without a local blend, as theirs does (they pass no Lo
 empty; every PIE-shapes case has two words); its row's `blend_words` column is empty. Other blend options come from
 `control_options` (`{"p2p": {"blend_threshold": 0.5}}`). The blend is part of the row's key: blend and no-blend
 rows are distinct rows of the store and the tables (column `blend`). Their reweighting of the target word
-(eq_params, 2x) is not applied: `control="p2p"` is the word swap.
+(eq_params, 2x) is not applied here: `control="p2p"` is the word swap, with our step windows.
+
+PnP Inversion's P2P, `p2p="pnp-inversion"`: the settings of control "p2p" run P2P as run_editing_p2p.py runs it
+for PIE-Bench's Table 1 (its DDIM / NPI / null-text / Direct Inversion + P2P rows), per case: the refine controller
+(`p2p_refine`; their P2PEditor's is_replace_controller defaults to False and that script never sets it, so every
+case is refined, equal word counts or not: a swapped word's tokens keep the target's own maps, the aligned ones
+take the source's), cross-attention from the source for steps i < int(0.4 n), self-attention for i < int(0.6 n),
+the local blend on the case's blended words (blend "case", whatever `blend` says) and the target word (the
+second blended word) reweighted x2 in the target's refined map (P2P's AttentionReweight wrapping AttentionRefine,
+inside the cross window). A case without blended words runs the refine alone (no LocalBlend, no eq_params, as
+theirs). Differences: the blend's mask options stay ours (`control_options`, e.g. blend_norm; P2P normalises by
+the maximum, and pools the 16x16 layers' maps), and its words are looked up in both prompts (above); a target word
+that is not a word of the target prompt is refused up front, where P2P's get_word_inds finds no token and
+reweights nothing. The preset is part of the row's key (column `p2p`) and the tables name it.
 """
 from __future__ import annotations
 
@@ -45,10 +58,16 @@ from .scoring import RECONSTRUCTION_METRICS, PieScorer, shapes_scores
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["BenchResult", "BenchSetting", "benchmark", "library_versions", "markdown_table"]
+__all__ = ["P2P_PRESETS", "BenchResult", "BenchSetting", "benchmark", "library_versions", "markdown_table"]
 
 PROMPT_SWAP = "prompt_swap"
 BLENDS: tuple[str, ...] = ("none", "case")  # no local blend; each case's blended words
+#: p2p presets: the control's own options; PnP Inversion's evaluation (run_editing_p2p.py), per case
+P2P_LABELS: dict[str, str] = {"default": "p2p", "pnp-inversion": "p2p as PnP Inversion (refine, target word x2, "
+                                                                 "cross 0.4, self 0.6)"}
+P2P_PRESETS: tuple[str, ...] = tuple(P2P_LABELS)
+PNP_INVERSION_P2P = dict(cross_steps=0.4, self_steps=0.6)  # run_editing_p2p.py's cross/self_replace_steps
+PNP_INVERSION_SCALE = 2.0  # its eq_params values, on the second blended word
 SHAPES_METRICS: tuple[str, ...] = ("edit_success", "shape_iou")
 
 
@@ -67,6 +86,7 @@ class BenchSetting:
     method_options: tuple[tuple[str, Any], ...] = ()
     control_options: tuple[tuple[str, Any], ...] = ()
     blend: str = "none"
+    p2p: str = "default"  # a P2P_PRESETS key (control "p2p" only)
 
     def params(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("method", "control", "direct", "steps", "inversion_cfg", "edit_cfg",
@@ -75,6 +95,8 @@ class BenchSetting:
         out["control_options"] = json.dumps(dict(self.control_options), sort_keys=True)
         if self.blend != "none":  # absent for "none": rows stored before the blend axis keep their keys
             out["blend"] = self.blend
+        if self.p2p != "default":  # likewise
+            out["p2p"] = self.p2p
         return out
 
 
@@ -129,17 +151,26 @@ def _suite(suite: str | Path | Sequence[PieCase], limit: int | None, keys: Seque
 
 def _settings(methods: Sequence[str], controls: Sequence[str], direct: Sequence[bool], common: dict[str, Any],
               method_options: Mapping[str, Mapping[str, Any]], control_options: Mapping[str, Mapping[str, Any]],
-              blend: Sequence[str] = ("none",)) -> list[BenchSetting]:
+              blend: Sequence[str] = ("none",), p2p: str = "default") -> list[BenchSetting]:
     from ...errors import check_choice
     from ...inversion import INVERSION_METHODS
 
     for b in blend:
         check_choice(b, BLENDS, what="blend")
+    check_choice(p2p, P2P_PRESETS, what="p2p preset")
+    if p2p != "default" and "p2p" not in controls:
+        raise UnsamplingError(f"p2p={p2p!r} sets how control 'p2p' runs; add 'p2p' to controls")
+    fixed = sorted({*PNP_INVERSION_P2P, "words", "scale", "blend_words"} & set(control_options.get("p2p", {})))
+    if p2p == "pnp-inversion" and fixed:
+        raise UnsamplingError(f"p2p='pnp-inversion' sets {fixed} per case as PnP Inversion's evaluation does; leave "
+                              "them out of control_options['p2p'] (the blend's mask options may stay)")
     for m in methods:
         if m not in INVERSION_METHODS:
             check_choice(m, INVERSION_METHODS, what="inversion method")
-    out = []
+    out: list[BenchSetting] = []
     for method, control, d, b in itertools.product(methods, controls, direct, blend):
+        preset = p2p if control == "p2p" else "default"
+        b = "case" if preset == "pnp-inversion" else b  # their LocalBlend on each case's words, whatever `blend` says
         if d and control == PROMPT_SWAP:
             continue  # Direct Inversion pins the source branch; a prompt swap has no source branch to pin
         if b == "case" and not _blends(control):
@@ -148,9 +179,11 @@ def _settings(methods: Sequence[str], controls: Sequence[str], direct: Sequence[
         if b == "case" and options.get("blend_words"):
             raise UnsamplingError(f"blend='case' takes each case's blended words; control_options[{control!r}] also "
                                   "gives blend_words: give one or the other")
-        out.append(BenchSetting(method, control, bool(d), **common,
-                                method_options=tuple(sorted(dict(method_options.get(method, {})).items())),
-                                control_options=tuple(sorted(options.items())), blend=b))
+        setting = BenchSetting(method, control, bool(d), **common,
+                               method_options=tuple(sorted(dict(method_options.get(method, {})).items())),
+                               control_options=tuple(sorted(options.items())), blend=b, p2p=preset)
+        if setting not in out:  # the preset's blend axis collapses to "case"
+            out.append(setting)
     if not out:
         raise UnsamplingError("no setting to run: direct=True needs an attention control, not 'prompt_swap'; "
                               "blend='case' a control with a local blend (p2p, p2p_refine, p2p_reweight)")
@@ -179,6 +212,7 @@ def benchmark(
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     control_options: Mapping[str, Mapping[str, Any]] | None = None,
     blend: str | Sequence[str] = ("none",),
+    p2p: str = "default",
     path: str | Path | None = None,
     weights: Mapping[str, str | Path] | None = None,
     networks: Sequence[str] = ("lpips", "dino", "clip"),
@@ -195,6 +229,8 @@ def benchmark(
     keys: only these cases of the suite (by `PieCase.key`); limit: only the first N.
     blend: "none", "case" or both (a sweep axis): "case" gives the p2p controls a local blend on each case's
     `blended_words` (a case without any runs unblended, as PnP Inversion's evaluation); other controls skip it.
+    p2p: "default" (control "p2p" with its own options) or "pnp-inversion" (PnP Inversion's P2P settings per case,
+    with the case blend: see the module docstring).
     executor: run the chunks on a Dask `Client` or a `concurrent.futures` executor, as `ul.sweep` does
     (`model` is then a `ul.ModelSource`, loaded once per worker; rows are written here as chunks finish)."""
     from tqdm.auto import tqdm
@@ -206,9 +242,11 @@ def benchmark(
     common = dict(steps=int(steps), inversion_cfg=float(inversion_cfg), edit_cfg=float(edit_cfg),
                   sampler_name=sampler_name, scheduler=scheduler)
     blend = (blend,) if isinstance(blend, str) else tuple(blend)
-    settings = _settings(methods, controls, direct, common, method_options or {}, control_options or {}, blend)
-    if "case" in blend:
+    settings = _settings(methods, controls, direct, common, method_options or {}, control_options or {}, blend, p2p)
+    if any(s.blend == "case" for s in settings):
         _check_blend_words(cases)
+    if any(s.p2p == "pnp-inversion" for s in settings):
+        _check_target_words(cases)
     from ..executors import ModelSource, run_all
 
     if executor is not None and not isinstance(model, ModelSource):
@@ -252,10 +290,11 @@ def benchmark(
         mine = store.rows_of_run(fingerprint, inputs)
         import pandas as pd
 
-        frame = pd.DataFrame([{"blend": "none", **mine[keys[(s, c.key)]].flat()} for s in settings for c in cases])
+        frame = pd.DataFrame([{"blend": "none", "p2p": "default", **mine[keys[(s, c.key)]].flat()}
+                              for s in settings for c in cases])
     finally:
         store.close()
-    by = ["method", "control", "direct", "blend"]
+    by = ["method", "control", "direct", "blend", "p2p"]
     metric_names = [*PIE_METRICS, *(SHAPES_METRICS if targets else ()), *RECONSTRUCTION_METRICS]
     table = summarise(frame.to_dict("records"), by=by, metrics=metric_names, skipped=scorer.skipped)
     cost = frame.groupby(by, sort=True)[["nfe", "grad_steps", "seconds"]].mean().reset_index()
@@ -297,6 +336,17 @@ def _check_blend_words(cases: Sequence[PieCase]) -> None:
     if bad:
         raise UnsamplingError(f"blend='case': the blended words of case(s) {bad[:5]} are not words of their prompts; "
                               "leave those cases out with keys=, or run without blend='case'")
+
+
+def _check_target_words(cases: Sequence[PieCase]) -> None:
+    """p2p='pnp-inversion': a case's blended words are none or two, the second a word of its target prompt (the
+    word the preset reweights)."""
+    bad = [c.key for c in cases if c.blended_words and (len(c.blended_words) != 2 or c.blended_words[1].lower() not in
+           {w.lower().strip(".,") for w in c.target_prompt.split()})]
+    if bad:
+        raise UnsamplingError(f"p2p='pnp-inversion' reweights the second blended word in the target prompt; case(s) "
+                              f"{bad[:5]} have not two blended words or the second is not a word of the target prompt: "
+                              "leave them out with keys=, or run with p2p='default'")
 
 
 def _run_chunk(model: Any, setting: BenchSetting, chunk: list[PieCase], images: Mapping[str, torch.Tensor],
@@ -369,9 +419,15 @@ def _controlled(model: Any, latent: Any, setting: BenchSetting, sources: list[st
     from ...inversion import InversionWarning
 
     options = {**dict(setting.control_options), **({"blend_words": blend_words} if blend_words else {})}
+    control = setting.control
+    if setting.p2p == "pnp-inversion":  # refine, their windows, the target word x2 where the case has blended words
+        control = "p2p_refine"
+        options.update(PNP_INVERSION_P2P)
+        if blend_words:
+            options.update(words=tuple((w[1],) for w in blend_words), scale=PNP_INVERSION_SCALE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InversionWarning)
-        res = edit_image(model, latent, source=sources, target=targets, method=setting.method, control=setting.control,
+        res = edit_image(model, latent, source=sources, target=targets, method=setting.method, control=control,
                          cfg=setting.edit_cfg, inversion_cfg=setting.inversion_cfg, steps=setting.steps,
                          direct=setting.direct, sampler_name=setting.sampler_name, scheduler=setting.scheduler,
                          method_options=dict(setting.method_options), **options)
@@ -388,7 +444,8 @@ def markdown_table(table: "pd.DataFrame", *, metrics: Sequence[str] | None = Non
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         blend = f" + {r['blend']} blend" if r.get("blend", "none") != "none" else ""
-        cells = [str(r["method"]), str(r["control"]) + blend, "yes" if r["direct"] else "no"]
+        control = P2P_LABELS.get(r.get("p2p", "default"), str(r["control"])) if r["control"] == "p2p" else str(r["control"])
+        cells = [str(r["method"]), control + blend, "yes" if r["direct"] else "no"]
         for m in names:
             v, ci, nan = r[m], r.get(f"{m}_ci95", math.nan), int(r.get(f"{m}_nan", 0) or 0)
             if not np.isfinite(v):
