@@ -19,6 +19,7 @@ import unsampling_lab as ul
 from unsampling_lab.models.gaussian import GaussianData
 from unsampling_lab.models.analytic import gaussian_flow_model, gaussian_model
 from unsampling_lab.samplers.base import NoiseSeed
+from comfy_hooks import post_cfg
 
 pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")
 
@@ -485,19 +486,8 @@ def test_flow_resample_refuses_ddpm():
 # -- CFG++ samplers, with real guidance (a labelled Gaussian mixture: cond != uncond) ------------------------------
 
 
-def _post_cfg(denoiser):
-    """ComfyUI's post-cfg hook: each model call returns the guided estimate and leaves the uncond behind."""
-    box = {}
-
-    def model(x, sigma):
-        denoised, box["uncond"] = denoiser.with_uncond(x, sigma)
-        return denoised
-
-    return model, box
-
-
 def _comfy_euler_ancestral_cfg_pp(denoiser, x, sigmas, ns, flow, eta):
-    model, box = _post_cfg(denoiser)
+    model, box = post_cfg(denoiser)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _s_in(x))
         if sigmas[i + 1] == 0:
@@ -516,7 +506,7 @@ def _comfy_euler_ancestral_cfg_pp(denoiser, x, sigmas, ns, flow, eta):
 
 
 def _comfy_dpmpp_2m_cfg_pp(denoiser, x, sigmas):
-    model, box = _post_cfg(denoiser)
+    model, box = post_cfg(denoiser)
     old_uncond = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _s_in(x))
@@ -534,7 +524,7 @@ def _comfy_dpmpp_2m_cfg_pp(denoiser, x, sigmas):
 
 
 def _comfy_res_multistep_cfg_pp(denoiser, x, sigmas):
-    model, box = _post_cfg(denoiser)
+    model, box = post_cfg(denoiser)
     old_denoised = old_sigma_down = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _s_in(x))
@@ -556,7 +546,7 @@ def _comfy_res_multistep_cfg_pp(denoiser, x, sigmas):
 
 
 def _comfy_gradient_estimation_cfg_pp(denoiser, x, sigmas, ge_gamma=2.0):
-    model, box = _post_cfg(denoiser)
+    model, box = post_cfg(denoiser)
     old_d = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _s_in(x))

@@ -13,6 +13,7 @@ import torch
 import unsampling_lab as ul
 from unsampling_lab.model_sampling import ModelSampling
 from unsampling_lab.samplers import get_sampler
+from comfy_hooks import post_cfg
 
 TOL = {1.0: 1e-4}
 TOL_CFG = 2e-4  # cfg > 1 multiplies the cond/uncond rounding difference (see module docstring)
@@ -523,18 +524,8 @@ def test_deis_coefficients_are_comfyuis_bit_for_bit(comfy_reference, one_thread)
 # The uncond comes through ComfyUI's post-cfg hook: every model call leaves it in `box`.
 
 
-def _hooked(denoiser):
-    box = {}
-
-    def model(x, sigma):
-        denoised, box["uncond"] = denoiser.with_uncond(x, sigma)
-        return denoised
-
-    return model, box
-
-
 def _comfy_dpmpp_2s_ancestral_cfg_pp(denoiser, x, sigmas, noise_sampler, flow, eta=1.0):
-    model, box = _hooked(denoiser)
+    model, box = post_cfg(denoiser)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _s_in(x))
         guidance_vector = denoised - box["uncond"]
@@ -577,7 +568,7 @@ def _comfy_dpmpp_2s_ancestral_cfg_pp(denoiser, x, sigmas, noise_sampler, flow, e
 
 
 def _comfy_gradient_estimation_flag(denoiser, x, sigmas, cfg_pp, ge_gamma=2.0):
-    model, box = _hooked(denoiser)
+    model, box = post_cfg(denoiser)
     old_d = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _s_in(x))

@@ -58,11 +58,8 @@ def test_noise_is_second_order_and_beats_the_unsampler():
     assert errs["bdia", 20] * 10 < errs["unsampler", 20]
 
 
-def test_float32_round_trip_on_the_tiny_unet_and_bad_gamma(one_thread):
-    from unsampling_lab.models.unet import UNetModel
-    from unsampling_lab.testing import SD15_SCHEDULER, tiny_unet
-
-    m = UNetModel(tiny_unet(), SD15_SCHEDULER, device="cpu")
+def test_float32_round_trip_on_the_tiny_unet_and_bad_gamma(sd_model, one_thread):
+    m = sd_model  # its tiny UNet, conditioned by embeddings given directly
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
     kw = dict(steps=6, cfg=3.0, positive=torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(1)),
               negative=torch.zeros(1, 5, 32), progress=False)

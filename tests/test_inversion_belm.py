@@ -56,11 +56,8 @@ def test_local_error_is_third_order():
     assert 7.0 < misses[0] / misses[1] < 9.5 and 7.0 < misses[1] / misses[2] < 9.0, misses
 
 
-def test_float32_round_trip_on_the_tiny_unet(one_thread):
-    from unsampling_lab.models.unet import UNetModel
-    from unsampling_lab.testing import SD15_SCHEDULER, tiny_unet
-
-    m = UNetModel(tiny_unet(), SD15_SCHEDULER, device="cpu")
+def test_float32_round_trip_on_the_tiny_unet(sd_model, one_thread):
+    m = sd_model  # its tiny UNet, conditioned by embeddings given directly
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
     kw = dict(steps=6, cfg=7.5, positive=torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(1)),
               negative=torch.zeros(1, 5, 32), progress=False)
