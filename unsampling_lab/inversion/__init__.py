@@ -12,6 +12,7 @@ for an `Inversion` (the engine below knows nothing of inversion methods).
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from ..inputs import Latent, check_cfg, check_model, describe_prompt, on_off, re
 from ..models.base import DiffusionModel
 from ..samplers import Step, get_sampler
 from ..trajectory import stop_step
-from .base import Inversion, InversionWarning, MethodSpec, Option, Problem, ResampleCall, check_option_values, redo_hint
+from .base import Inversion, InversionWarning, MethodSpec, Option, Problem, ResampleCall, check_option_values, check_resample_schedule, redo_hint
 from .registry import INVERSION_METHODS, METHOD_SPECS, get_method
 
 __all__ = ["INVERSION_METHODS", "METHOD_SPECS", "Inversion", "InversionWarning", "MethodSpec", "get_method",
@@ -68,6 +69,8 @@ def invert(
                       sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
                       progress=progress)
     result = spec.invert(problem, **opts)
+    # where a resample continuing it starts: what every method's resampling side is checked against
+    result.resampling.setdefault("sigma_top", float(problem.resampler_sigmas()[-1]))
     params = dict(steps=steps, end_at_step=end_at_step, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
                   positive=describe_prompt(positive), negative=describe_prompt(negative))
     nfe = problem.counter.nfe if result.nfe is None else result.nfe
@@ -110,8 +113,8 @@ def resample_inversion(model: DiffusionModel, inversion: Inversion, **kwargs: An
     kwargs = continue_inversion(inversion, kwargs)
     call = ResampleCall(model, inversion, **kwargs)
     if spec.resample is None:
-        if not on_off("add_noise", call.add_noise):
-            check_start_sigma(model, inversion, call)
+        if not on_off("add_noise", call.add_noise):  # re-noised on purpose: any start
+            check_resample_schedule(inversion, call.sigmas(), may_renoise=True)
         return call.plain()
     if spec.samplers is not None and call.sampler_name not in spec.samplers:  # its own step, not the sampler named
         raise UnsamplingError(f"method {spec.name!r} resamples with its own step, for sampler_name in "
@@ -158,8 +161,9 @@ def resample(
     return engine.resample(model, latent, **kw)
 
 
-#: resample's defaults for a plain LATENT (ComfyUI's KSamplerAdvanced); an Inversion continues its own
-_LATENT_DEFAULTS: dict[str, Any] = {"steps": 20, "start_at_step": 0, "sampler_name": "euler", "scheduler": "normal"}
+#: resample's defaults for a plain LATENT: engine.resample's own (ComfyUI's KSamplerAdvanced); an Inversion continues its own
+_LATENT_DEFAULTS: dict[str, Any] = {name: inspect.signature(engine.resample).parameters[name].default
+                                    for name in ("steps", "start_at_step", "sampler_name", "scheduler")}
 
 
 def continue_inversion(inversion: Inversion, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -172,26 +176,6 @@ def continue_inversion(inversion: Inversion, kwargs: dict[str, Any]) -> dict[str
     if out.get("start_at_step") is None:
         out["start_at_step"] = stop_step(int(p["steps"]), int(p["end_at_step"])) if "steps" in p else 0
     return out
-
-
-def check_start_sigma(model: DiffusionModel, inversion: Inversion, call: ResampleCall) -> None:
-    """A plain resample of `inversion.noise` starts at the sigma that noise is at (where the inversion stopped)."""
-    p = inversion.params
-    if "steps" not in p:
-        return
-    stopped = stop_step(int(p["steps"]), int(p["end_at_step"]))
-    have = engine.resample_sigmas(model, steps=int(p["steps"]), start_at_step=stopped, sampler_name=p["sampler_name"],
-                                  scheduler=p["scheduler"])
-    got = engine.resample_sigmas(model, steps=call.steps, start_at_step=call.start_at_step, end_at_step=call.end_at_step,
-                                 sampler_name=call.sampler_name, scheduler=call.scheduler)
-    top = float(have[0])
-    if len(got) and abs(float(got[0]) - top) <= 1e-6 * max(1.0, abs(top)):
-        return
-    start = f"{float(got[0]):.4g}" if len(got) else "nothing"
-    raise UnsamplingError(
-        f"the {inversion.method!r} inversion's noise is at sigma {top:.4g} (step {stopped} of {p['steps']}), but this "
-        f"resample starts at {start}: leave steps, start_at_step and scheduler unset to continue it "
-        f"({redo_hint(inversion)}), or pass add_noise=True to re-noise it")
 
 
 

@@ -165,6 +165,13 @@ class ResampleCall:
     progress: bool
     counter: Any = None  # an EvalCounter the resample's evaluations are added to (sweeps account with it)
 
+    def sigmas(self) -> Tensor:
+        """The descending sigmas this resample visits (`engine.resample_sigmas` of its arguments)."""
+        return resample_sigmas(self.model, steps=self.steps, start_at_step=self.start_at_step,
+                               end_at_step=self.end_at_step, sampler_name=self.sampler_name, scheduler=self.scheduler,
+                               return_with_leftover_noise=on_off("return_with_leftover_noise",
+                                                                 self.return_with_leftover_noise))
+
     def plain(self, latent: Latent | None = None, **changes: Any) -> Latent:
         """`engine.resample` on the noise LATENT (or `latent`), with some arguments changed."""
         kw = dict(steps=self.steps, start_at_step=self.start_at_step, end_at_step=self.end_at_step, cfg=self.cfg,
@@ -359,14 +366,15 @@ def redo_hint(inv: Inversion) -> str:
     """What to call instead: a resample that continues `inv` (its steps, scheduler, sampler, start step)."""
     p = inv.params
     return (f"call resample with steps={p['steps']}, scheduler={p['scheduler']!r}, sampler_name={p['sampler_name']!r}, "
-            f"start_at_step={min(p['end_at_step'], p['steps'] - 1)} (or resample inversion.noise for a plain resample)")
+            f"start_at_step={stop_step(p['steps'], p['end_at_step'])} (or resample inversion.noise for a plain resample)")
 
 
-def check_resample_schedule(inv: Inversion, sigmas: Tensor) -> None:
-    """The one check that a method's own resampling side continues its inversion's states: the resample
-    starts at the sigma the inversion ended at and, for a method that keeps per-step data
-    (`bound_schedule`), visits exactly the inversion's whole schedule (steps, scheduler, start/end steps,
-    leftover noise), not just its first sigma. (`resample_inversion` checks the sampler.)"""
+def check_resample_schedule(inv: Inversion, sigmas: Tensor, *, may_renoise: bool = False) -> None:
+    """The one check that a resample of an Inversion continues its states: the resample starts at the sigma
+    the inversion ended at (`sigma_top`, recorded by `invert` for every method) and, for a method that keeps
+    per-step data (`bound_schedule`), visits exactly the inversion's whole schedule (steps, scheduler,
+    start/end steps, leftover noise), not just its first sigma. may_renoise: a plain resample, which
+    add_noise=True may start anywhere. (`resample_inversion` checks the sampler.)"""
     redo = redo_hint(inv)
     data = inv.resampling
     stored = data.get("sigmas")
@@ -381,11 +389,15 @@ def check_resample_schedule(inv: Inversion, sigmas: Tensor) -> None:
                 "down to sigma 0")
         return
     top = data.get("sigma_top")
-    if len(sigmas) < 2 or top is None or abs(float(sigmas[0]) - float(top)) > 1e-6 * max(1.0, abs(float(top))):
-        raise UnsamplingError(
-            f"method {inv.method!r} resamples from the sigma its inversion ended at ({top}); this resample starts at "
-            f"{float(sigmas[0]) if len(sigmas) else 'nothing'}: {redo}"
-        )
+    if len(sigmas) >= 2 and top is not None and abs(float(sigmas[0]) - float(top)) <= 1e-6 * max(1.0, abs(float(top))):
+        return
+    p = inv.params
+    at = "an unrecorded sigma" if top is None else f"sigma {float(top):.4g}"
+    step = f" (step {stop_step(p['steps'], p['end_at_step'])} of {p['steps']})" if "steps" in p else ""
+    start = f"{float(sigmas[0]):.4g}" if len(sigmas) else "nothing"
+    raise UnsamplingError(
+        f"the {inv.method!r} inversion's noise is at {at}{step}, but this resample starts at {start}: leave steps, "
+        f"start_at_step and scheduler unset to continue it ({redo}){', or pass add_noise=True to re-noise it' if may_renoise else ''}")
 
 
 def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step: int = 1,
@@ -400,9 +412,7 @@ def custom_resample(call: ResampleCall, loop: Any, *, name: str, evals_per_step:
     if on_off("add_noise", call.add_noise):
         raise UnsamplingError(f"method {inv.method!r}: its resampling side continues the inverted states; "
                               "add_noise must be off (resample(..., add_noise=False))")
-    sigmas = resample_sigmas(model, steps=call.steps, start_at_step=call.start_at_step, end_at_step=call.end_at_step,
-                             sampler_name=call.sampler_name, scheduler=call.scheduler,
-                             return_with_leftover_noise=on_off("return_with_leftover_noise", call.return_with_leftover_noise))
+    sigmas = call.sigmas()
     check_resample_schedule(inv, sigmas)
     samples, mask = read_latent(inv.noise, model)
     latent_in = model.latent_format.process_in(samples.to(model.device, state_dtype(samples)))

@@ -80,18 +80,14 @@ def _explicit(problem: Problem, name: str, loop: Any, evals: int) -> tuple[Tenso
     return x, sigmas
 
 
-def _top(problem: Problem) -> float:
-    return float(problem.resampler_sigmas()[-1])  # where resample(start_at_step = end_at_step) starts
-
-
 def invert_rf_solver(problem: Problem) -> MethodResult:
     x, sigmas = _explicit(problem, "rf_solver", sample_midpoint, 2)
-    return MethodResult(problem.finish(x, sigmas[-1]), resampling={"sigma_top": _top(problem)})
+    return MethodResult(problem.finish(x, sigmas[-1]))
 
 
 def invert_fireflow(problem: Problem) -> MethodResult:
     x, sigmas = _explicit(problem, "fireflow", sample_fireflow, 1)
-    return MethodResult(problem.finish(x, sigmas[-1]), resampling={"sigma_top": _top(problem)})
+    return MethodResult(problem.finish(x, sigmas[-1]))
 
 
 def resample_rf_solver(call: ResampleCall) -> Any:
@@ -122,7 +118,7 @@ def invert_rf_inversion(problem: Problem, *, gamma: float, eta: float, start: fl
 
     x, sigmas = _explicit(problem, "rf_inversion", loop, 1)
     return MethodResult(problem.finish(x, sigmas[-1]),
-                        resampling={"sigma_top": _top(problem), "source": problem.latent_in, "xi": xi})
+                        resampling={"source": problem.latent_in, "xi": xi})
 
 
 def resample_rf_inversion(call: ResampleCall) -> Any:

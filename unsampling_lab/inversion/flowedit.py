@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine import guided_denoiser, keep_unmasked, resample_sigmas, run_sampler, wrap
+from ..engine import guided_denoiser, keep_unmasked, run_sampler, wrap
 from ..errors import UnsamplingError
 from ..inputs import on_off, read_latent
 from ..samplers.base import denoise_at, report, to_d
@@ -76,8 +76,7 @@ def resample_flowedit(call: ResampleCall) -> Any:
     inv, model, opts, data = call.inversion, call.model, call.inversion.options, call.inversion.resampling
     if on_off("add_noise", call.add_noise):
         raise UnsamplingError("flowedit starts from the source latent itself; add_noise must be off")
-    sigmas = resample_sigmas(model, steps=call.steps, start_at_step=call.start_at_step, end_at_step=call.end_at_step,
-                             sampler_name=call.sampler_name, scheduler=call.scheduler)
+    sigmas = call.sigmas()
     if float(sigmas[-1]) != 0.0:
         raise UnsamplingError("flowedit edits down to sigma 0; leave end_at_step and return_with_leftover_noise alone")
     n_max = opts["n_max"]
