@@ -50,18 +50,11 @@ def direct_methods() -> tuple[str, ...]:
 
 
 def direct_samplers(family: str | None = None) -> tuple[str, ...]:
-    """The deterministic samplers Direct Inversion can serve on a model `family` ("vp"/"flow"): those that evaluate
-    the model only at the schedule's sigmas there (`SamplerSpec.evaluates_between_sigmas`, measured by
-    tests/test_sampler_evaluations.py). family None (a plan without a model): those that do on some family they serve."""
-    from ..samplers import INVERTIBLE_SAMPLERS, SAMPLER_SPECS
+    """The samplers Direct Inversion can serve on a model `family` (None: no model at hand):
+    `samplers.on_schedule_samplers`."""
+    from ..samplers import on_schedule_samplers
 
-    def ok(spec: Any) -> bool:
-        between = spec.evaluates_between_sigmas
-        return family not in between if family is not None else not spec.families <= between
-
-    return tuple(name for name in INVERTIBLE_SAMPLERS if ok(SAMPLER_SPECS[name]))
-
-    return tuple(name for name in INVERTIBLE_SAMPLERS if not SAMPLER_SPECS[name].evaluates_between_sigmas)
+    return on_schedule_samplers(family)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -211,8 +204,7 @@ def why_not_direct(setting: Setting, family: str | None = None) -> str | None:
                 "or direct=False")
     from ..samplers import SAMPLER_SPECS
 
-    spec = SAMPLER_SPECS.get(setting.sampler_name)
-    if spec is not None and setting.sampler_name not in direct_samplers(family):
+    if setting.sampler_name in SAMPLER_SPECS and setting.sampler_name not in direct_samplers(family):
         on = f" on {family} models" if family is not None else ""
         return (f"direct=True with sampler {setting.sampler_name!r}: Direct Inversion pins the source branch at the "
                 f"schedule's sigmas, and this sampler evaluates the model between them{on}; use one of "

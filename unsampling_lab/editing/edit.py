@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..errors import UnsamplingError
 from ..guidance import EvalCounter
-from ..samplers import SAMPLER_SPECS, get_sampler
+from ..samplers import get_sampler, on_schedule_samplers
 from ..trajectory import Trajectory, stop_step
 from . import _engine, flow_attention
 from .attention import EditState, install
@@ -316,8 +316,7 @@ def _path(model: Any, value: Any, direct: Any, n: int, b: int, sampler_name: str
         return None
     family = model.model_sampling.family
     if family in get_sampler(sampler_name).evaluates_between_sigmas:  # (EditedModel refuses it too, at its first call)
-        able = [name for name, spec in SAMPLER_SPECS.items()
-                if spec.deterministic and family in spec.families and family not in spec.evaluates_between_sigmas]
+        able = on_schedule_samplers(family)
         raise UnsamplingError(f"direct pins the source branch to the inversion path at the schedule's sigmas, and sampler "
                               f"{sampler_name!r} evaluates the model between them; use one that evaluates only at them "
                               f"({', '.join(able)}), or leave direct off")

@@ -124,6 +124,20 @@ INVERTIBLE_SAMPLERS: tuple[str, ...] = tuple(s.name for s in _SPECS
 NOT_IMPLEMENTED: tuple[str, ...] = tuple(n for n in COMFYUI_SAMPLERS if n not in SAMPLER_SPECS)
 
 
+def on_schedule_samplers(family: Family | None = None) -> tuple[str, ...]:
+    """The invertible samplers that evaluate the model only at the schedule's sigmas on a model `family`
+    (`SamplerSpec.evaluates_between_sigmas`, measured by tests/test_sampler_evaluations.py): those Direct
+    Inversion can pin the source branch for. family None (no model at hand): those that do so on some family
+    they serve."""
+    def ok(spec: SamplerSpec) -> bool:
+        between = spec.evaluates_between_sigmas
+        if family is None:
+            return not spec.families <= between
+        return family in spec.families and family not in between
+
+    return tuple(name for name in INVERTIBLE_SAMPLERS if ok(SAMPLER_SPECS[name]))
+
+
 def get_sampler(name: str, *, invertible: bool = False, family: Family | None = None) -> SamplerSpec:
     """The registry entry for `name`; with `invertible`, refuse samplers that cannot run backwards; with
     `family` (the model's `model_sampling.family`), refuse samplers that have no form for that model family."""
