@@ -4,8 +4,8 @@
     optimised for), then edit at cfg w with a control; 50 steps unless told. PIE-Bench uses w = 7.5 for SD;
     the bundled model's card recommends 6.
 
-`edit_image` records the inversion path where the method has one (the Unsampler and NPI through
-`ul.unsample_trajectory`, fixed_point and null_text in their Inversion), so `direct=True` works with them.
+The inversion is `ul.invert` for every method; the Inversions that keep their path (`MethodSpec.records_path`:
+the Unsampler, NPI, fixed_point, null_text) serve `direct=True`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import UnsamplingError
 from .edit import EditResult, edit
 
 #: PIE-Bench's edit cfg for Stable Diffusion (Ju et al. 2024)
@@ -37,19 +36,11 @@ def invert_for_edit(model: Any, latent: Any, *, source: str | Sequence[str], met
                     scheduler: str = "normal", negative: str | Sequence[str] = "",
                     method_options: Mapping[str, Any] | None = None, progress: bool = False) -> EditInput:
     """The protocol's inversion: source prompt at `inversion_cfg` (null_text at the edit `cfg`), the path recorded."""
-    from ..engine import unsample_trajectory
     from ..inversion import invert
 
     opts = dict(method_options or {})
     t0 = time.perf_counter()
     common = dict(steps=steps, sampler_name=sampler_name, scheduler=scheduler, progress=progress)
-    if method in ("unsampler", "negative_prompt"):
-        if opts:
-            raise UnsamplingError(f"method {method!r} takes no options, got {sorted(opts)}")
-        # NPI is the Unsampler at cfg 1 whose resampling side uses the source prompt as the negative
-        inv_cfg = 1.0 if method == "negative_prompt" else inversion_cfg
-        traj = unsample_trajectory(model, latent, cfg=inv_cfg, positive=source, negative=negative, **common)
-        return EditInput(traj, source if method == "negative_prompt" else negative, traj.nfe, time.perf_counter() - t0)
     inv = invert(model, latent, method=method, cfg=cfg if method == "null_text" else inversion_cfg, positive=source,
                  negative=negative, **common, **opts)
     return EditInput(inv, negative, inv.nfe + inv.grad_steps, time.perf_counter() - t0, grad_steps=inv.grad_steps)
