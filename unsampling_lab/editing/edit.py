@@ -21,11 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..engine import resample_sigmas, unsampled, wrap
 from ..errors import UnsamplingError
 from ..guidance import EvalCounter
+from ..inputs import check_cfg, read_latent
+from ..inversion import resample
 from ..samplers import get_sampler, on_schedule_samplers
 from ..trajectory import Trajectory, stop_step
-from . import _engine, flow_attention
+from . import flow_attention
 from .attention import EditState, install
 from .controls import CONTROL_SPECS, control_options, get_control
 from .model import EditedModel
@@ -116,7 +119,7 @@ def edit(
             f"{'/'.join(spec.families)} models (UNets with cross-attention)"
         raise UnsamplingError(f"control {control!r} serves {served}, not this {family!r} model; use control="
                               f"{' or '.join(repr(c) for c in others + ['prompt_swap'])}")
-    cfg = _engine.check_cfg(cfg)
+    cfg = check_cfg(cfg)
     if not isinstance(cfg, float):
         raise UnsamplingError("edit: give one cfg for both branches")
     noise, params = _read_input(inversion_or_noise)
@@ -126,10 +129,10 @@ def edit(
     if start_at_step is None:
         start_at_step = stop_step(steps, int(params.get("end_at_step", 0)))
     like = _noise_latent(model, noise)
-    samples, _ = _engine.read_latent(like, model)
+    samples, _ = read_latent(like, model)
     b = samples.shape[0]
     src, tgt = _per_item(source, b, "source"), _per_item(target, b, "target")
-    sigmas = _engine.resample_sigmas(model, steps=steps, start_at_step=start_at_step, sampler_name=sampler_name,
+    sigmas = resample_sigmas(model, steps=steps, start_at_step=start_at_step, sampler_name=sampler_name,
                                      scheduler=scheduler)
     if len(sigmas) < 2:
         raise UnsamplingError(f"edit: start_at_step={start_at_step} of {steps} steps leaves nothing to sample")
@@ -156,7 +159,7 @@ def edit(
     t0 = time.perf_counter()
     try:
         run_on = noise if callable(getattr(noise, "resample_side", None)) else like
-        out = _engine.resample(proxy, _double(run_on, b), steps=steps, start_at_step=start_at_step, cfg=cfg,
+        out = resample(proxy, _double(run_on, b), steps=steps, start_at_step=start_at_step, cfg=cfg,
                                sampler_name=sampler_name, scheduler=scheduler, positive=src + tgt,
                                negative=_per_item(negative, b, "negative") * 2, progress=progress, counter=counter)
     finally:
@@ -177,7 +180,7 @@ def edit(
         steps_seen = sorted(next(iter(state.maps.values())))
         maps = {name: torch.stack([per[i] for i in steps_seen]) for name, per in state.maps.items()}
         attention = AttentionMaps(maps, steps_seen, tokens)
-    return EditResult(target=_engine.wrap(tgt_out, like), source=_engine.wrap(src_out, like), control=control,
+    return EditResult(target=wrap(tgt_out, like), source=wrap(src_out, like), control=control,
                       options=opts, direct=path is not None, nfe=counter.nfe, network_calls=proxy.calls,
                       network_rows=proxy.rows, seconds=seconds, attention=attention, mask=proxy.mask)
 
@@ -196,7 +199,7 @@ def _read_input(value: Any) -> tuple[Any, dict[str, Any]]:
 
 def _noise_latent(model: Any, noise: Any) -> Any:
     if isinstance(noise, Trajectory):
-        return _engine.unsampled(model, noise, int(noise.params.get("end_at_step", 0)))
+        return unsampled(model, noise, int(noise.params.get("end_at_step", 0)))
     if callable(getattr(noise, "resample_side", None)):
         return noise.noise
     return noise
